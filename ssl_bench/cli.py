@@ -1,0 +1,112 @@
+"""ssl-bench command line: a thin dispatcher onto Hydra jobs and a few plain commands.
+
+    ssl-bench pretrain [hydra overrides]        pretrain a trunk (Hydra; -m for multirun)
+    ssl-bench demo [hydra overrides]            the embedded default: synthetic data + colorization
+    ssl-bench data synthetic --out DIR [...]    write the synthetic ImageFolder tree
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from collections.abc import Callable, Sequence
+from typing import Any
+
+USAGE = __doc__
+# conf/ sits beside the package in the repository (the package is installed in editable mode)
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by the user's input: reported in one line, no traceback."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    from ssl_bench.data.images import DataLayoutError
+    from ssl_bench.models.checkpoint import CheckpointMismatchError
+    from ssl_bench.pretext.colorization import NonFiniteLossError
+    return (DataLayoutError, CheckpointMismatchError, NonFiniteLossError, MissingMandatoryValue,
+            FileNotFoundError, FileExistsError, ValueError)
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    from hydra.errors import InstantiationException
+    while isinstance(e, InstantiationException) and e.__cause__ is not None:
+        e = e.__cause__
+    return e
+
+
+def _fail(e: BaseException) -> None:
+    print(f"ssl-bench: error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run_hydra(config_name: str, task: Callable[[Any], Any], overrides: Sequence[str], prog: str) -> None:
+    """Run ``task(cfg)`` as a Hydra app (so -m, sweeps and launchers work) on conf/<config_name>.yaml."""
+    import hydra
+
+    def guarded(cfg: Any) -> Any:
+        try:
+            return task(cfg)
+        except Exception as e:  # only user errors are shortened; the rest keeps its traceback
+            cause = _root_cause(e)
+            if isinstance(cause, _user_errors()):
+                _fail(cause)
+            raise
+
+    sys.argv = [prog, *overrides]
+    hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(guarded)()
+
+
+def _pretrain_task(cfg: Any) -> Any:
+    from ssl_bench.pretrain import pretrain
+    record = pretrain(cfg)
+    print(f"ssl-bench: results written to {cfg.paths.output_dir}/results.json")
+    return record
+
+
+def _data(argv: Sequence[str]) -> None:
+    from ssl_bench.data.synthetic import SyntheticSpec, generate
+    p = argparse.ArgumentParser(prog="ssl-bench data", description="Data preparation commands.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("synthetic", help="write the embedded synthetic ImageFolder tree")
+    d = SyntheticSpec()
+    s.add_argument("--out", required=True, help="output folder (ImageFolder layout: OUT/train, OUT/val)")
+    s.add_argument("--classes", type=int, default=d.num_classes)
+    s.add_argument("--train-per-class", type=int, default=d.train_per_class)
+    s.add_argument("--val-per-class", type=int, default=d.val_per_class)
+    s.add_argument("--size", type=int, default=d.image_size, help="image side in pixels")
+    s.add_argument("--seed", type=int, default=d.seed)
+    s.add_argument("--format", choices=("jpeg", "png"), default=d.image_format)
+    s.add_argument("--workers", type=int, default=None)
+    s.add_argument("--overwrite", action="store_true")
+    a = p.parse_args(argv)
+    spec = SyntheticSpec(num_classes=a.classes, train_per_class=a.train_per_class,
+                         val_per_class=a.val_per_class, image_size=a.size, seed=a.seed,
+                         image_format=a.format)
+    try:
+        out = generate(a.out, spec, workers=a.workers, overwrite=a.overwrite, progress=True)
+    except (ValueError, FileExistsError) as e:
+        _fail(e)
+    print(f"ssl-bench: synthetic data in {out}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "pretrain":
+        run_hydra("pretrain", _pretrain_task, rest, "ssl-bench pretrain")
+    elif cmd == "demo":
+        run_hydra("pretrain", _pretrain_task, ["experiment=demo", *rest], "ssl-bench demo")
+    elif cmd == "data":
+        _data(rest)
+    else:
+        print(f"ssl-bench: unknown command {cmd!r}\n{USAGE}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""AlexNet trunk of the colorization cross-channel encoder (Zhang et al. 2016, released training net).
+
+Layer layout (method.md 1.6): conv1 96 11x11/4 pad 5, pool1 3x3/2 pad 1, conv2 256 5x5 g2, pool2,
+conv3 384 3x3, conv4 384 3x3 g2, conv5 256 3x3 g2, pool5 3x3/1 pad 1, fc6 as a 6x6 convolution
+with dilation 2 (pad 5), fc7 1x1. Batch norm without learned scale/shift follows every conv/fc, then
+ReLU. The trunk is fully convolutional: fc6/fc7 run densely on the pool5 map, which is what makes the
+faithful model cost about 52 GFLOP per 180x180 training image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+LAYERS: tuple[str, ...] = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
+CONV_LAYERS: tuple[str, ...] = LAYERS[:5]
+
+
+class ConvBNReLU(nn.Sequential):
+    """Conv -> BatchNorm (no affine, as in the authors' net) -> ReLU."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0,
+                 dilation: int = 1, groups: int = 1, batch_norm: bool = True) -> None:
+        super().__init__(
+            nn.Conv2d(cin, cout, kernel, stride, padding, dilation, groups, bias=True),
+            nn.BatchNorm2d(cout, affine=False) if batch_norm else nn.Identity(),
+            nn.ReLU(inplace=True),
+        )
+
+
+class AlexNet(nn.Module):
+    """AlexNet trunk with named per-layer outputs.
+
+    Args:
+        in_channels: 1 for an L input (colorization), 3 for RGB (other pretexts).
+        widths: channels of conv1..conv5.
+        fc_channels: channels of fc6/fc7 (4096 in the paper).
+        fc6_kernel, fc6_dilation: fc6 as a convolution; (6, 2) is the authors' net. Padding keeps the
+            pool5 resolution.
+        groups: use the original two-group convolutions in conv2, conv4, conv5.
+        input_space: recorded in checkpoints so that evaluators prepare inputs the same way
+            ("L" = centred lightness L-50, "rgb" = sRGB in [0,1]).
+    """
+
+    def __init__(self, in_channels: int = 1, widths: Sequence[int] = (96, 256, 384, 384, 256),
+                 fc_channels: int = 4096, fc6_kernel: int = 6, fc6_dilation: int = 2,
+                 groups: bool = True, batch_norm: bool = True, input_space: str = "L") -> None:
+        super().__init__()
+        if len(widths) != 5:
+            raise ValueError(f"backbone.widths: expected 5 channel counts (conv1..conv5), got {list(widths)}")
+        if input_space not in ("L", "rgb"):
+            raise ValueError(f"backbone.input_space: expected 'L' or 'rgb', got {input_space!r}")
+        g = 2 if groups else 1
+        # Constructor arguments, saved in checkpoints so any tool can rebuild the trunk.
+        self.config = dict(in_channels=in_channels, widths=list(widths), fc_channels=fc_channels,
+                           fc6_kernel=fc6_kernel, fc6_dilation=fc6_dilation, groups=groups,
+                           batch_norm=batch_norm, input_space=input_space)
+        w1, w2, w3, w4, w5 = widths
+        self.in_channels, self.input_space = in_channels, input_space
+        self.widths, self.fc_channels = tuple(widths), fc_channels
+        self.conv1 = ConvBNReLU(in_channels, w1, 11, 4, 5, batch_norm=batch_norm)
+        self.pool1 = nn.MaxPool2d(3, 2, 1)
+        self.conv2 = ConvBNReLU(w1, w2, 5, 1, 2, groups=g, batch_norm=batch_norm)
+        self.pool2 = nn.MaxPool2d(3, 2, 1)
+        self.conv3 = ConvBNReLU(w2, w3, 3, 1, 1, batch_norm=batch_norm)
+        self.conv4 = ConvBNReLU(w3, w4, 3, 1, 1, groups=g, batch_norm=batch_norm)
+        self.conv5 = ConvBNReLU(w4, w5, 3, 1, 1, groups=g, batch_norm=batch_norm)
+        self.pool5 = nn.MaxPool2d(3, 1, 1)
+        pad6 = fc6_dilation * (fc6_kernel - 1) // 2
+        self.fc6 = ConvBNReLU(w5, fc_channels, fc6_kernel, 1, pad6, dilation=fc6_dilation,
+                              batch_norm=batch_norm)
+        self.fc7 = ConvBNReLU(fc_channels, fc_channels, 1, batch_norm=batch_norm)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Gaussian (He) init. The authors started from Krähenbühl's k-means init (baselines issue)."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+
+    @property
+    def out_channels(self) -> int:
+        return self.fc_channels
+
+    def forward_features(self, x: Tensor, layers: Sequence[str] = CONV_LAYERS) -> dict[str, Tensor]:
+        """Named post-ReLU activations. Stops after the deepest requested layer.
+
+        Args:
+            x: N x in_channels x H x W.
+            layers: any of conv1..conv5, fc6, fc7.
+        Returns:
+            dict layer -> N x C x h x w.
+        """
+        unknown = set(layers) - set(LAYERS)
+        if unknown:
+            raise ValueError(f"unknown layer(s) {sorted(unknown)}; expected a subset of {LAYERS}")
+        last = max(LAYERS.index(name) for name in layers)
+        out: dict[str, Tensor] = {}
+        pools = {"conv1": self.pool1, "conv2": self.pool2, "conv5": self.pool5}
+        for name in LAYERS[: last + 1]:
+            x = getattr(self, name)(x)
+            if name in layers:
+                out[name] = x
+            if name in pools:
+                x = pools[name](x)
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        """N x in_channels x H x W -> fc7 map N x fc_channels x H/16 x W/16 (roughly)."""
+        return self.forward_features(x, ("fc7",))["fc7"]
+
+
+def alexnet(**kwargs) -> AlexNet:
+    """The faithful colorization AlexNet (defaults = the authors' net)."""
+    return AlexNet(**kwargs)
+
+
+def alexnet_small(**kwargs) -> AlexNet:
+    """CPU-sized variant for the embedded default: half widths, 512-wide fc, fc6 a 3x3 conv."""
+    defaults = dict(widths=(48, 128, 192, 192, 128), fc_channels=512, fc6_kernel=3, fc6_dilation=1)
+    return AlexNet(**{**defaults, **kwargs})
+
+
+def count_flops(model: nn.Module, x: Tensor) -> int:
+    """Multiply-accumulates x2 of the conv layers for one forward pass of input x (N included)."""
+    flops = 0
+
+    def hook(mod: nn.Conv2d, _inp, out: Tensor) -> None:
+        nonlocal flops
+        k = mod.kernel_size[0] * mod.kernel_size[1] * mod.in_channels // mod.groups
+        flops += 2 * k * out.numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return flops

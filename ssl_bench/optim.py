@@ -1,0 +1,33 @@
+"""Learning-rate schedules expressed as picklable factories (Hydra ``_partial_`` targets)."""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Sequence
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+
+class PiecewiseConstant:
+    """lr multiplier: values[i] on [boundaries[i-1], boundaries[i]). A class, not a lambda, so that
+    schedulers survive checkpoint pickling.
+
+    ``scale`` compresses the boundaries for shorter runs (the paper's schedule scaled to a run).
+    """
+
+    def __init__(self, boundaries: Sequence[int], values: Sequence[float], scale: float = 1.0) -> None:
+        if len(values) != len(boundaries) + 1:
+            raise ValueError(f"scheduler.values: expected {len(boundaries) + 1} values for "
+                             f"{len(boundaries)} boundaries, got {len(values)}")
+        self.boundaries = [int(round(b * scale)) for b in boundaries]
+        self.values = list(values)
+
+    def __call__(self, step: int) -> float:
+        return self.values[bisect_right(self.boundaries, step)]
+
+
+def piecewise_constant(optimizer: Optimizer, boundaries: Sequence[int], values: Sequence[float],
+                       scale: float = 1.0) -> LambdaLR:
+    """LambdaLR with multipliers ``values`` switching at iteration ``boundaries`` (x ``scale``)."""
+    return LambdaLR(optimizer, PiecewiseConstant(boundaries, values, scale))

@@ -1,0 +1,205 @@
+"""Colorization as cross-channel encoding (Zhang, Isola, Efros 2016): predict ab from L.
+
+Loaders hand over uint8 crops; Lab conversion, ab decimation, soft-encoding and rebalancing weights
+run batched on the accelerator here, so the pretext machinery costs little next to the network.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssl_bench import color
+from ssl_bench.data.images import SkipCounter
+from ssl_bench.losses import l2_regression, resize_to, soft_cross_entropy
+from ssl_bench.pretext.samples import save_colorization_grid
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN/inf; the run stops and the last good checkpoint is kept."""
+
+
+class ColorObjective:
+    """What the network predicts and how it is scored (config group ``loss``).
+
+    A plain class rather than a dataclass: Hydra would turn a dataclass passed to ``instantiate``
+    back into a config node.
+
+    Args:
+        kind: "classification" (313-way soft-encoded cross-entropy) or "regression" (L2 on ab).
+        rebalance: weight pixels by the inverse smoothed prior ("full"); False is the "class" ablation.
+        lam: prior/uniform mixing lambda of the rebalancing weights.
+        neighbors, sigma: soft-encoding K and Gaussian sigma (authors' code K=10; paper text K=5).
+        prior_sigma: smoothing of the empirical prior in ab space (paper text 5; None = raw counts).
+        prior_images: estimate the prior on at most this many training images (None = all).
+    """
+
+    def __init__(self, kind: str = "classification", rebalance: bool = True, lam: float = 0.5,
+                 neighbors: int = 10, sigma: float = 5.0, prior_sigma: float | None = 5.0,
+                 prior_images: int | None = None) -> None:
+        if kind not in ("classification", "regression"):
+            raise ValueError(f"loss.kind: expected 'classification' or 'regression', got {kind!r}")
+        self.kind, self.lam, self.neighbors, self.sigma = kind, lam, neighbors, sigma
+        self.rebalance = rebalance and kind == "classification"
+        self.prior_sigma, self.prior_images = prior_sigma, prior_images
+
+    def __repr__(self) -> str:
+        return f"ColorObjective({self.__dict__})"
+
+    @property
+    def num_outputs(self) -> int:
+        return color.NUM_BINS if self.kind == "classification" else 2
+
+    @property
+    def variant(self) -> str:
+        """The paper's name of the ablation row."""
+        if self.kind == "regression":
+            return "l2"
+        return "full" if self.rebalance else "class"
+
+    def loss(self, out: Tensor, ab: Tensor, bin_weights: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(loss to optimise, unweighted loss to log). out: N x C x h x w at the ab grid size."""
+        if self.kind == "regression":
+            loss = l2_regression(out, ab)
+            return loss, loss
+        idx, w = color.soft_encode(ab, self.neighbors, self.sigma)
+        plain = soft_cross_entropy(out, idx, w)
+        if not self.rebalance or bin_weights is None:
+            return plain, plain
+        pw = color.pixel_weights(ab, idx[:, 0], bin_weights)
+        return soft_cross_entropy(out, idx, w, pw), plain.detach()
+
+    def decode(self, out: Tensor, T: float = 0.38) -> Tensor:
+        return out if self.kind == "regression" else color.annealed_mean(out, T)
+
+
+class ColorizationPretext(pl.LightningModule):
+    """AlexNet trunk + 1x1 fc8 head predicting ab (classes or values) from L - 50.
+
+    Args:
+        trunk: built backbone (``backbone`` group) with ``in_channels == 1``.
+        objective: built ``loss`` group.
+        optimizer: partial optimiser factory taking the parameters.
+        scheduler: partial LR-scheduler factory taking the optimiser (stepped per iteration), or None.
+        prior: 313-bin empirical prior of the training set (needed when rebalancing).
+        ab_stride: decimation of the ab target grid (8 for the AlexNet net, 4 for the VGG net).
+        sample_every_n_steps: write a grid of sample colorizations this often (0 = only at the end).
+        channels_last: NHWC memory format for the convolutions.
+    """
+
+    def __init__(self, trunk: nn.Module, objective: ColorObjective, optimizer: Callable[..., Any],
+                 scheduler: Callable[..., Any] | None = None, prior: Tensor | None = None,
+                 ab_stride: int = 8, temperature: float = 0.38, sample_every_n_steps: int = 500,
+                 channels_last: bool = False) -> None:
+        super().__init__()
+        if getattr(trunk, "in_channels", 1) != 1:
+            raise ValueError("backbone.in_channels: colorization predicts ab from L, expected 1")
+        self.trunk, self.objective = trunk, objective
+        self.head = nn.Conv2d(trunk.out_channels, objective.num_outputs, 1)  # fc8
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.ab_stride, self.temperature = ab_stride, temperature
+        self.sample_every_n_steps, self.channels_last = sample_every_n_steps, channels_last
+        if objective.rebalance and prior is None:
+            raise ValueError("loss.rebalance=true needs the training set's ab prior")
+        weights = color.rebalance_weights(prior, objective.lam) if prior is not None else torch.ones(color.NUM_BINS)
+        self.register_buffer("bin_weights", weights.float())
+        self.skips = SkipCounter()
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """uint8 N x 3 x H x W -> (prediction at the ab grid N x C x h x w, ab N x 2 x h x w, L N x 1 x H x W)."""
+        L, ab = color.lab_from_uint8(images, self.ab_stride)
+        x = L - 50.0
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = resize_to(self.head(self.trunk(x)), tuple(ab.shape[-2:]))
+        return out, ab, L
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        self.skips.add(batch["skipped"])
+        images = batch["image"]
+        if images.shape[0] == 0:  # every file in the batch was unreadable
+            return None
+        out, ab, L = self(images)
+        loss, plain = self.objective.loss(out, ab, self.bin_weights)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"pretrain/loss is {loss.item()} at step {self.global_step}")
+        self.log("pretrain/loss", loss, prog_bar=True)
+        self.log("pretrain/loss_unweighted", plain)
+        self.log("pretrain/skipped_images", float(self.skips.count))
+        every = self.sample_every_n_steps
+        if every and self.global_step % every == 0 and self.global_rank == 0:
+            self.save_samples(L, out, ab, f"step_{self.global_step:07d}")
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.skips.add(batch["skipped"])
+        if batch["image"].shape[0] == 0:
+            return
+        out, ab, L = self(batch["image"])
+        loss, plain = self.objective.loss(out, ab, self.bin_weights)
+        err = (self.objective.decode(out.float(), self.temperature) - ab).norm(dim=1).mean()
+        n = batch["image"].shape[0]
+        self.log("pretrain/val_loss", loss, batch_size=n, sync_dist=True)
+        self.log("pretrain/val_ab_error", err, batch_size=n, sync_dist=True)
+        # the grey prediction (ab = 0) as a reference point for the error above
+        self.log("pretrain/val_ab_error_grey", ab.norm(dim=1).mean(), batch_size=n, sync_dist=True)
+        if batch_idx == 0 and self.global_rank == 0 and not self.trainer.sanity_checking:
+            self.save_samples(L, out, ab, f"val_epoch_{self.current_epoch:03d}")
+
+    @torch.no_grad()
+    def colorize(self, images: Tensor, T: float | None = None) -> Tensor:
+        """uint8 N x 3 x H x W -> predicted sRGB N x 3 x H x W in [0,1], L kept at full resolution."""
+        out, ab, L = self(images)
+        ab_hat = self.objective.decode(out.float(), self.temperature if T is None else T)
+        ab_full = F.interpolate(ab_hat, size=L.shape[-2:], mode="bilinear", align_corners=False)
+        return color.lab_to_rgb(torch.cat([L, ab_full], dim=1))
+
+    def save_samples(self, L: Tensor, out: Tensor, ab: Tensor, tag: str) -> Path | None:
+        root = Path(self.trainer.default_root_dir) / "samples" if self._trainer else None
+        if root is None:
+            return None
+        ab_hat = self.objective.decode(out.detach().float()[:8], self.temperature)
+        path = save_colorization_grid(L[:8], ab_hat, ab[:8], root / f"{tag}.png")
+        for logger in self.loggers:
+            if hasattr(logger, "log_image"):  # W&B
+                logger.log_image(key="pretrain/samples", images=[str(path)], step=self.global_step)
+        return path
+
+    def configure_optimizers(self) -> Any:
+        opt = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt),
+                                                   "interval": "step"}}
+
+    @property
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """What any tool needs to rebuild and feed the trunk (stored in every checkpoint)."""
+        return {"pretext": "colorization", "variant": self.objective.variant,
+                "input_space": getattr(self.trunk, "input_space", "L"),
+                "trunk": getattr(self.trunk, "config", {}), "num_outputs": self.objective.num_outputs,
+                "ab_stride": self.ab_stride}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ssl_bench"] = {**self.checkpoint_meta, "skipped_images": self.skips.count}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.skips.count = checkpoint.get("ssl_bench", {}).get("skipped_images", 0)
+
+
+def dataset_prior(batches: Any, fingerprint: str, cache_dir: str | Path, ab_stride: int,
+                  sigma: float | None) -> Tensor:
+    """The training set's 313-bin ab prior, computed once per (dataset, stride, sigma) and cached.
+
+    batches: iterable of loader batches {"image": uint8 N x 3 x H x W}.
+    """
+    name = f"prior-{fingerprint}-stride{ab_stride}-sigma{sigma}.pt"
+    ab_iter = (color.lab_from_uint8(b["image"], ab_stride)[1] for b in batches if b["image"].numel())
+    return color.empirical_prior(ab_iter, sigma=sigma, cache_file=Path(cache_dir) / name)

@@ -1,0 +1,115 @@
+"""The pretraining run: build the configured parts, fit, write checkpoint, samples and results.json."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+
+from ssl_bench.models.checkpoint import check_state_dict, read_checkpoint
+from ssl_bench.pretext.colorization import NonFiniteLossError, dataset_prior
+from ssl_bench.results import write_results
+
+
+def resolve_resume(ckpt_path: str | None, out_dir: Path) -> str | None:
+    if ckpt_path in (None, "null", ""):
+        return None
+    if ckpt_path == "auto":
+        last = out_dir / "checkpoints" / "last.ckpt"
+        return str(last) if last.is_file() else None
+    return str(ckpt_path)
+
+
+def build_model(cfg: DictConfig, dm: Any) -> pl.LightningModule:
+    """Instantiate trunk, objective, optimiser/scheduler factories and the pretext module."""
+    trunk = instantiate(cfg.backbone)
+    objective = instantiate(cfg.loss)
+    prior = None
+    if objective.rebalance:
+        batches = dm.eval_train_dataloader()
+        if objective.prior_images:
+            n = max(1, objective.prior_images // dm.batch_size)
+            batches = (b for i, b in zip(range(n), batches))
+        prior = dataset_prior(batches, f"{dm.fingerprint}-n{objective.prior_images}",
+                              cfg.paths.cache_dir, cfg.pretext.ab_stride, objective.prior_sigma)
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    return instantiate(cfg.pretext, trunk=trunk, objective=objective,
+                       optimizer=instantiate(cfg.optimizer), scheduler=scheduler, prior=prior)
+
+
+def build_loggers(cfg: DictConfig) -> list[Any]:
+    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+
+
+def pretrain(cfg: DictConfig) -> dict[str, Any]:
+    """Run one pretraining job; returns the results.json record."""
+    started, t0 = datetime.now(timezone.utc), time.perf_counter()
+    out_dir = Path(cfg.paths.output_dir)
+    pl.seed_everything(cfg.seed, workers=True)
+    dm = instantiate(cfg.data)
+    dm.prepare_data()
+    dm.setup("fit")
+    model = build_model(cfg, dm)
+    ckpt_dir = out_dir / "checkpoints"
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:07d}", save_last=True,
+                                 save_top_k=1, monitor=None,
+                                 every_n_train_steps=cfg.checkpoint.every_n_train_steps,
+                                 save_on_train_epoch_end=True, auto_insert_metric_name=False)
+    loggers = build_loggers(cfg)
+    trainer = instantiate(cfg.trainer, default_root_dir=str(out_dir), precision=cfg.precision,
+                          callbacks=[checkpoint, LearningRateMonitor("step")], logger=loggers)
+    resume = resolve_resume(cfg.ckpt_path, out_dir)
+    if resume:
+        check_state_dict(model, read_checkpoint(resume)["state_dict"], resume)
+    try:
+        trainer.fit(model, datamodule=dm, ckpt_path=resume)
+    except NonFiniteLossError as e:
+        last = ckpt_dir / "last.ckpt"
+        kept = f"last good checkpoint: {last}" if last.is_file() else "no checkpoint was written yet"
+        raise NonFiniteLossError(f"{e}; training stopped ({kept})") from e
+
+    samples = sorted(str(p.relative_to(out_dir)) for p in (out_dir / "samples").glob("*.png"))
+    final = final_samples(model, dm, out_dir)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("pretrain/")}
+    metrics["pretrain/steps"] = trainer.global_step
+    metrics["pretrain/images_per_s"] = (trainer.global_step * dm.batch_size) / (time.perf_counter() - t0)
+    record = {
+        "kind": "pretrain",
+        "method": f"{model.checkpoint_meta['pretext']}/{model.checkpoint_meta['variant']}",
+        "status": "completed",
+        "metrics": metrics,
+        "dataset": {"name": Path(str(dm.root)).name, "root": str(dm.root), "fingerprint": dm.fingerprint,
+                    "num_train": len(dm.train_samples), "num_val": len(dm.val_samples),
+                    "skipped_images": model.skips.count},
+        "checkpoint": str((ckpt_dir / "last.ckpt").relative_to(out_dir)),
+        "trunk": model.checkpoint_meta,
+        "samples": samples + ([str(final.relative_to(out_dir))] if final else []),
+        "seed": cfg.seed,
+        "started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
+        "wall_time_s": time.perf_counter() - t0,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    if trainer.is_global_zero:
+        write_results(out_dir / "results.json", record)
+    for logger in loggers:
+        if hasattr(logger, "experiment") and hasattr(logger.experiment, "finish"):
+            logger.experiment.finish()
+    return record
+
+
+@torch.no_grad()
+def final_samples(model: pl.LightningModule, dm: Any, out_dir: Path) -> Path | None:
+    """Sample colorizations of the first validation images, written as samples/final.png."""
+    model.eval()
+    for batch in dm.val_dataloader():
+        if batch["image"].numel():
+            out, ab, L = model(batch["image"].to(model.device))
+            return model.save_samples(L, out, ab, "final")
+    return None

@@ -1,0 +1,82 @@
+"""results.json: the one file every run writes, read by the leaderboard.
+
+Schema (version 1)::
+
+    {
+      "schema_version": 1,
+      "kind": "pretrain",                  # later: "probe", "finetune", ...
+      "method": "colorization/full",       # pretext/variant
+      "status": "completed",
+      "metrics": {"pretrain/loss": float, "pretrain/val_loss": float, ...},
+      "dataset": {"name", "root", "fingerprint", "num_train", "num_val", "skipped_images"},
+      "checkpoint": "checkpoints/last.ckpt",   # relative to the results file
+      "samples": ["samples/final.png", ...],
+      "seed": int, "wall_time_s": float, "started": ISO-8601, "finished": ISO-8601,
+      "git_commit": str | null, "package_version": str, "torch_version": str, "device": str,
+      "config": {...}                      # the fully resolved Hydra config
+    }
+
+Written atomically (temporary file in the same folder, then ``os.replace``), so a reader never sees
+half a file and a killed run leaves either the previous file or none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import ssl_bench
+
+SCHEMA_VERSION = 1
+
+
+def git_commit() -> str | None:
+    """Commit of the installed source tree, or None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(ssl_bench.__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment() -> dict[str, Any]:
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return {"git_commit": git_commit(), "package_version": ssl_bench.__version__,
+            "torch_version": torch.__version__, "device": device}
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_results(path: str | Path, record: dict[str, Any]) -> Path:
+    """Add schema version and environment to ``record`` and write it atomically as JSON."""
+    full = {"schema_version": SCHEMA_VERSION, **environment(), **record}
+    return atomic_write_text(path, json.dumps(full, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.item() if x.numel() == 1 else x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"results.json: cannot serialise {type(x).__name__}")

@@ -1,0 +1,129 @@
+"""End-to-end colorization pretraining on tiny generated data, through the real CLI and configs."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def read_results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+def test_one_epoch_writes_checkpoint_results_and_samples(tiny_data, tmp_path, run_cli):
+    out = tmp_path / "run"
+    assert run_cli("pretrain", *tiny_overrides(tiny_data, out, tmp_path / "cache")) == 0
+    res = read_results(out)
+    assert res["schema_version"] == 1 and res["status"] == "completed"
+    assert res["kind"] == "pretrain" and res["method"] == "colorization/full"
+    assert res["metrics"]["pretrain/steps"] == 5  # 80 images / batch 16
+    assert math.isfinite(res["metrics"]["pretrain/loss"]) and "pretrain/val_loss" in res["metrics"]
+    assert res["dataset"]["num_train"] == 80 and res["dataset"]["num_val"] == 20
+    assert len(res["dataset"]["fingerprint"]) == 20 and res["dataset"]["skipped_images"] == 0
+    assert res["config"]["data"]["root"] == str(tiny_data) and res["seed"] == 0
+    assert res["package_version"] and res["wall_time_s"] > 0
+    ckpt = torch.load(out / res["checkpoint"], map_location="cpu", weights_only=False)
+    assert ckpt["ssl_bench"]["input_space"] == "L" and ckpt["ssl_bench"]["trunk"]["widths"] == [16, 32, 48, 48, 32]
+    assert "final" in " ".join(res["samples"])
+    grid = Image.open(out / "samples" / "final.png")
+    assert grid.mode == "RGB" and grid.width > grid.height / 8  # 3 columns: grey | prediction | truth
+    assert "pretrain/loss" in (out / "csv" / "version_0" / "metrics.csv").read_text()
+    assert list((tmp_path / "cache").glob("prior-*.pt")), "the ab prior is cached on disk"
+    assert not list(out.rglob("*.tmp")), "no half-written files left"
+
+
+def test_killed_run_resumes_where_it_stopped(tiny_data, tmp_path, run_cli):
+    out = tmp_path / "run"
+    base = tiny_overrides(tiny_data, out, tmp_path / "cache")
+    assert run_cli("pretrain", *base) == 0
+    first = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    (out / "results.json").unlink()  # as if killed before the end
+    assert run_cli("pretrain", *base, "trainer.max_epochs=2") == 0
+    res = read_results(out)
+    assert first["global_step"] == 5 and res["metrics"]["pretrain/steps"] == 10
+
+
+def test_corrupt_images_are_skipped_and_counted(tiny_data, tmp_path, run_cli):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    (data / "train" / next(p.name for p in (data / "train").iterdir()) / "broken.jpg").write_bytes(b"not a jpeg")
+    (data / "train" / "extra").mkdir()
+    (data / "train" / "extra" / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    (data / "val" / "extra").mkdir()
+    shutil.copy(next((data / "val").rglob("*.jpg")), data / "val" / "extra" / "ok.jpg")
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="unreadable image"):
+        code = run_cli("pretrain", *tiny_overrides(data, out, tmp_path / "cache"), "data.batch_size=82")
+    assert code == 0
+    res = read_results(out)
+    assert res["dataset"]["skipped_images"] == 2
+    assert res["dataset"]["num_train"] == 82
+
+
+def test_missing_data_dir_is_one_clear_line(tmp_path, run_cli, capsys):
+    code = run_cli("pretrain", "data=imagenet", f"data.root={tmp_path}/nope", f"paths.cache_dir={tmp_path}",
+                   f"hydra.run.dir={tmp_path}/run")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "data.root=" in err[0] and "ROOT/train/<class>" in err[0]
+
+
+def test_missing_required_value_names_the_key(tmp_path, run_cli, capsys):
+    code = run_cli("pretrain", "data=imagenet", f"hydra.run.dir={tmp_path}/run")
+    assert code == 2 and "data.root" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_with_error_and_keeps_last_good_checkpoint(tiny_data, tmp_path, run_cli, capsys, monkeypatch):
+    import ssl_bench.pretext.colorization as colorization
+    real, calls = colorization.soft_cross_entropy, {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] > 6 else loss  # 2 calls a step: NaN at step 4
+
+    monkeypatch.setattr(colorization, "soft_cross_entropy", poisoned)
+    out = tmp_path / "run"
+    code = run_cli("pretrain", *tiny_overrides(tiny_data, out, tmp_path / "cache"), "trainer.num_sanity_val_steps=0")
+    err = capsys.readouterr().err
+    assert code == 2 and "nan" in err.lower() and "last good checkpoint" in err
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 3
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert not (out / "results.json").exists()
+
+
+def test_checkpoint_from_other_architecture_lists_keys(tiny_data, tmp_path, run_cli, capsys):
+    out = tmp_path / "run"
+    assert run_cli("pretrain", *tiny_overrides(tiny_data, out, tmp_path / "cache")) == 0
+    capsys.readouterr()
+    code = run_cli("pretrain", *tiny_overrides(tiny_data, tmp_path / "other", tmp_path / "cache"),
+                   "backbone.fc_channels=96", f"ckpt_path={out}/checkpoints/last.ckpt")
+    err = capsys.readouterr().err
+    assert code == 2 and "does not match the model architecture" in err and "fc6.0.weight" in err
+
+
+@pytest.mark.parametrize("variant,method", [("loss=regression", "colorization/l2"),
+                                            ("loss.rebalance=false", "colorization/class")])
+def test_ablations_train(variant, method, tiny_data, tmp_path, run_cli):
+    out = tmp_path / "run"
+    assert run_cli("pretrain", *tiny_overrides(tiny_data, out, tmp_path / "cache"), variant) == 0
+    assert read_results(out)["method"] == method
+
+
+def test_multirun_sweeps_seeds(tiny_data, tmp_path, run_cli):
+    over = [o for o in tiny_overrides(tiny_data, tmp_path / "x", tmp_path / "cache") if not o.startswith("hydra.run")]
+    code = run_cli("pretrain", "-m", *over, "seed=0,1", f"hydra.sweep.dir={tmp_path}/sweep", "trainer.limit_val_batches=0")
+    assert code == 0
+    seeds = sorted(json.loads(p.read_text())["seed"] for p in (tmp_path / "sweep").glob("*/results.json"))
+    assert seeds == [0, 1]
