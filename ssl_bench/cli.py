@@ -1,6 +1,8 @@
 """ssl-bench command line: a thin dispatcher onto Hydra jobs and a few plain commands.
 
     ssl-bench pretrain [hydra overrides]        pretrain a trunk (Hydra; -m for multirun)
+    ssl-bench probe [hydra overrides]           per-layer probes of a frozen trunk (checkpoint=... or init=gaussian)
+    ssl-bench leaderboard DIR... [--out DIR]    gather results.json files into one table
     ssl-bench demo [hydra overrides]            the embedded default: synthetic data + colorization
     ssl-bench data synthetic --out DIR [...]    write the synthetic ImageFolder tree
 """
@@ -65,6 +67,17 @@ def _pretrain_task(cfg: Any) -> Any:
     return record
 
 
+def _probe_task(cfg: Any) -> Any:
+    from ssl_bench.evaluation.harness import run_probe
+    record = run_probe(cfg)
+    m = record["metrics"]
+    layers = [k.split("/")[1] for k in m if k.endswith("/top1") and k.split("/")[1].startswith("conv")]
+    print("ssl-bench: " + record["method"] + " " + record["probe"] + " top-1: " +
+          ", ".join(f"{l} {m[f'probe/{l}/top1']:.1f}" for l in layers))
+    print(f"ssl-bench: results written to {cfg.paths.output_dir}/results.json")
+    return record
+
+
 def _data(argv: Sequence[str]) -> None:
     from ssl_bench.data.synthetic import SyntheticSpec, generate
     p = argparse.ArgumentParser(prog="ssl-bench data", description="Data preparation commands.")
@@ -99,6 +112,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     cmd, rest = argv[0], argv[1:]
     if cmd == "pretrain":
         run_hydra("pretrain", _pretrain_task, rest, "ssl-bench pretrain")
+    elif cmd == "probe":
+        run_hydra("probe_run", _probe_task, rest, "ssl-bench probe")
+    elif cmd == "leaderboard":
+        from ssl_bench.evaluation.leaderboard import leaderboard_main
+        sys.exit(leaderboard_main(rest))
     elif cmd == "demo":
         run_hydra("pretrain", _pretrain_task, ["experiment=demo", *rest], "ssl-bench demo")
     elif cmd == "data":

@@ -1,16 +1,17 @@
 """Colour space and target encoding for colorization (Zhang, Isola, Efros, ECCV 2016).
 
 Everything here is a pure function on tensors laid out as N x C x H x W. Constants are built on
-the device and dtype of the input (and cached per device/dtype), so the same code runs on CPU or GPU.
+the device of the input (and cached per device and dtype), so the same code runs on CPU or GPU.
 
 Conventions (reference: ``method.md`` sections 1.1-1.5):
 
 * Lab is CIE Lab with a D65 white and the 2 degree observer, with exactly the constants of
-  ``skimage.color.rgb2lab`` (sRGB matrix, ``0.008856`` / ``7.787`` linear segment), so that results
+  ``skimage.color.rgb2lab`` (sRGB matrix, ``0.008856`` / ``7.787`` linear segment), so results
   can be compared with the authors' pipeline, which used scikit-image.
 * The 313 ab bins are the authors' table (a ascending, then b ascending), on a grid of step 10.
 * Soft encoding: the K nearest bin centres of every ab value, Gaussian weights with sigma = 5,
-  normalised to sum to 1. Ties in distance are broken by the lower bin index, in every code path.
+  normalised to sum to 1. Exact (not a quantised lookup), with exact ties broken by the lower
+  bin index in every code path.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ NUM_BINS: int = 313
 GRID: float = 10.0
 
 # ---------------------------------------------------------------------------------------------
-# Colour space constants (identical to skimage.color.colorconv so results are comparable).
+# Colour space constants (identical to skimage.color.colorconv so results are comparable)
 # ---------------------------------------------------------------------------------------------
 
 _XYZ_FROM_RGB = np.array(
@@ -64,31 +65,50 @@ _XYZ_FROM_RGB = np.array(
 # skimage inverts the forward matrix rather than using the rounded published inverse.
 _RGB_FROM_XYZ = np.linalg.inv(_XYZ_FROM_RGB)
 _WHITE_D65 = np.array([0.95047, 1.0, 1.08883], dtype=np.float64)
-# Folding the white point into the matrix saves a full-resolution division per channel.
+# Folding the white point into the matrix saves a division per pixel and channel.
 _XYZN_FROM_RGB = _XYZ_FROM_RGB / _WHITE_D65[:, None]
 
-_LAB_EPS = 0.008856  # threshold of the linear segment of f(t), as in skimage
+_LAB_EPS = 0.008856  # knee of f(t), as in skimage
 _LAB_KAPPA = 7.787
 _LAB_OFFSET = 16.0 / 116.0
-_LAB_INV_EPS = 0.2068966  # f(_LAB_EPS), threshold used by skimage's inverse
+_LAB_INV_EPS = 0.2068966  # f(_LAB_EPS), the knee used by skimage's inverse
+
+_L_STEPS = 1 << 16  # nodes per unit Y of the L(Y) interpolation table for 8-bit input
 
 
 def _srgb_to_linear_np(v: np.ndarray) -> np.ndarray:
     return np.where(v > 0.04045, ((v + 0.055) / 1.055) ** 2.4, v / 12.92)
 
 
-def _uint8_xyz_lut_np() -> np.ndarray:
-    """3 (X/Xn, Y/Yn, Z/Zn) x 3 (R, G, B) x 256 table: the contribution of one 8-bit channel value.
+def _lab_f_np(t: np.ndarray) -> np.ndarray:
+    return np.where(t > _LAB_EPS, np.cbrt(t), _LAB_KAPPA * t + _LAB_OFFSET)
 
-    Computed in float64 once, so an 8-bit image costs three table look-ups and two adds per output
-    channel instead of a power function per input channel.
+
+def _uint8_lin_np() -> np.ndarray:
+    """Linear-light value of each 8-bit sRGB code (256,)."""
+    return _srgb_to_linear_np(np.arange(256, dtype=np.float64) / 255.0)
+
+
+def _uint8_y_lut_np() -> np.ndarray:
+    """3 x 256: contribution of each 8-bit R, G, B code to Y/Yn (sRGB decoding folded in)."""
+    return _XYZN_FROM_RGB[1][:, None] * _uint8_lin_np()[None, :]
+
+
+def _l_table_np() -> tuple[np.ndarray, np.ndarray]:
+    """L(Y) at Y = j / _L_STEPS (j = 0 .. _L_STEPS) and the step to the next node.
+
+    Linear interpolation on this grid is within 2e-6 of skimage's L for Y in [0, 1] (the
+    curvature peaks at the knee, |L''| ~ 7e4, and h^2 / 8 ~ 3e-11), except in the one interval
+    holding the knee, where skimage's own L jumps by 4e-5 and the error is up to 2.5e-5. It
+    replaces a cube root per full-resolution pixel.
     """
-    lin = _srgb_to_linear_np(np.arange(256, dtype=np.float64) / 255.0)
-    return _XYZN_FROM_RGB[:, :, None] * lin[None, None, :]
+    y = np.arange(_L_STEPS + 2, dtype=np.float64) / _L_STEPS
+    lum = 116.0 * _lab_f_np(y) - 16.0
+    return lum[:-1], np.diff(lum)
 
 
 # ---------------------------------------------------------------------------------------------
-# The 313 bins
+# The 313 bins and the grid tables for the nearest-bin search
 # ---------------------------------------------------------------------------------------------
 
 # (a, b_min, b_max) from method.md 1.2; the authors' bins, not a quantised sRGB gamut.
@@ -125,21 +145,21 @@ def _gamut_np() -> np.ndarray:
 
 _GAMUT_NP = _gamut_np()
 
-# Grid-index tables for the local search: grid point (a/10, b/10) for a, b in
-# [-_TAB_HALF, _TAB_HALF] grid steps. Centres are clamped to +-_CENTRE_MAX steps and candidates lie
-# within _WIN_R steps of their centre, so every lookup stays inside the table.
-_WIN_R = 5  # candidate offsets are drawn from an 11 x 11 window of grid points
-_CENTRE_MAX = 20  # centres clamped to +-200 in ab; anything farther falls back to brute force
+# Grid table: grid point (a/10, b/10) for a, b in [-_TAB_HALF, _TAB_HALF] grid steps, flattened.
+# Centres are clamped to +-_CENTRE_MAX steps and candidates lie within _WIN_R steps of their
+# centre, so every lookup stays inside the table.
+_WIN_R = 5  # general search: candidates come from an 11 x 11 window of grid points
+_CENTRE_MAX = 20  # centres clamped to +-200 in ab; such points go to the exhaustive search
 _TAB_HALF = _CENTRE_MAX + _WIN_R
 _TAB_SIZE = 2 * _TAB_HALF + 1
+_BIN_FLAT_NP = (np.rint(_GAMUT_NP / GRID).astype(np.int64) + _TAB_HALF) @ np.array([_TAB_SIZE, 1])
 
 
 def _grid_table_np() -> np.ndarray:
-    """Flattened (_TAB_SIZE x _TAB_SIZE) table: bin index of each grid point, -1 outside the gamut."""
-    tab = np.full((_TAB_SIZE, _TAB_SIZE), -1, dtype=np.int64)
-    ij = np.rint(_GAMUT_NP / GRID).astype(np.int64) + _TAB_HALF
-    tab[ij[:, 0], ij[:, 1]] = np.arange(NUM_BINS)
-    return tab.reshape(-1)
+    """Flattened _TAB_SIZE^2 table: bin index of each grid point, -1 outside the gamut."""
+    tab = np.full(_TAB_SIZE * _TAB_SIZE, -1, dtype=np.int64)
+    tab[_BIN_FLAT_NP] = np.arange(NUM_BINS)
+    return tab
 
 
 _GRID_TABLE_NP = _grid_table_np()
@@ -149,19 +169,23 @@ _GRID_TABLE_NP = _grid_table_np()
 # by the lower bin index: unique keys make every path deterministic and mutually consistent.
 _IDX_BITS = 9
 _IDX_MASK = (1 << _IDX_BITS) - 1
-# Out-of-gamut grid points get a high bit above any packed distance, so they sort after all bins.
+# Grid points outside the gamut get a bit above any packed distance: they sort after all bins.
 _KEY_OUT = (1 << 41) | _IDX_MASK
 _GRID_KEYTAB_NP = np.where(_GRID_TABLE_NP >= 0, _GRID_TABLE_NP, _KEY_OUT)
 
-_GENERAL_CELLS = 64  # LUT resolution (per axis) of the general local search
-_N_PASSES = 3  # odd-even transposition passes of the general local search
-_PATTERN_CELLS = 1024  # LUT resolution (per axis) of the pattern fast path (even)
-_PATTERN_MAX_K = 16  # beyond this the general path is used (patterns multiply, cells get dirty)
-_CHUNK = 1 << 19  # pixels per chunk: keeps temporaries small (big fresh buffers cost page faults)
+_GENERAL_CELLS = 64  # cells per axis of the general search's candidate table
+_N_PASSES = 3  # odd-even transposition passes of the general search
+_PATTERN_CELLS = 2048  # cells per axis of the pattern table (even)
+_PATTERN_MAX_K = 16  # above this, patterns multiply and cells get dirty: general search only
+_LAB_CHUNK = 1 << 17  # full-resolution pixels per step of lab_from_uint8
+_KNN_CHUNK = 1 << 16  # points per step of the nearest-bin search
+_BRUTE_CHUNK = 1 << 12  # points per step of the exhaustive search (x 313 candidates)
+# Why chunks: chunk-sized temporaries stay in cache and are recycled by the allocator, while
+# batch-sized ones stream through main memory (and can be fresh memory to page in on every call).
 
 
 def _cached(fn):
-    """lru_cache keyed on hashable args (device, dtype, ints): constants are built once per device."""
+    """lru_cache keyed on hashable args (ints, device, dtype): tables are built once per device."""
     return functools.lru_cache(maxsize=None)(fn)
 
 
@@ -181,178 +205,18 @@ def _grid_keytab(device: torch.device) -> Tensor:
 
 
 @_cached
-def _uint8_lut(device: torch.device, dtype: torch.dtype) -> Tensor:
-    """3 x 3 x 256 table of _uint8_xyz_lut_np in the given dtype."""
-    return torch.as_tensor(_uint8_xyz_lut_np(), dtype=dtype, device=device)
-
-
-def _cell_centres(m: int) -> tuple[np.ndarray, float]:
-    """Centres (m*m x 2, grid units) and half-width of the cells of [-1/2, 1/2]^2, row-major."""
-    edges = np.linspace(-0.5, 0.5, m + 1)
-    c = (edges[:-1] + edges[1:]) / 2
-    cu, cv = np.meshgrid(c, c, indexing="ij")
-    return np.stack([cu.ravel(), cv.ravel()], 1), 0.5 / m
-
-
-def _window(r: int) -> np.ndarray:
-    rr = np.arange(-r, r + 1)
-    return np.stack(np.meshgrid(rr, rr, indexing="ij"), -1).reshape(-1, 2).astype(np.float64)
-
-
-@_cached
-def _general_lut(k: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
-    """Tables of the general local search (any gamut position), per cell of the offset (u, v).
-
-    The offset of a point from its nearest grid point lies in [-5, 5]^2; it is cut into
-    _GENERAL_CELLS^2 cells. Returns (delta, du, dv, bound_key, C):
-      delta  int64 cells x C: candidate grid points as flat steps in the grid table, ordered by
-             distance from the cell centre, so a few transposition passes finish the sort;
-      du, dv float32 cells x C: the same offsets in ab units;
-      bound_key int64 cells: packed key of a lower bound on d^2 from ANY point of the (closed)
-             cell to every grid point that is not a candidate. If a point's k-th candidate is
-             nearer than that bound, no other grid point (hence no other bin) can be among its
-             k nearest: this is what makes the local search exact rather than approximate.
-    """
-    c = min(k + 4, (2 * _WIN_R + 1) ** 2)
-    off = _window(_WIN_R)
-    cen, half = _cell_centres(_GENERAL_CELLS)
-    d2 = ((cen[:, None, :] - off[None]) ** 2).sum(-1)
-    order = np.argsort(d2, axis=1, kind="stable")
-    cand, rest = order[:, :c], order[:, c:]
-    q = off[rest]
-    nearest_in_cell = np.clip(q, (cen - half)[:, None], (cen + half)[:, None])
-    bound = ((nearest_in_cell - q) ** 2).sum(-1).min(1) if rest.shape[1] else np.full(len(cen), np.inf)
-    # Grid points outside the window are at least (_WIN_R + 0.5) grid steps away.
-    bound = np.minimum(bound, (_WIN_R + 0.5) ** 2) * GRID**2
-    # Margin for float32 rounding of the run-time distances (ties that close are ambiguous anyway).
-    bound = (bound * (1.0 - 1e-5)).astype(np.float32)
-    bound_key = bound.view(np.int32).astype(np.int64) << _IDX_BITS
-    oi = off[cand].astype(np.int64)
+def _uint8_tables(device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(Y/Yn contributions float32 3 x 256; L table: (base, step) float32 pairs packed in int64
+    words, so one gather fetches both; linear-light float64 256; colour matrix with the white
+    folded in, float64 3 x 3)."""
+    base, step = _l_table_np()
+    packed = np.ascontiguousarray(np.stack([base, step], 1).astype(np.float32)).view(np.int64)
     to = functools.partial(torch.as_tensor, device=device)
     return (
-        to(oi[..., 0] * _TAB_SIZE + oi[..., 1]),
-        to(off[cand][..., 0] * GRID, dtype=torch.float32),
-        to(off[cand][..., 1] * GRID, dtype=torch.float32),
-        to(bound_key),
-        c,
-    )
-
-
-def _pattern_radius(k: int) -> int:
-    """Smallest window radius r (grid steps) whose edge, r + 1/2 away, is beyond the k-th nearest
-    grid point even for a point at a corner of the central cell (the worst case)."""
-    r = 1
-    while True:
-        off = _window(r + 1)
-        d = np.sort(np.hypot(off[:, 0] - 0.5, off[:, 1] - 0.5))[k - 1]
-        if d < r + 0.5 - 0.05:
-            return r
-        r += 1
-
-
-def _unique_rows(rows: np.ndarray, base: int) -> tuple[np.ndarray, np.ndarray]:
-    """np.unique(rows, axis=0, return_inverse=True) for rows of ints in [0, base), faster: rows are
-    encoded as one int64 when they fit (np.unique on a row axis sorts slowly)."""
-    n, k = rows.shape
-    if base**k >= 2**62:
-        uniq, inv = np.unique(rows, axis=0, return_inverse=True)
-        return uniq, inv.reshape(-1)
-    code = np.zeros(n, dtype=np.int64)
-    for j in range(k):
-        code = code * base + rows[:, j]
-    ucode, first, inv = np.unique(code, return_index=True, return_inverse=True)
-    return rows[first], inv.reshape(-1)
-
-
-def _pattern_lut_np(k: int, m: int = _PATTERN_CELLS, margin: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
-    """Cells of the offset square in which the k nearest grid points, in order, never change.
-
-    The offset (grid units) of a point from its nearest grid point lies in [-1/2, 1/2]^2, cut into
-    m x m cells. At every cell vertex we take the k nearest points of the window (radius r) in
-    order, and keep it only when it is strictly separated: consecutive distances^2 differ by more
-    than ``margin``, the (k+1)-th is more than ``margin`` farther than the k-th, and the k-th is
-    nearer than the window edge. A cell is accepted when its four vertices have the same order.
-    That order then holds on the whole closed cell (with the margin to spare for float rounding):
-    the difference of two squared distances is linear in the point, so a strict inequality at
-    the four vertices holds at every convex combination; and the k-th distance is convex, so it
-    stays inside the window. There are few distinct orders ("patterns", 96 for k = 10).
-
-    Only the 1/8 of the vertices with 0 <= v <= u are computed; the rest follow by the square's
-    symmetries, which map the grid and the vertices onto themselves exactly.
-    Returns (cell -> pattern id, int16/int32 m*m, -1 where not accepted; patterns x k x 2 offsets).
-    """
-    assert m % 2 == 0
-    r = _pattern_radius(k)
-    off = _window(r)
-    n_off = len(off)
-    h = m // 2
-    # Canonical vertices: p >= q >= 0 in units of 1/m; row index of (p, q) is p(p+1)/2 + q.
-    cp, cq = np.tril_indices(h + 1)
-    x = np.stack([cp, cq], 1) / m
-    d2 = ((x[:, None, :] - off[None]) ** 2).sum(-1)
-    part = np.argpartition(d2, k, axis=1)[:, : k + 1]
-    dpart = np.take_along_axis(d2, part, 1)
-    srt = np.argsort(dpart, axis=1, kind="stable")
-    order = np.take_along_axis(part, srt, 1)
-    dd = np.take_along_axis(dpart, srt, 1)
-    ok = (np.diff(dd, axis=1) > margin).all(1) & (dd[:, k - 1] < (r + 0.5) ** 2 - margin)
-    canon, canon_id = _unique_rows(order[:, :k][ok], n_off)
-    cid = np.full(len(x), -1, dtype=np.int64)
-    cid[ok] = canon_id.reshape(-1)
-
-    # The 8 symmetries t = sign_u + 2 sign_v + 4 swap, as permutations of the window offsets.
-    lookup = {(int(a), int(b)): i for i, (a, b) in enumerate(off)}
-    perm = np.empty((8, n_off), dtype=np.int64)
-    for t in range(8):
-        su, sv, sw = (-1 if t & 1 else 1), (-1 if t & 2 else 1), bool(t & 4)
-        for i, (a, b) in enumerate(off):
-            ca, cb = (b, a) if sw else (a, b)
-            perm[t, i] = lookup[(int(su * ca), int(sv * cb))]
-    variants = perm[:, canon].transpose(1, 0, 2).reshape(-1, k)  # (canon pattern, t) -> order
-    patterns, final = _unique_rows(variants, n_off)
-    final = final.reshape(len(canon), 8)
-
-    iv, jv = np.meshgrid(np.arange(m + 1) - h, np.arange(m + 1) - h, indexing="ij")
-    au, av = np.abs(iv), np.abs(jv)
-    swap = av > au
-    hi, lo = np.maximum(au, av), np.minimum(au, av)
-    t = (iv < 0) * 1 + (jv < 0) * 2 + swap * 4
-    c = cid[hi * (hi + 1) // 2 + lo]
-    vid = np.where(c >= 0, final[np.maximum(c, 0), t], -1)
-    c00 = vid[:-1, :-1]
-    clean = (c00 >= 0) & (c00 == vid[1:, :-1]) & (c00 == vid[:-1, 1:]) & (c00 == vid[1:, 1:])
-    lut = np.where(clean, c00, -1).reshape(-1)
-    lut = lut.astype(np.int16 if len(patterns) < 2**15 else np.int32)
-    return lut, off[patterns]
-
-
-@_cached
-def _pattern_lut(k: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Torch tables of the pattern fast path: (cell -> pattern id (int16/int32, -1: not accepted),
-    pattern offsets as flat grid-table steps int64 patterns x k, the same offsets du, dv in ab
-    units float32 patterns x k, valid: bool patterns x table-size, flattened, see below)."""
-    lut, offs = _pattern_lut_np(k)
-    oi = offs.astype(np.int64)
-    delta = oi[..., 0] * _TAB_SIZE + oi[..., 1]  # patterns x k
-    # valid[pattern, centre]: all k grid points of the pattern around that centre are bins, i.e. the
-    # k nearest grid points are the k nearest bins. Centres too close to the table edge: False.
-    tab = _GRID_TABLE_NP
-    centres = np.arange(tab.size)
-    ci, cj = np.divmod(centres, _TAB_SIZE)
-    reach = int(np.abs(oi).max()) if oi.size else 0
-    valid = np.broadcast_to(
-        (ci >= reach) & (ci < _TAB_SIZE - reach) & (cj >= reach) & (cj < _TAB_SIZE - reach),
-        (len(delta), tab.size),
-    ).copy()
-    for j in range(k):
-        valid &= tab[np.clip(centres[None, :] + delta[:, j : j + 1], 0, tab.size - 1)] >= 0
-    to = functools.partial(torch.as_tensor, device=device)
-    return (
-        to(lut),
-        to(delta),
-        to(offs[..., 0] * GRID, dtype=torch.float32),
-        to(offs[..., 1] * GRID, dtype=torch.float32),
-        to(valid.reshape(-1)),
+        to(_uint8_y_lut_np(), dtype=torch.float32),
+        to(packed.reshape(-1)),
+        to(_uint8_lin_np(), dtype=torch.float64),
+        to(_XYZN_FROM_RGB, dtype=torch.float64),
     )
 
 
@@ -385,17 +249,32 @@ def _lab_f_inv(t: Tensor) -> Tensor:
     return torch.where(t > _LAB_INV_EPS, t.pow(3), (t - _LAB_OFFSET) / _LAB_KAPPA)
 
 
-def _uint8_xyz(images: Tensor, lut: Tensor) -> Tensor:
-    """One of X/Xn, Y/Yn, Z/Zn of uint8 N x 3 x H x W as float32 N x H x W. lut: 3 x 256."""
+def _cbrt64(t: Tensor) -> Tensor:
+    """Cube root of float64 t >= _LAB_EPS: float32 root plus one Newton step (relative error
+    ~1e-14), cheaper than a float64 pow."""
+    y = t.to(torch.float32).pow_(1.0 / 3.0).to(torch.float64)
+    y2 = y * y
+    return y.sub_(y2.mul(y).sub_(t).div_(y2.mul_(3.0)))
+
+
+def _uint8_ab(images: Tensor, lin: Tensor, xyzn: Tensor) -> Tensor:
+    """a, b of uint8 N x 3 x h x w (any strides) as float32 N x 2 x h x w.
+
+    a and b are differences of cube roots scaled by 500 and 200: in float32 they would be off by
+    up to ~1e-4, enough to flip near-ties between bins, so they are done in float64 (they are
+    only needed at the decimated target pixels) and rounded once at the end.
+    """
     n, _, h, w = images.shape
-    acc: Tensor | None = None
-    for ch in range(3):
-        # int32 indices: index_select is much faster with them than with a fresh int64 copy.
-        idx = images[:, ch].reshape(-1).to(torch.int32)
-        term = torch.index_select(lut[ch], 0, idx)
-        acc = term if acc is None else acc.add_(term)
-    assert acc is not None
-    return acc.view(n, h, w)
+    idx = images.transpose(0, 1).to(torch.int32, memory_format=torch.contiguous_format)
+    xyz = xyzn @ torch.index_select(lin, 0, idx.view(-1)).view(3, -1)  # 3 x P
+    root = _cbrt64(xyz.clamp_min(_LAB_EPS))
+    f = torch.where(xyz > _LAB_EPS, root, xyz.mul_(_LAB_KAPPA).add_(_LAB_OFFSET), out=root)
+    ab = torch.empty(2, n, h, w, dtype=torch.float32, device=images.device)
+    torch.sub(f[0], f[1], out=f[0]).mul_(500.0)
+    torch.sub(f[1], f[2], out=f[2]).mul_(200.0)
+    ab[0] = f[0].view(n, h, w)
+    ab[1] = f[2].view(n, h, w)
+    return ab.transpose(0, 1)
 
 
 def lab_from_uint8(images: Tensor, ab_stride: int = 1) -> tuple[Tensor, Tensor]:
@@ -405,10 +284,11 @@ def lab_from_uint8(images: Tensor, ab_stride: int = 1) -> tuple[Tensor, Tensor]:
     Returns (L: float32 N x 1 x H x W in 0..100,
              ab: float32 N x 2 x ceil(H/s) x ceil(W/s), the a, b of pixels [::s, ::s]).
 
-    This is the training hot path: the targets are decimated, so X and Z (and their cube roots)
-    are computed only at the kept pixels; L needs Y everywhere. The sRGB linearisation and the
-    colour matrix are folded into 256-entry tables (one per input and output channel). L is
-    computed in float32 (error ~1e-5), a and b in float64 and then rounded to float32.
+    This is the training hot path. L needs Y at every pixel: Y is a sum of three 256-entry table
+    lookups (sRGB decoding and the colour matrix folded in) and L(Y) is read off a fine
+    interpolation table (within 3e-5 of the formula, see _l_table_np) instead of taking a cube
+    root. X and Z, and a and b, are computed only at the decimated pixels, in float64, then
+    rounded to float32 (within 4e-6 of skimage over all 2^24 colours).
     """
     _check_nchw(images, 3, "images")
     if images.dtype != torch.uint8:
@@ -417,36 +297,33 @@ def lab_from_uint8(images: Tensor, ab_stride: int = 1) -> tuple[Tensor, Tensor]:
     if s < 1:
         raise ValueError(f"ab_stride must be >= 1, got {ab_stride}")
     n, _, h, w = images.shape
-    dev = images.device
-    lut32 = _uint8_lut(dev, torch.float32)
-    lut64 = _uint8_lut(dev, torch.float64)
-    lum = torch.empty(n, 1, h, w, dtype=torch.float32, device=dev)
-    ab = torch.empty(n, 2, -(-h // s), -(-w // s), dtype=torch.float32, device=dev)
-    # Images in groups of about _CHUNK pixels: the temporaries stay small and get reused, while
-    # batch-sized ones would be fresh memory (page faults) on every call.
-    g = max(1, _CHUNK // max(1, h * w))
+    ylut, ltab, lin, xyzn = _uint8_tables(images.device)
+    lum = torch.empty(n, 1, h, w, dtype=torch.float32, device=images.device)
+    g = max(1, _LAB_CHUNK // max(1, h * w))
     for n0 in range(0, n, g):
         img = images[n0 : n0 + g]
-        fy = _lab_f(_uint8_xyz(img, lut32[1]))
-        torch.mul(fy, 116.0, out=lum[n0 : n0 + g, 0]).sub_(16.0)
-        # a and b are differences of cube roots scaled by 500 and 200: float32 would lose about
-        # 1e-4 there, so the (few) decimated pixels are done in float64, rounded once at the end.
-        # This keeps near-ties between bins resolved as skimage's float64 Lab resolves them.
-        small = img[:, :, ::s, ::s]
-        fx = _lab_f(_uint8_xyz(small, lut64[0]))
-        fys = _lab_f(_uint8_xyz(small, lut64[1]))
-        fz = _lab_f(_uint8_xyz(small, lut64[2]))
-        ab[n0 : n0 + g, 0] = fx.sub_(fys).mul_(500.0)
-        ab[n0 : n0 + g, 1] = fz.neg_().add_(fys).mul_(200.0)
+        y = None
+        for ch in range(3):
+            # int32 indices: index_select is much faster with them than with an int64 copy.
+            codes = img[:, ch].to(torch.int32, memory_format=torch.contiguous_format)
+            term = torch.index_select(ylut[ch], 0, codes.view(-1))
+            y = term if y is None else y.add_(term)
+        assert y is not None
+        t = y.mul_(_L_STEPS)  # Y <= 1, so node indices stay within the table
+        node = t.to(torch.int32)
+        frac = t.sub_(node)
+        nodes = torch.index_select(ltab, 0, node).view(torch.float32).view(-1, 2)
+        torch.addcmul(nodes[:, 0], nodes[:, 1], frac, out=lum[n0 : n0 + g].view(-1))
+    ab = _uint8_ab(images[:, :, ::s, ::s], lin, xyzn).contiguous()
     return lum, ab
 
 
 def rgb_to_lab(rgb: Tensor) -> Tensor:
     """sRGB -> CIE Lab (D65, 2 degree observer, skimage's constants).
 
-    rgb: N x 3 x H x W, either uint8 (0..255, table lookups) or floating point sRGB in [0, 1].
-    Returns N x 3 x H x W Lab with L in 0..100: float32, except float64 for float64 input (so a
-    float64 round trip keeps its precision).
+    rgb: N x 3 x H x W, either uint8 (0..255; table lookups, see lab_from_uint8) or floating
+    point sRGB in [0, 1]. Returns N x 3 x H x W Lab with L in 0..100: float32, except float64 for
+    float64 input (so a float64 round trip keeps its precision).
     """
     _check_nchw(rgb, 3, "rgb")
     if rgb.dtype == torch.uint8:
@@ -484,8 +361,172 @@ def lab_to_rgb(lab: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Soft encoding (exact K nearest bins)
+# Exact K nearest bins
+#
+# A point's nearest grid point ("centre") is round(ab / 10); its offset from it, (u, v), lies in
+# [-5, 5]^2. Three searches, all exact, each taking what the previous one cannot prove:
+#   * pattern path (most points): the K nearest grid points, in order, depend only on (u, v), and
+#     are constant on most cells of a fine grid over the offset square. Such a cell stores a
+#     pattern id; if the K points of that pattern around the centre are all bins, they are the
+#     answer. No sorting at all, which is what makes the naive method slow on a CPU.
+#   * general path (offsets near a change of order, points near the gamut border or outside):
+#     a short candidate list, a few vectorised sorting passes, and a proof-or-fallback check.
+#   * exhaustive search over all 313 bins for whatever the general path cannot prove.
 # ---------------------------------------------------------------------------------------------
+
+
+def _window(r: int) -> np.ndarray:
+    """Offsets (grid steps, float64) of the (2r + 1)^2 window, row-major."""
+    rr = np.arange(-r, r + 1)
+    return np.stack(np.meshgrid(rr, rr, indexing="ij"), -1).reshape(-1, 2).astype(np.float64)
+
+
+def _unique_rows(rows: np.ndarray, base: int) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(rows, axis=0, return_inverse=True) for rows of ints in [0, base); faster, as rows
+    are encoded into one int64 when they fit (np.unique over a row axis sorts slowly)."""
+    n, k = rows.shape
+    if float(base) ** k >= 2.0**62:
+        uniq, inv = np.unique(rows, axis=0, return_inverse=True)
+        return uniq, inv.reshape(-1)
+    code = np.zeros(n, dtype=np.int64)
+    for j in range(k):
+        code = code * base + rows[:, j]
+    _, first, inv = np.unique(code, return_index=True, return_inverse=True)
+    return rows[first], inv.reshape(-1)
+
+
+def _pattern_radius(k: int) -> int:
+    """Window radius r (grid steps) for the pattern table: the window's edge, r + 1/2 away, lies
+    beyond the k-th nearest grid point of a corner of the central cell. (The table build checks
+    this per cell and rejects any cell where it fails, so r only needs to be good, not exact.)"""
+    r = 1
+    while True:
+        off = _window(r + 1)
+        d = np.sort(np.hypot(off[:, 0] - 0.5, off[:, 1] - 0.5))[k - 1]
+        if d < r + 0.5 - 0.05:
+            return r
+        r += 1
+
+
+def _pattern_lut_np(k: int, m: int = _PATTERN_CELLS, margin: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
+    """Cells of the offset square in which the k nearest grid points, in order, never change.
+
+    The offset (in grid steps) lies in [-1/2, 1/2]^2, cut into m x m cells. At every cell vertex
+    take the k nearest points of the window (radius r) in order, and keep it only if strictly
+    separated: consecutive squared distances differ by more than ``margin``, the (k+1)-th is more
+    than ``margin`` farther than the k-th, and the k-th is nearer than the window's edge. A cell
+    is accepted when its four vertices have the same order. That order then holds on the whole
+    closed cell, with the margin to spare for float rounding: the difference of two squared
+    distances is linear in the point, so a strict inequality at the vertices holds at every convex
+    combination; the k-th distance is convex, so it stays inside the window. Few orders occur
+    ("patterns": 96 for k = 10).
+
+    Only the 1/8 of the vertices with 0 <= v <= u are computed; the rest follow from the square's
+    symmetries, which map grid and vertices onto themselves exactly.
+    Returns (cell -> pattern id, int16 m*m, -1 where not accepted; patterns x k x 2 offsets).
+    """
+    assert m % 2 == 0
+    r = _pattern_radius(k)
+    off = _window(r)
+    n_off = len(off)
+    h = m // 2
+    # Canonical vertices p >= q >= 0 (in 1/m): row of (p, q) is p (p + 1) / 2 + q.
+    cp, cq = np.tril_indices(h + 1)
+    d2 = (cp[:, None] / m - off[:, 0]) ** 2 + (cq[:, None] / m - off[:, 1]) ** 2
+    part = np.argpartition(d2, k, axis=1)[:, : k + 1]
+    dpart = np.take_along_axis(d2, part, 1)
+    srt = np.argsort(dpart, axis=1, kind="stable")
+    order = np.take_along_axis(part, srt, 1)
+    dd = np.take_along_axis(dpart, srt, 1)
+    ok = (np.diff(dd, axis=1) > margin).all(1) & (dd[:, k - 1] < (r + 0.5) ** 2 - margin)
+    canon, canon_id = _unique_rows(order[:, :k][ok], n_off)
+    cid = np.full(len(cp), -1, dtype=np.int32)
+    cid[ok] = canon_id
+
+    # The 8 symmetries t = [u negated] + 2 [v negated] + 4 [swapped], as permutations of offsets.
+    lookup = {(int(a), int(b)): i for i, (a, b) in enumerate(off)}
+    perm = np.empty((8, n_off), dtype=np.int64)
+    for t in range(8):
+        su, sv, sw = (-1 if t & 1 else 1), (-1 if t & 2 else 1), bool(t & 4)
+        for i, (a, b) in enumerate(off):
+            ca, cb = (b, a) if sw else (a, b)
+            perm[t, i] = lookup[(int(su * ca), int(sv * cb))]
+    variants = perm[:, canon].transpose(1, 0, 2).reshape(-1, k)  # row: canon pattern * 8 + t
+    patterns, final = _unique_rows(variants, n_off)
+    final = final.reshape(len(canon), 8)
+
+    iv = np.arange(m + 1, dtype=np.int32) - h
+    au, av = np.abs(iv)[:, None], np.abs(iv)[None, :]
+    hi, lo = np.maximum(au, av), np.minimum(au, av)
+    t = ((iv < 0)[:, None] * 1 + (iv < 0)[None, :] * 2 + (av > au) * 4).astype(np.int32)
+    c = cid[hi * (hi + 1) // 2 + lo]
+    final = np.concatenate([final.astype(np.int32), np.full((1, 8), -1, dtype=np.int32)])
+    vid = final[c, t]  # c = -1 picks the appended row of -1
+    c00 = vid[:-1, :-1]
+    clean = (c00 >= 0) & (c00 == vid[1:, :-1]) & (c00 == vid[:-1, 1:]) & (c00 == vid[1:, 1:])
+    assert len(patterns) < 2**15
+    return np.where(clean, c00, -1).reshape(-1).astype(np.int16), off[patterns]
+
+
+@_cached
+def _pattern_tables(k: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Tables of the pattern path (K-major, so that results come out as k x P rows):
+      lut   int16 cells: pattern id of each cell of the offset square, -1 where not accepted;
+      bins  int16 k x (patterns * 313): the pattern's k grid points around each bin as centre
+            (int16 keeps each row in cache; the output copy widens it for free);
+      valid bool (patterns * 313): all of those are bins (so they are the k nearest bins);
+      du, dv float32 k x patterns: the pattern's offsets in ab units.
+    """
+    lut, offs = _pattern_lut_np(k)
+    oi = offs.astype(np.int64)
+    delta = oi[..., 0] * _TAB_SIZE + oi[..., 1]  # patterns x k, steps in the flat grid table
+    grid = _GRID_TABLE_NP[_BIN_FLAT_NP[None, :, None] + delta[:, None, :]]  # patterns x 313 x k
+    to = functools.partial(torch.as_tensor, device=device)
+    return (
+        to(lut),
+        to(np.ascontiguousarray(np.maximum(grid, 0).reshape(-1, k).T).astype(np.int16)),
+        to((grid >= 0).all(-1).reshape(-1)),
+        to(np.ascontiguousarray(offs[..., 0].T * GRID), dtype=torch.float32),
+        to(np.ascontiguousarray(offs[..., 1].T * GRID), dtype=torch.float32),
+    )
+
+
+@_cached
+def _general_tables(k: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+    """Tables of the general search, per cell of the offset square (_GENERAL_CELLS per axis):
+      delta  int64 cells x C: candidate grid points (C = k + 4) as steps in the flat grid table,
+             ordered by distance from the cell centre, so a few sorting passes finish the job;
+      du, dv float32 cells x C: the same offsets in ab units;
+      bound  int64 cells: packed key of a lower bound on d^2 from ANY point of the closed cell to
+             every grid point that is not a candidate. If a point's k-th candidate is nearer than
+             that, no other grid point (hence no other bin) can be among its k nearest.
+    """
+    m = _GENERAL_CELLS
+    c = k + 4
+    off = _window(_WIN_R)
+    edges = np.linspace(-0.5, 0.5, m + 1)
+    mid = (edges[:-1] + edges[1:]) / 2
+    cu, cv = np.meshgrid(mid, mid, indexing="ij")
+    cen = np.stack([cu.ravel(), cv.ravel()], 1)
+    half = 0.5 / m
+    order = np.argsort(((cen[:, None, :] - off[None]) ** 2).sum(-1), axis=1, kind="stable")
+    cand, rest = order[:, :c], order[:, c:]
+    q = off[rest]
+    nearest_in_cell = np.clip(q, (cen - half)[:, None], (cen + half)[:, None])
+    bound = ((nearest_in_cell - q) ** 2).sum(-1).min(1)
+    # Grid points outside the window are at least _WIN_R + 1/2 steps away.
+    bound = np.minimum(bound, (_WIN_R + 0.5) ** 2) * GRID**2
+    # Margin for float32 rounding of the run-time distances (ties that close are ambiguous anyway).
+    bound = (bound * (1.0 - 1e-5)).astype(np.float32)
+    oi = off[cand].astype(np.int64)
+    to = functools.partial(torch.as_tensor, device=device)
+    return (
+        to(oi[..., 0] * _TAB_SIZE + oi[..., 1]),
+        to(off[cand][..., 0] * GRID, dtype=torch.float32),
+        to(off[cand][..., 1] * GRID, dtype=torch.float32),
+        to(bound.view(np.int32).astype(np.int64) << _IDX_BITS),
+        c,
+    )
 
 
 def _pack(d2: Tensor, tabval: Tensor) -> Tensor:
@@ -497,187 +538,180 @@ def _unpack_d2(keys: Tensor) -> Tensor:
     return (keys >> _IDX_BITS).to(torch.int32).view(torch.float32)
 
 
-def _brute_keys(a: Tensor, b: Tensor, k: int) -> Tensor:
-    """Exhaustive search over all 313 centres. a, b: float32 P. Returns int64 keys P x k, sorted."""
-    cen = _gamut_const(a.device, torch.float32)
-    d2 = (a[:, None] - cen[:, 0]).square_() + (b[:, None] - cen[:, 1]).square_()
-    keys = _pack(d2, torch.arange(NUM_BINS, device=a.device))
-    return torch.topk(keys, k, dim=1, largest=False, sorted=True).values
+def _centre(x: Tensor) -> tuple[Tensor, Tensor]:
+    """x: float32 2 x P (a; b). Returns the nearest grid point c (2 x P, grid steps) and the
+    offset uv = x - 10 c (2 x P, ab units).
 
-
-def _centre(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Nearest grid point (clamped) of each point: (ci, cj) in grid steps and offset (u, v) in ab.
-
-    nan_to_num keeps NaN input from turning into garbage table indices; such rows, and rows whose
-    centre was clamped (far outside the gamut), fail _in_cell and go to the exhaustive search.
+    Centres are clamped to +-_CENTRE_MAX steps, and NaN is sent there too: such a centre is far
+    from every bin, so the table paths reject the point and the exhaustive search takes it.
+    uv is exact in float32 (Sterbenz), so (uv - du) rounds exactly as (x - bin centre) does:
+    every search path and the exhaustive one see bit-identical distances.
     """
-    ci = torch.round(a / GRID).nan_to_num_(0.0).clamp_(-_CENTRE_MAX, _CENTRE_MAX)
-    cj = torch.round(b / GRID).nan_to_num_(0.0).clamp_(-_CENTRE_MAX, _CENTRE_MAX)
-    # Exact in float32 (Sterbenz), and (u - du) then rounds exactly like (a - centre_a): both
-    # search paths and the brute force see bit-identical distances.
-    return ci, cj, a - ci * GRID, b - cj * GRID
+    c = torch.round(x * (1.0 / GRID)).nan_to_num_(_CENTRE_MAX).clamp_(-_CENTRE_MAX, _CENTRE_MAX)
+    return c, torch.sub(x, c, alpha=GRID)
 
 
-def _cell(u: Tensor, v: Tensor, m: int) -> Tensor:
-    qu = ((u + GRID / 2) * (m / GRID)).nan_to_num_(0.0).clamp_(0, m - 1).to(torch.int32)
-    qv = ((v + GRID / 2) * (m / GRID)).nan_to_num_(0.0).clamp_(0, m - 1).to(torch.int32)
-    return qu.mul_(m).add_(qv)
+def _cell(uv: Tensor, m: int) -> Tensor:
+    """Cell (of m x m over the offset square) of each offset: int32 P."""
+    q = torch.add(uv, GRID / 2).mul_(m / GRID).nan_to_num_(0.0).clamp_(0, m - 1).to(torch.int32)
+    return q[0].mul(m).add_(q[1])
 
 
-def _in_cell(u: Tensor, v: Tensor) -> Tensor:
-    # The tables' guarantees hold on the closed cell; 1e-4 absorbs float rounding of round(a / 10)
-    # and is well inside their margins. Fails for clamped centres and NaN.
-    lim = GRID / 2 + 1e-4
-    return (u.abs() <= lim) & (v.abs() <= lim)
+def _flat_centre(c: Tensor) -> Tensor:
+    return c[0].mul(_TAB_SIZE).add_(c[1]).add_(_TAB_HALF * (_TAB_SIZE + 1)).to(torch.int64)
 
 
-def _flat_centre(ci: Tensor, cj: Tensor) -> Tensor:
-    return ((ci + _TAB_HALF) * _TAB_SIZE + (cj + _TAB_HALF)).to(torch.int64)
+def _sq_dist(du: Tensor, dv: Tensor, uv: Tensor, dim: int) -> Tensor:
+    """Squared distances from offsets uv (2 x P) to candidate offsets du, dv (P x C if dim is 1,
+    C x P if dim is 0), in place on du."""
+    return du.sub_(uv[0].unsqueeze(dim)).square_().add_(dv.sub_(uv[1].unsqueeze(dim)).square_())
 
 
-def _general_keys(a: Tensor, b: Tensor, k: int) -> Tensor:
-    """Exact k nearest bins (sorted packed keys P x k) of points anywhere, float32 a, b of length P.
-
-    Each point gets C = k + 4 candidate grid points from a table indexed by its offset inside its
-    grid cell, in the order of the cell centre; a few vectorised odd-even transposition passes
-    sort the list for the actual point. The result is accepted only when it is provably the
-    answer: the first k are sorted, precede the other candidates, and the k-th is nearer than
-    every non-candidate grid point can be (per-cell bound; out-of-gamut grid points sort last, so
-    a k-th that is not a bin fails the bound). The rest (rare unfinished sorts, points far
-    outside, NaN) goes to the exhaustive search.
-    """
-    p = a.numel()
-    dev = a.device
-    if p == 0:
-        return torch.empty(0, k, dtype=torch.int64, device=dev)
-    if k + 4 > (2 * _WIN_R + 1) ** 2:
-        return _brute_keys(a, b, k)
-    delta, du, dv, bound_key, c = _general_lut(k, dev)
-    ci, cj, u, v = _centre(a, b)
-    cell = _cell(u, v, _GENERAL_CELLS)
-    pos = torch.index_select(delta, 0, cell).add_(_flat_centre(ci, cj)[:, None])  # P x C
-    tabval = torch.index_select(_grid_keytab(dev), 0, pos.view(-1)).view(p, c)
-    d2 = (u[:, None] - torch.index_select(du, 0, cell)).square_()
-    d2 += (v[:, None] - torch.index_select(dv, 0, cell)).square_()
-    keys = _pack(d2, tabval)
-
-    for step in range(_N_PASSES):
-        s = step % 2
-        n_pairs = (c - s) // 2
-        if n_pairs == 0:
-            continue
-        sub = keys[:, s : s + 2 * n_pairs].view(p, n_pairs, 2)
-        lo = torch.minimum(sub[..., 0], sub[..., 1])
-        hi = torch.maximum(sub[..., 0], sub[..., 1])
-        sub[..., 0] = lo
-        sub[..., 1] = hi
-
-    kth = keys[:, k - 1]
-    ok = kth < torch.index_select(bound_key, 0, cell)
-    for j in range(k - 1):
-        ok &= keys[:, j] < keys[:, j + 1]
-    for j in range(k, c):
-        ok &= kth < keys[:, j]
-    ok &= _in_cell(u, v)
-
-    out = keys[:, :k].contiguous()
-    bad = (~ok).nonzero().squeeze(1)
-    if bad.numel() > 0:
-        out[bad] = _brute_keys(a[bad], b[bad], k)
+def _brute_keys(x: Tensor, k: int) -> Tensor:
+    """Exhaustive search over all 313 centres. x: float32 2 x P. Returns keys P x k, sorted."""
+    cen = _gamut_const(x.device, torch.float32)
+    ids = torch.arange(NUM_BINS, device=x.device)
+    out = torch.empty(x.shape[1], k, dtype=torch.int64, device=x.device)
+    for s in range(0, x.shape[1], _BRUTE_CHUNK):
+        a, b = x[0, s : s + _BRUTE_CHUNK, None], x[1, s : s + _BRUTE_CHUNK, None]
+        d2 = (a - cen[:, 0]).square_() + (b - cen[:, 1]).square_()
+        out[s : s + _BRUTE_CHUNK] = torch.topk(_pack(d2, ids), k, dim=1, largest=False).values
     return out
 
 
-def _knn(a: Tensor, b: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Exact k nearest bins of float32 points (a, b) of length P: (bins int64 P x k, d^2 float32).
+def _general_keys(x: Tensor, k: int) -> Tensor:
+    """Exact k nearest bins of points anywhere (float32 2 x P): sorted packed keys P x k.
 
-    Sorted by distance, exact ties by lower bin index. Fast path: a point whose centre is deep in
-    the gamut and whose offset falls in a cell with a fixed order (see _pattern_lut_np) reads its
-    k bins off a table: no per-row sort at all, which is what makes the naive method slow on a
-    CPU. Other points (near the gamut border, or offsets near a change of order) take the general
-    local search.
+    Each point gets C = k + 4 candidate grid points in the order of its cell's centre; a few
+    odd-even transposition passes, vectorised over points, sort them for the point itself. The
+    result is accepted only when provably right: the first k are sorted and precede the other
+    candidates, and the k-th is nearer than any non-candidate can be (the cell's bound; grid
+    points outside the gamut sort last, so a k-th that is not a bin fails it, as for clamped
+    centres). The rest (rare unfinished sorts, far outside the gamut, NaN) goes to the
+    exhaustive search. The cell guarantees hold on closed cells with margins far above the
+    ~1e-6 by which rounding of round(x / 10) can put a point outside its cell.
     """
-    p = a.numel()
-    dev = a.device
-    if k > _PATTERN_MAX_K or p == 0:
-        keys = _general_keys(a, b, k)
-        return keys & _IDX_MASK, _unpack_d2(keys)
-    lut, pdelta, pdu, pdv, valid = _pattern_lut(k, dev)
-    ci, cj, u, v = _centre(a, b)
-    centre = _flat_centre(ci, cj)
-    pat = torch.index_select(lut, 0, _cell(u, v, _PATTERN_CELLS))
-    fast = pat >= 0
-    patc = pat.clamp_(min=0).to(torch.int64)
-    fast &= torch.index_select(valid, 0, patc * (_TAB_SIZE * _TAB_SIZE) + centre)
-    fast &= _in_cell(u, v)
-    pos = torch.index_select(pdelta, 0, patc).add_(centre[:, None])
-    idx = torch.index_select(_grid_table(dev), 0, pos.view(-1)).view(p, k)
-    d2 = (u[:, None] - torch.index_select(pdu, 0, patc)).square_()
-    d2 += (v[:, None] - torch.index_select(pdv, 0, patc)).square_()
-    slow = (~fast).nonzero().squeeze(1)
-    if slow.numel() > 0:
-        keys = _general_keys(a[slow], b[slow], k)
-        idx[slow] = keys & _IDX_MASK
-        d2[slow] = _unpack_d2(keys)
-    return idx, d2
+    p = x.shape[1]
+    if p == 0 or k + 4 > (2 * _WIN_R + 1) ** 2:
+        return _brute_keys(x, k)
+    delta, du, dv, bound, c = _general_tables(k, x.device)
+    centre, uv = _centre(x)
+    cell = _cell(uv, _GENERAL_CELLS)
+    pos = torch.index_select(delta, 0, cell).add_(_flat_centre(centre)[:, None])
+    tabval = torch.index_select(_grid_keytab(x.device), 0, pos.view(-1)).view(p, c)
+    d2 = _sq_dist(torch.index_select(du, 0, cell), torch.index_select(dv, 0, cell), uv, 1)
+    keys = _pack(d2, tabval)
+    for step in range(_N_PASSES):
+        s = step % 2
+        n_pairs = (c - s) // 2
+        pair = keys[:, s : s + 2 * n_pairs].view(p, n_pairs, 2)
+        lo = torch.minimum(pair[..., 0], pair[..., 1])
+        pair[..., 1] = torch.maximum(pair[..., 0], pair[..., 1])
+        pair[..., 0] = lo
+    kth = keys[:, k - 1]
+    ok = kth < torch.index_select(bound, 0, cell)
+    ok &= (keys[:, : k - 1] < keys[:, 1:k]).all(1)
+    ok &= (keys[:, k:] > kth[:, None]).all(1)
+    out = keys[:, :k].contiguous()
+    bad = (~ok).nonzero().squeeze(1)
+    if bad.numel() > 0:
+        out[bad] = _brute_keys(x[:, bad], k)
+    return out
 
 
-def _blocks(n: int, hw: int) -> list[tuple[int, int, int, int]]:
-    """(n0, n1, p0, p1) blocks of about _CHUNK pixels: whole images, or pixel ranges of one image."""
-    if hw == 0 or n == 0:
-        return []
-    if hw <= _CHUNK:
-        g = _CHUNK // hw
-        return [(i, min(i + g, n), 0, hw) for i in range(0, n, g)]
-    return [(i, i + 1, j, min(j + _CHUNK, hw)) for i in range(n) for j in range(0, hw, _CHUNK)]
+def _pattern_knn(x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Pattern path on float32 2 x P points: (bins int16 k x P, d^2 float32 k x P, rows int64 that
+    it could not settle; their bins and d^2 are garbage and must be filled by another path)."""
+    p = x.shape[1]
+    if k > _PATTERN_MAX_K:
+        z = torch.zeros(k, p, device=x.device)
+        return z.short(), z, torch.arange(p, device=x.device)
+    lut, bins, valid, du, dv = _pattern_tables(k, x.device)
+    centre, uv = _centre(x)
+    cbin = torch.index_select(_grid_table(x.device), 0, _flat_centre(centre))
+    pat = torch.index_select(lut, 0, _cell(uv, _PATTERN_CELLS)).to(torch.int64)
+    ok = (pat >= 0) & (cbin >= 0)
+    pat.clamp_(min=0)
+    key = pat.mul(NUM_BINS).add_(cbin.clamp_(min=0))
+    ok &= torch.index_select(valid, 0, key)
+    # K-major: one 1-D gather per neighbour rank, then every later op runs on contiguous rows.
+    idx = torch.empty(k, p, dtype=torch.int16, device=x.device)
+    for j in range(k):
+        torch.index_select(bins[j], 0, key, out=idx[j])
+    d2 = _sq_dist(torch.index_select(du, 1, pat), torch.index_select(dv, 1, pat), uv, 0)
+    return idx, d2, (~ok).nonzero().squeeze(1)
 
 
-def _check_ab(ab: Tensor) -> None:
+def _gauss(d2: Tensor, sigma: float, dim: int) -> Tensor:
+    """Normalised exp(-d^2 / (2 sigma^2)) along dim (in place on d2; d2 sorted along dim).
+
+    The nearest distance (first along dim) is subtracted first: same normalised weights, and far
+    out-of-gamut points do not underflow to 0 / 0.
+    """
+    w = d2.sub_(d2.narrow(dim, 0, 1).clone()).mul_(-0.5 / (sigma * sigma)).exp_()
+    return w.div_(w.sum(dim, keepdim=True))
+
+
+def _encode(ab: Tensor, k: int, sigma: float | None) -> tuple[Tensor, Tensor | None]:
+    """K nearest bins of every pixel of ab (N x 2 x H x W) and, if sigma, their Gaussian weights.
+
+    Returns (N x k x H x W int64, N x k x H x W float32/float64 or None).
+    """
     _check_nchw(ab, 2, "ab")
     if not ab.is_floating_point():
         raise TypeError(f"ab must be floating point, got {ab.dtype}")
+    n, _, h, w = ab.shape
+    p = n * h * w
+    dev = ab.device
+    x = ab.reshape(n, 2, h * w).transpose(0, 1).reshape(2, p).to(torch.float32)  # a; b
+    # Everything is K-major (k x P) until the end: the per-rank gathers and the Gaussian then
+    # run on contiguous rows, and one transposing copy makes the N x k x H x W outputs.
+    idx = torch.empty(k, p, dtype=torch.int16, device=dev)
+    d2 = torch.empty(k, p, dtype=torch.float32, device=dev)
+    rest = []
+    for s in range(0, p, _KNN_CHUNK):
+        e = min(s + _KNN_CHUNK, p)
+        idx[:, s:e], d2[:, s:e], r = _pattern_knn(x[:, s:e], k)
+        rest.append(r + s)
+    # What the pattern path left (a few percent), all at once: the general search's cost is
+    # mostly per call at these sizes.
+    left = torch.cat(rest) if rest else torch.empty(0, dtype=torch.int64, device=dev)
+    for s in range(0, left.numel(), _KNN_CHUNK):
+        cols = left[s : s + _KNN_CHUNK]
+        keys = _general_keys(x[:, cols], k).t()
+        idx[:, cols] = (keys & _IDX_MASK).to(torch.int16)
+        d2[:, cols] = _unpack_d2(keys)
+    indices = idx.view(k, n, h, w).transpose(0, 1).to(torch.int64, memory_format=torch.contiguous_format)
+    if sigma is None:
+        return indices, None
+    if ab.dtype == torch.float64:
+        # The search ran in float32; the weights use float64 distances to the chosen bins.
+        cen = _gamut_const(dev, torch.float64)
+        d2 = (ab[:, :1] - cen[:, 0][indices]).square_() + (ab[:, 1:] - cen[:, 1][indices]).square_()
+        return indices, _gauss(d2, sigma, 1)
+    weights = _gauss(d2, sigma, 0)
+    return indices, weights.view(k, n, h, w).transpose(0, 1).contiguous()
 
 
 def soft_encode(ab: Tensor, neighbors: int = 10, sigma: float = 5.0) -> tuple[Tensor, Tensor]:
-    """Soft-encode ab values over their K nearest bins (exact, no rounding of ab).
+    """Soft-encode ab values over their K nearest bins (exact; ab is not rounded).
 
     ab: float N x 2 x H x W (any values; far outside the gamut is fine).
-    Returns (indices: int64 N x K x H x W, bins sorted by increasing distance, ties by lower index;
+    Returns (indices: int64 N x K x H x W, sorted by increasing distance, exact ties by lower index;
              weights: N x K x H x W, exp(-d^2 / (2 sigma^2)) normalised to sum 1 over K;
              float32, or float64 for float64 ab).
-    The search runs on float32 values (float64 ab: distances of the chosen bins are recomputed in
-    float64 for the weights).
+    The search runs on the float32 values of ab. For float32 ab the weights come from float32
+    distances, which is ample in and around the gamut but coarse for |ab| in the thousands;
+    pass float64 ab if such values matter.
     """
-    _check_ab(ab)
     k = int(neighbors)
     if not 1 <= k <= NUM_BINS:
         raise ValueError(f"neighbors must be in 1..{NUM_BINS}, got {neighbors}")
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
-    n, _, h, w = ab.shape
-    hw = h * w
-    wdtype = torch.float64 if ab.dtype == torch.float64 else torch.float32
-    indices = torch.empty(n, k, hw, dtype=torch.int64, device=ab.device)
-    weights = torch.empty(n, k, hw, dtype=wdtype, device=ab.device)
-    planes = ab.reshape(n, 2, hw)
-    scale = -0.5 / (sigma * sigma)
-    for n0, n1, p0, p1 in _blocks(n, hw):
-        blk = planes[n0:n1, :, p0:p1]
-        a = blk[:, 0].reshape(-1).to(torch.float32)
-        b = blk[:, 1].reshape(-1).to(torch.float32)
-        idx, d2 = _knn(a, b, k)
-        if wdtype == torch.float64:
-            cen = _gamut_const(ab.device, torch.float64)
-            a64 = blk[:, 0].reshape(-1, 1)
-            b64 = blk[:, 1].reshape(-1, 1)
-            d2 = (a64 - cen[:, 0][idx]).square_() + (b64 - cen[:, 1][idx]).square_()
-        # Subtracting the nearest distance leaves the normalised weights unchanged and keeps far
-        # out-of-gamut points from underflowing to 0 / 0.
-        wts = d2.sub_(d2[:, :1].clone()).mul_(scale).exp_()
-        wts /= wts.sum(1, keepdim=True)
-        shape = (n1 - n0, p1 - p0, k)
-        indices[n0:n1, :, p0:p1] = idx.view(shape).permute(0, 2, 1)
-        weights[n0:n1, :, p0:p1] = wts.view(shape).permute(0, 2, 1)
-    return indices.view(n, k, h, w), weights.view(n, k, h, w)
+    indices, weights = _encode(ab, k, float(sigma))
+    assert weights is not None
+    return indices, weights
 
 
 def dense_soft_encoding(indices: Tensor, weights: Tensor, num_bins: int = NUM_BINS) -> Tensor:
@@ -686,8 +720,10 @@ def dense_soft_encoding(indices: Tensor, weights: Tensor, num_bins: int = NUM_BI
     indices: int64 N x K x H x W, weights: N x K x H x W -> N x num_bins x H x W (weights' dtype).
     """
     if indices.shape != weights.shape or indices.dim() != 4:
-        raise ValueError(f"indices and weights must both be N x K x H x W, got "
-                         f"{tuple(indices.shape)} and {tuple(weights.shape)}")
+        raise ValueError(
+            f"indices and weights must both be N x K x H x W, got {tuple(indices.shape)} and "
+            f"{tuple(weights.shape)}"
+        )
     n, _, h, w = indices.shape
     out = torch.zeros(n, num_bins, h, w, dtype=weights.dtype, device=weights.device)
     return out.scatter_add_(1, indices, weights)
@@ -698,16 +734,7 @@ def nearest_bin(ab: Tensor) -> Tensor:
 
     Equal to soft_encode(ab)[0][:, 0] (same search, same tie rule).
     """
-    _check_ab(ab)
-    n, _, h, w = ab.shape
-    hw = h * w
-    out = torch.empty(n, hw, dtype=torch.int64, device=ab.device)
-    planes = ab.reshape(n, 2, hw)
-    for n0, n1, p0, p1 in _blocks(n, hw):
-        blk = planes[n0:n1, :, p0:p1]
-        idx, _ = _knn(blk[:, 0].reshape(-1).to(torch.float32), blk[:, 1].reshape(-1).to(torch.float32), 1)
-        out[n0:n1, p0:p1] = idx.view(n1 - n0, p1 - p0)
-    return out.view(n, h, w)
+    return _encode(ab, 1, None)[0][:, 0]
 
 
 def bin_histogram(ab: Tensor) -> Tensor:
@@ -808,7 +835,8 @@ def rebalance_weights(prior: Tensor, lam: float = 0.5) -> Tensor:
     """Class-rebalancing weights: w_q proportional to ((1 - lam) p_q + lam / Q)^-1, sum_q p_q w_q = 1.
 
     prior: 313 probabilities (summing to 1). Returns 313 in prior's dtype. lam = 1 gives w = 1
-    (no rebalancing); lam = 0 gives 1 / p (inf on empty bins, which then carry no mass).
+    everywhere (no rebalancing); lam = 0 gives w proportional to 1 / p (inf on empty bins, which
+    carry no mass and are left out of the normalisation).
     """
     if prior.shape != (NUM_BINS,):
         raise ValueError(f"prior must have shape ({NUM_BINS},), got {tuple(prior.shape)}")
@@ -831,6 +859,8 @@ def pixel_weights(
     |a| <= grey_threshold and |b| <= grey_threshold (its colour targets carry no information).
     """
     _check_nchw(ab, 2, "ab")
+    if nearest.shape != (ab.shape[0], ab.shape[2], ab.shape[3]):
+        raise ValueError(f"nearest must be N x H x W of ab, got {tuple(nearest.shape)} for {tuple(ab.shape)}")
     w = torch.index_select(weights.to(ab.device), 0, nearest.reshape(-1)).view(nearest.shape)
     colourful = (ab.abs() > grey_threshold).flatten(1).any(1)
     return w * colourful.to(w.dtype)[:, None, None]

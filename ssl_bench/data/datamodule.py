@@ -85,6 +85,15 @@ class ImageDataModule(pl.LightningDataModule):
         self.setup()
         return fingerprint([p for p, _ in self.train_samples], self.root)
 
+    def loader(self, samples, train: bool, batch_size: int | None = None) -> DataLoader:
+        """Loader over any (path, label) list: train = random crop + flip + shuffle, else centre crop."""
+        t = train_transform if train else eval_transform
+        bs = batch_size or self.batch_size
+        return DataLoader(ImageDataset(samples, t(self.crop_size, self.load_size)), batch_size=bs,
+                          shuffle=train, drop_last=train and len(samples) > bs,
+                          num_workers=self.num_workers, collate_fn=collate_skip,
+                          persistent_workers=False)
+
     def _loader(self, samples, transform, shuffle: bool, drop_last: bool) -> DataLoader:
         return DataLoader(ImageDataset(samples, transform), batch_size=self.batch_size,
                           shuffle=shuffle, drop_last=drop_last, num_workers=self.num_workers,
@@ -100,6 +109,4 @@ class ImageDataModule(pl.LightningDataModule):
 
     def eval_train_dataloader(self) -> DataLoader:
         """Train split with the deterministic eval transform (priors, feature extraction)."""
-        return DataLoader(ImageDataset(self.train_samples, eval_transform(self.crop_size, self.load_size)),
-                          batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
-                          collate_fn=collate_skip)
+        return self.loader(self.train_samples, train=False)

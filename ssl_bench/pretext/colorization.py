@@ -95,7 +95,7 @@ class ColorizationPretext(pl.LightningModule):
     def __init__(self, trunk: nn.Module, objective: ColorObjective, optimizer: Callable[..., Any],
                  scheduler: Callable[..., Any] | None = None, prior: Tensor | None = None,
                  ab_stride: int = 8, temperature: float = 0.38, sample_every_n_steps: int = 500,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = True) -> None:
         super().__init__()
         if getattr(trunk, "in_channels", 1) != 1:
             raise ValueError("backbone.in_channels: colorization predicts ab from L, expected 1")

@@ -23,11 +23,16 @@ def save_colorization_grid(L: Tensor, ab_pred: Tensor, ab_true: Tensor, path: st
     n = min(L.shape[0], ab_pred.shape[0])
     L = L[:n].float()
     size = L.shape[-2:]
-    up = lambda ab: F.interpolate(ab[:n].float(), size=size, mode="bilinear", align_corners=False)
+
+    def up(ab: Tensor) -> Tensor:
+        return F.interpolate(ab[:n].float(), size=size, mode="bilinear", align_corners=False)
+
     grey = color.lab_to_rgb(torch.cat([L, torch.zeros_like(up(ab_pred))], 1))
     pred = color.lab_to_rgb(torch.cat([L, up(ab_pred)], 1))
     true = color.lab_to_rgb(torch.cat([L, up(ab_true)], 1))
     rows = torch.stack([grey, pred, true], 1).flatten(0, 1).cpu()
+    if rows.shape[-2] < 128:  # small training crops are unreadable at 1:1
+        rows = F.interpolate(rows, scale_factor=-(-128 // rows.shape[-2]), mode="nearest")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.png")

@@ -1,0 +1,120 @@
+"""Memory-mapped float16 feature cache, so lr sweeps, kNN and SVMs reuse one trunk pass.
+
+A cache entry is a folder keyed by (trunk weights, transform, split, dataset fingerprint); inside it
+one file per layer. The trunk is identified by a hash of its weights and batch-norm statistics, so
+features of a different checkpoint are never reused even if it has the same file name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def trunk_fingerprint(trunk: nn.Module) -> str:
+    """sha256 of every tensor of the state dict (weights and running statistics), in key order."""
+    h = hashlib.sha256()
+    for k, v in sorted(trunk.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def cache_key(trunk_id: str, transform: str, split: str, dataset_fingerprint: str) -> str:
+    text = json.dumps([trunk_id, transform, split, dataset_fingerprint])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+class FeatureStore:
+    """One cache entry: ``<root>/<key>/{meta.json, labels.npy, <layer>.f16}``."""
+
+    def __init__(self, root: str | Path, key: str) -> None:
+        self.dir = Path(root) / key
+
+    def layers(self) -> set[str]:
+        meta = self.dir / "meta.json"
+        if not meta.is_file():
+            return set()
+        return set(json.loads(meta.read_text())["dims"])
+
+    def load(self, layers: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """{layer: read-only memmap float16 N x d}, labels int64 N."""
+        meta = json.loads((self.dir / "meta.json").read_text())
+        n = meta["n"]
+        feats = {k: np.memmap(self.dir / f"{k}.f16", dtype=np.float16, mode="r", shape=(n, meta["dims"][k]))
+                 for k in layers}
+        return feats, np.load(self.dir / "labels.npy")
+
+    def write(self, batches: Iterable[tuple[dict[str, torch.Tensor], torch.Tensor]], n: int,
+              extra: dict[str, Any] | None = None) -> None:
+        """Stream (features, labels) batches into a fresh entry, adding layers to an existing one.
+
+        Written in a temporary folder and moved into place, so a killed extraction never leaves a
+        half-filled entry that a later run would trust.
+        """
+        self.dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=self.dir.parent, prefix=f".{self.dir.name}."))
+        try:
+            maps: dict[str, np.memmap] = {}
+            labels = np.empty(n, dtype=np.int64)
+            i = 0
+            for feats, lab in batches:
+                b = lab.shape[0]
+                if i + b > n:
+                    raise ValueError(f"feature cache: more samples than the {n} announced")
+                for k, v in feats.items():
+                    if k not in maps:
+                        maps[k] = np.memmap(tmp / f"{k}.f16", dtype=np.float16, mode="w+", shape=(n, v.shape[1]))
+                    maps[k][i:i + b] = v.detach().to(torch.float16).cpu().numpy()
+                labels[i:i + b] = lab.cpu().numpy()
+                i += b
+            dims = {k: int(m.shape[1]) for k, m in maps.items()}
+            for m in maps.values():
+                m.flush()
+            if i != n:  # skipped (unreadable) samples: shrink to what was read
+                for k, d in dims.items():
+                    with open(tmp / f"{k}.f16", "r+b") as f:
+                        f.truncate(i * d * 2)
+            old = self.layers()
+            if old:  # keep the layers extracted earlier
+                for k in old - set(dims):
+                    shutil.copy(self.dir / f"{k}.f16", tmp / f"{k}.f16")
+                    dims[k] = json.loads((self.dir / "meta.json").read_text())["dims"][k]
+            np.save(tmp / "labels.npy", labels[:i])
+            (tmp / "meta.json").write_text(json.dumps({"n": i, "dims": dims, **(extra or {})}))
+            if self.dir.exists():
+                shutil.rmtree(self.dir)
+            os.replace(tmp, self.dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+class CachedFeatures(torch.utils.data.Dataset):
+    """Batched reads from a FeatureStore: ``ds[list_of_indices]`` -> {"features", "label"}.
+
+    Use with ``DataLoader(ds, sampler=BatchSampler(...), batch_size=None)`` so that one fancy-indexed
+    read per layer serves a whole batch.
+    """
+
+    def __init__(self, feats: dict[str, np.ndarray], labels: np.ndarray, indices: Sequence[int] | None = None) -> None:
+        self.feats, self.labels = feats, labels
+        self.indices = np.arange(len(labels)) if indices is None else np.asarray(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, idx: Any) -> dict[str, Any]:
+        rows = np.sort(self.indices[np.asarray(idx)])
+        return {"features": {k: torch.from_numpy(np.asarray(v[rows], dtype=np.float32)) for k, v in self.feats.items()},
+                "label": torch.from_numpy(self.labels[rows]), "skipped": []}

@@ -1,0 +1,228 @@
+"""The probe run: load a frozen trunk, fit per-layer probes, write results.json.
+
+``ssl-bench probe checkpoint=PATH probe=linear|knn|svm_voc07`` or ``init=gaussian``.
+Hyper-parameters (the linear heads' learning rate, per layer) are chosen on a split held out from
+train; the reported numbers are on the val/test split, which is never used for any choice.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+from ssl_bench.data.images import SkipCounter
+from ssl_bench.evaluation.feature_cache import CachedFeatures, FeatureStore, cache_key, trunk_fingerprint
+from ssl_bench.evaluation.knn import knn_predict, topk_accuracy
+from ssl_bench.evaluation.probes import RESIZE_MODES, FeatureExtractor, LinearProbe, ProbeHeads
+from ssl_bench.models.alexnet import LAYERS, AlexNet
+from ssl_bench.models.checkpoint import CheckpointMismatchError, check_state_dict, read_checkpoint
+from ssl_bench.optim import piecewise_constant
+from ssl_bench.results import write_results
+
+# the paper's probe schedule: lr x0.1 at 40k, 80k, 120k of 140k iterations, scaled to the run
+PAPER_STEPS = ([40_000, 80_000, 120_000], [1.0, 0.1, 0.01, 0.001], 140_000)
+
+
+def load_trunk(checkpoint: str | None, init: str | None, backbone: DictConfig | None,
+               seed: int) -> tuple[AlexNet, dict[str, Any]]:
+    """The trunk to probe and a description of it: from a suite checkpoint, or an untrained init."""
+    if checkpoint:
+        ckpt = read_checkpoint(checkpoint)
+        meta = ckpt.get("ssl_bench")
+        if not meta or "trunk" not in meta:
+            raise CheckpointMismatchError(f"checkpoint {checkpoint} was not written by ssl_bench "
+                                          "(no 'ssl_bench' entry with the trunk's configuration)")
+        trunk = AlexNet(**meta["trunk"])
+        state = ckpt.get("state_dict", {})
+        check_state_dict(trunk, {k: v for k, v in state.items() if k.startswith("trunk.")}, checkpoint, "trunk.")
+        trunk.load_state_dict({k[len("trunk."):]: v for k, v in state.items() if k.startswith("trunk.")})
+        method = f"{meta['pretext']}/{meta['variant']}" if meta.get("variant") else meta["pretext"]
+        return trunk, {"method": method, "input_space": meta["input_space"], "source": str(checkpoint),
+                       "trunk": meta["trunk"]}
+    if init == "gaussian":
+        if backbone is None:
+            raise ValueError("init=gaussian needs a backbone config")
+        torch.manual_seed(seed)
+        trunk = instantiate(backbone)
+        return trunk, {"method": f"gaussian/{trunk.input_space}", "input_space": trunk.input_space,
+                       "source": "init=gaussian", "trunk": trunk.config}
+    raise ValueError("probe: give checkpoint=PATH (a suite checkpoint) or init=gaussian")
+
+
+def split_holdout(samples: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Deterministic (fit, holdout) split of the train samples for hyper-parameter choice."""
+    order = list(range(len(samples)))
+    random.Random(seed).shuffle(order)
+    n = max(1, int(round(fraction * len(samples))))
+    hold = sorted(order[:n])
+    fit = sorted(order[n:])
+    return [samples[i] for i in fit], [samples[i] for i in hold]
+
+
+def check_request(cfg: DictConfig, dm: Any, trunk: AlexNet) -> None:
+    """Refuse impossible requests before any work starts."""
+    bad = [l for l in cfg.probe.layers if l not in LAYERS]
+    if bad:
+        raise ValueError(f"probe.layers: the trunk has no layer(s) {bad}; it has {list(LAYERS)}")
+    if cfg.probe.resize not in RESIZE_MODES:
+        raise ValueError(f"probe.resize: expected one of {RESIZE_MODES}, got {cfg.probe.resize!r}")
+    if cfg.probe.kind in ("linear", "knn"):
+        if dm.num_classes < 2:
+            raise ValueError(f"data.root={dm.root}: the probe needs labelled data (class folders); "
+                             f"found {dm.num_classes} class(es)")
+        if cfg.probe.get("num_classes") and cfg.probe.num_classes != dm.num_classes:
+            raise ValueError(f"probe.num_classes={cfg.probe.num_classes} but data.root={dm.root} has "
+                             f"{dm.num_classes} classes")
+        if not dm.val_samples:
+            raise ValueError(f"data.root={dm.root}: the val split is empty")
+
+
+class Features:
+    """Per-split features of a frozen trunk, through the on-disk cache when enabled."""
+
+    def __init__(self, extractor: FeatureExtractor, trunk_id: str, transform: str, cache_dir: Path | None,
+                 fingerprint: str, skips: SkipCounter) -> None:
+        self.extractor, self.trunk_id, self.transform = extractor, trunk_id, transform
+        self.cache_dir, self.fingerprint, self.skips = cache_dir, fingerprint, skips
+        self.hits = self.misses = 0
+
+    def get(self, split: str, loader: DataLoader, n: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        layers = list(self.extractor.layers)
+        if self.cache_dir is None:
+            return self._extract(loader)
+        store = FeatureStore(self.cache_dir, cache_key(self.trunk_id, self.transform, split, self.fingerprint))
+        if set(layers) <= store.layers():
+            self.hits += 1
+            return store.load(layers)
+        self.misses += 1
+        missing = [l for l in layers if l not in store.layers()]
+        store.write(self._batches(loader, missing), n, {"trunk": self.trunk_id, "transform": self.transform,
+                                                         "split": split})
+        return store.load(layers)
+
+    def _batches(self, loader: DataLoader, layers: list[str]):
+        ex = self.extractor
+        sub = FeatureExtractor(ex.trunk, layers, ex.resize, ex.input_space, ex.channels_last) if layers != list(ex.layers) else ex
+        device = next(ex.trunk.parameters()).device
+        for batch in loader:
+            self.skips.add(batch["skipped"])
+            if batch["image"].numel():
+                with torch.inference_mode():
+                    yield sub(batch["image"].to(device)), batch["label"]
+
+    def _extract(self, loader: DataLoader) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        feats: dict[str, list] = {}
+        labels = []
+        for f, y in self._batches(loader, list(self.extractor.layers)):
+            for k, v in f.items():
+                feats.setdefault(k, []).append(v.cpu().numpy().astype(np.float16))
+            labels.append(y.numpy())
+        return {k: np.concatenate(v) for k, v in feats.items()}, np.concatenate(labels)
+
+
+def feature_loader(feats: dict[str, np.ndarray], labels: np.ndarray, batch_size: int, shuffle: bool,
+                   indices: np.ndarray | None = None, seed: int = 0) -> DataLoader:
+    ds = CachedFeatures(feats, labels, indices)
+    base = RandomSampler(ds, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(ds)
+    return DataLoader(ds, sampler=BatchSampler(base, batch_size, drop_last=False), batch_size=None)
+
+
+def fit_heads(cfg: DictConfig, dims: dict[str, int], num_classes: int, train: DataLoader, val: DataLoader,
+              lrs: dict[str, float], extractor: FeatureExtractor | None, out_dir: Path, loggers: list) -> dict[str, float]:
+    """Train all heads together (per-layer lr), evaluate on ``val``; returns the val metrics."""
+    steps = cfg.probe.epochs * len(train)
+    bounds, values, total = PAPER_STEPS
+    scheduler = partial(piecewise_constant, boundaries=bounds, values=values, scale=steps / total)
+    module = LinearProbe(ProbeHeads(dims, num_classes), instantiate(cfg.optimizer), num_classes,
+                         scheduler=scheduler, extractor=extractor, lrs=lrs)
+    trainer = instantiate(cfg.trainer, max_epochs=cfg.probe.epochs, default_root_dir=str(out_dir),
+                          logger=loggers or False, enable_checkpointing=False, num_sanity_val_steps=0,
+                          precision=cfg.precision, check_val_every_n_epoch=cfg.probe.epochs)
+    trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("probe/") and "loss" not in k}
+
+
+def run_probe(cfg: DictConfig) -> dict[str, Any]:
+    """One probe job; returns the results.json record."""
+    started, t0 = datetime.now(timezone.utc), time.perf_counter()
+    out_dir = Path(cfg.paths.output_dir)
+    pl.seed_everything(cfg.seed, workers=True)
+    trunk, desc = load_trunk(cfg.get("checkpoint"), cfg.get("init"), cfg.get("backbone"), cfg.seed)
+    if cfg.probe.kind == "svm_voc07":
+        from ssl_bench.evaluation.voc_svm_probe import run_svm_probe
+        return run_svm_probe(cfg, trunk, desc, started, t0)
+    dm = instantiate(cfg.data)
+    dm.prepare_data()
+    dm.setup("fit")
+    check_request(cfg, dm, trunk)
+    device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "cpu"
+    extractor = FeatureExtractor(trunk, cfg.probe.layers, cfg.probe.resize, desc["input_space"]).to(device)
+    dims = extractor.dims(dm.crop_size)
+    skips = SkipCounter()
+    transform = f"{cfg.probe.resize}|crop{dm.crop_size}|load{dm.load_size}|{desc['input_space']}"
+    cache = Path(cfg.paths.cache_dir) / "features" if cfg.probe.cache else None
+    features = Features(extractor, trunk_fingerprint(trunk), transform, cache, dm.fingerprint, skips)
+    bs = cfg.probe.batch_size
+    C = dm.num_classes
+    train_x, train_y = features.get("train", dm.loader(dm.train_samples, False, bs), len(dm.train_samples))
+    test_x, test_y = features.get("val", dm.loader(dm.val_samples, False, bs), len(dm.val_samples))
+    metrics: dict[str, Any] = {}
+    extra: dict[str, Any] = {"feature_dims": dims}
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+
+    if cfg.probe.kind == "knn":
+        for layer in cfg.probe.layers:
+            scores = knn_predict(torch.from_numpy(train_x[layer]), torch.from_numpy(train_y),
+                                 torch.from_numpy(test_x[layer]), C, cfg.probe.k, cfg.probe.temperature)
+            metrics[f"probe/{layer}/top1"] = topk_accuracy(scores, torch.from_numpy(test_y), 1)
+            metrics[f"probe/{layer}/top5"] = topk_accuracy(scores, torch.from_numpy(test_y), 5)
+    else:
+        fit_idx, hold_idx = (np.asarray(ix) for ix in split_holdout(list(range(len(train_y))),
+                                                                    cfg.probe.holdout_fraction, cfg.seed))
+        grid = list(cfg.probe.lr_grid)
+        holdout: dict[float, dict[str, float]] = {}
+        if len(grid) > 1:
+            for lr in grid:
+                holdout[lr] = fit_heads(cfg, dims, C, feature_loader(train_x, train_y, bs, True, fit_idx, cfg.seed),
+                                        feature_loader(train_x, train_y, bs, False, hold_idx), {l: lr for l in dims},
+                                        None, out_dir, [])
+        best = {l: max(grid, key=lambda lr: holdout[lr][f"probe/{l}/top1"]) if holdout else grid[0] for l in dims}
+        if cfg.probe.cache:
+            final = fit_heads(cfg, dims, C, feature_loader(train_x, train_y, bs, True, None, cfg.seed),
+                              feature_loader(test_x, test_y, bs, False), best, None, out_dir, loggers)
+        else:  # streaming: random crops and flips through the frozen trunk every step
+            final = fit_heads(cfg, dims, C, dm.loader(dm.train_samples, True, bs), dm.loader(dm.val_samples, False, bs),
+                              best, extractor, out_dir, loggers)
+        metrics.update(final)
+        extra["chosen_lr"] = best
+        extra["holdout_top1"] = {str(lr): {l: h[f"probe/{l}/top1"] for l in dims} for lr, h in holdout.items()}
+
+    top1 = {l: metrics[f"probe/{l}/top1"] for l in cfg.probe.layers}
+    best_layer = max(top1, key=top1.get)
+    metrics["probe/best/top1"] = top1[best_layer]
+    record = {
+        "kind": "probe", "probe": cfg.probe.kind, "method": desc["method"], "status": "completed",
+        "protocol": f"{cfg.probe.kind}, {cfg.probe.resize} resize, frozen trunk, "
+                    f"{'cached centre-crop features' if cfg.probe.cache else 'random crops'}",
+        "best_layer": best_layer, "metrics": metrics, **extra,
+        "trunk": desc,
+        "dataset": {"name": Path(str(dm.root)).name, "root": str(dm.root), "fingerprint": dm.fingerprint,
+                    "num_train": len(dm.train_samples), "num_val": len(dm.val_samples),
+                    "num_classes": C, "skipped_images": skips.count},
+        "feature_cache": {"enabled": bool(cfg.probe.cache), "hits": features.hits, "misses": features.misses},
+        "seed": cfg.seed, "started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
+        "wall_time_s": time.perf_counter() - t0, "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    write_results(out_dir / "results.json", record)
+    return record

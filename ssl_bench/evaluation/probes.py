@@ -1,0 +1,166 @@
+"""Frozen-trunk probes: per-layer feature extraction and linear heads trained together.
+
+Protocol (method.md 3.1): ReLU outputs of conv1..conv5, resized to about 9,000 dimensions
+(bilinear: the authors' updated protocol; avgpool: Goyal et al.), batch norm without affine
+parameters, one linear classifier per layer; all heads train on one trunk pass per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Callable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from ssl_bench.models.inputs import trunk_input
+
+# authors' updated protocol: output side per layer (conv1 10x10x96 = 9600 dims, ...)
+BILINEAR_SIZES = {"conv1": 10, "conv2": 6, "conv3": 5, "conv4": 5, "conv5": 6}
+# Goyal et al. 2019: average-pooling (kernel, stride) per layer
+AVGPOOL_GOYAL = {"conv1": (19, 4), "conv2": (12, 3), "conv3": (9, 1), "conv4": (9, 1), "conv5": (8, 1)}
+RESIZE_MODES = ("bilinear", "avgpool")
+
+
+def resize_layer(x: Tensor, layer: str, mode: str) -> Tensor:
+    """N x C x H x W activation -> N x (C*s*s) features of about 9k dims.
+
+    avgpool uses Goyal et al.'s kernels, which assume the full 227-pixel AlexNet geometry; a map
+    smaller than the kernel is an error rather than a silent change of protocol.
+    """
+    if mode == "bilinear":
+        s = BILINEAR_SIZES[layer]
+        x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
+    elif mode == "avgpool":
+        k, stride = AVGPOOL_GOYAL[layer]
+        if min(x.shape[-2:]) < k:
+            raise ValueError(f"probe.resize=avgpool: {layer} map is {tuple(x.shape[-2:])}, smaller than "
+                             f"Goyal et al.'s kernel {k}; use probe.resize=bilinear for small inputs")
+        x = F.avg_pool2d(x, k, stride)
+    else:
+        raise ValueError(f"probe.resize: expected one of {RESIZE_MODES}, got {mode!r}")
+    return x.flatten(1)
+
+
+class FeatureExtractor(nn.Module):
+    """A frozen trunk that maps uint8 images to resized, flattened per-layer features.
+
+    Frozen means frozen: parameters never require grad and the trunk stays in eval mode (batch-norm
+    running statistics never move), whatever mode the parent module is put in.
+    """
+
+    def __init__(self, trunk: nn.Module, layers: Sequence[str], resize: str = "bilinear",
+                 input_space: str = "L", channels_last: bool = True) -> None:
+        super().__init__()
+        known = getattr(trunk, "forward_features", None)
+        if known is None:
+            raise TypeError("probe: the trunk has no forward_features(x, layers)")
+        self.trunk, self.layers = trunk.requires_grad_(False).eval(), tuple(layers)
+        self.resize, self.input_space, self.channels_last = resize, input_space, channels_last
+        if channels_last:
+            self.trunk.to(memory_format=torch.channels_last)
+
+    def train(self, mode: bool = True) -> "FeatureExtractor":
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        """uint8 N x 3 x H x W -> {layer: float N x d_layer}."""
+        x = trunk_input(images, self.input_space)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        maps = self.trunk.forward_features(x, self.layers)
+        return {k: resize_layer(v, k, self.resize).float() for k, v in maps.items()}
+
+    def dims(self, crop_size: int) -> dict[str, int]:
+        probe = torch.zeros(1, 3, crop_size, crop_size, dtype=torch.uint8,
+                            device=next(self.trunk.parameters()).device)
+        return {k: v.shape[1] for k, v in self(probe).items()}
+
+
+class ProbeHeads(nn.Module):
+    """Per layer: BatchNorm1d without affine, then a linear classifier."""
+
+    def __init__(self, dims: dict[str, int], num_classes: int) -> None:
+        super().__init__()
+        self.layers = tuple(dims)
+        self.heads = nn.ModuleDict({k: nn.Sequential(nn.BatchNorm1d(d, affine=False), nn.Linear(d, num_classes))
+                                    for k, d in dims.items()})
+        for head in self.heads.values():
+            nn.init.normal_(head[1].weight, std=0.01)
+            nn.init.zeros_(head[1].bias)
+
+    def forward(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {k: self.heads[k](feats[k]) for k in self.layers}
+
+
+class LinearProbe(pl.LightningModule):
+    """Linear heads on a frozen trunk (or on cached features when ``extractor`` is None).
+
+    Args:
+        heads: one head per layer.
+        optimizer: partial optimiser factory; receives parameter groups of the heads only.
+        scheduler: partial LR-scheduler factory stepped per iteration, or None.
+        extractor: frozen trunk; None when batches carry precomputed "features".
+        lrs: optional per-layer learning rates (the validation-selected ones).
+        num_classes: for the accuracy metrics.
+    """
+
+    def __init__(self, heads: ProbeHeads, optimizer: Callable[..., Any], num_classes: int,
+                 scheduler: Callable[..., Any] | None = None, extractor: FeatureExtractor | None = None,
+                 lrs: dict[str, float] | None = None) -> None:
+        super().__init__()
+        self.heads, self.extractor = heads, extractor
+        self.optimizer_factory, self.scheduler_factory, self.lrs = optimizer, scheduler, lrs
+        top5 = min(5, num_classes)
+        self.top1 = nn.ModuleDict({k: MulticlassAccuracy(num_classes, top_k=1, average="micro") for k in heads.layers})
+        self.top5 = nn.ModuleDict({k: MulticlassAccuracy(num_classes, top_k=top5, average="micro") for k in heads.layers})
+
+    def features(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        if "features" in batch:
+            return {k: v.float() for k, v in batch["features"].items()}
+        assert self.extractor is not None and not self.extractor.trunk.training
+        return self.extractor(batch["image"])
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        if batch["label"].numel() == 0:
+            return None
+        logits = self.heads(self.features(batch))
+        losses = {k: F.cross_entropy(v, batch["label"]) for k, v in logits.items()}
+        loss = torch.stack(list(losses.values())).sum()
+        for k, v in losses.items():
+            self.log(f"probe/{k}/train_loss", v)
+        self.log("probe/train_loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if batch["label"].numel() == 0:
+            return
+        logits = self.heads(self.features(batch))
+        for k, v in logits.items():
+            self.top1[k].update(v, batch["label"])
+            self.top5[k].update(v, batch["label"])
+
+    def on_validation_epoch_end(self) -> None:
+        for k in self.heads.layers:
+            self.log(f"probe/{k}/top1", 100 * self.top1[k].compute(), sync_dist=True)
+            self.log(f"probe/{k}/top5", 100 * self.top5[k].compute(), sync_dist=True)
+            self.top1[k].reset()
+            self.top5[k].reset()
+
+    test_step = validation_step
+    on_test_epoch_end = on_validation_epoch_end
+
+    def configure_optimizers(self) -> Any:
+        groups = [{"params": list(self.heads.heads[k].parameters()), "name": k,
+                   **({"lr": self.lrs[k]} if self.lrs else {})} for k in self.heads.layers]
+        opt = self.optimizer_factory(groups)
+        owned = {id(p) for g in opt.param_groups for p in g["params"]}
+        head_params = {id(p) for p in self.heads.parameters()}
+        assert owned == head_params, "probe optimiser must hold the head parameters and nothing else"
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}

@@ -1,0 +1,271 @@
+"""The VOC2007 linear-SVM transfer protocol of Goyal et al. 2019 (method.md 3.3), run in parallel.
+
+Protocol, per layer of features (one call of ``svm_voc07``):
+
+1. Rows of the train and test features are L2-normalised.
+2. For each class c, the training target is +1 where ``train_y[:, c] == 1`` and -1 otherwise:
+   "difficult" images (label 0) are *negatives* in training, as in Goyal et al.'s code.
+3. For each cost in the grid, a ``LinearSVC(C=cost, class_weight={1: 2, -1: 1},
+   loss="squared_hinge", penalty="l2", intercept_scaling=1.0, dual=True)`` is fitted on two folds
+   and scored on the third (3-fold stratified split of that class's targets); the cost with the
+   highest mean fold AP (area under the interpolated PR curve) is chosen, the smallest cost on a tie.
+4. The class's final SVM is refitted on all training rows with the chosen cost and scores the test
+   set; test AP (area under the interpolated PR curve) excludes images whose label is 0.
+
+Differences from the reference code (fair_self_supervision_benchmark / VISSL), on purpose:
+
+* The cross-validation score is our interpolated AP (``mode="area"``), as in the test metric; the
+  reference passes ``scoring="average_precision"`` to scikit-learn's ``cross_val_score``, which is the
+  non-interpolated AP.  The chosen cost can therefore differ on near-ties.
+* The folds are a *shuffled* ``StratifiedKFold`` seeded by ``seed`` (the reference uses the unshuffled
+  split, which depends on the file order); each class has its own split, as in the reference.
+* Rows are divided by their exact norm (the reference divides by ``norm + 1e-5``).
+
+Parallelism and determinism
+---------------------------
+The work is cut into ``classes x folds`` cross-validation units (each fits every cost on one fold)
+followed by one refit unit per class, and the units run on a joblib **loky** (process) pool.  Threads
+are not an option even though liblinear releases the GIL: scikit-learn's liblinear draws its
+coordinate order from one *process-global* Mersenne twister (``sklearn/svm/src/newrand/newrand.h``),
+seeded per fit before the GIL is released, so concurrent fits in threads would interleave their
+random streams and give run-to-run different models.  In separate processes every fit reseeds the
+generator from ``random_state`` and sees exactly the data it sees when run alone, and each unit runs
+with BLAS limited to one thread (in the sequential path too), so ``n_jobs=1`` and ``n_jobs=k`` give
+bit-identical scores, chosen costs and APs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from joblib import Parallel, delayed
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import StratifiedKFold
+from sklearn.svm import LinearSVC
+from threadpoolctl import threadpool_limits
+
+from ssl_bench.evaluation.metrics import average_precision
+
+__all__ = ["DEFAULT_COSTS", "CLASS_WEIGHT", "l2_normalise", "make_svm", "svm_voc07"]
+
+# Goyal et al.'s grid: 1e-7 .. 100 in decades plus 0.5^k for k = 4..19, ascending.
+DEFAULT_COSTS: list[float] = sorted([1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0]
+                                    + [0.5 ** k for k in range(4, 20)])
+CLASS_WEIGHT: dict[int, float] = {1: 2, -1: 1}
+DEFAULT_MAX_ITER = 2000  # as in the reference code
+DEFAULT_TOL = 1e-4
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (float64 N x D; all-zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float64)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norm, np.finfo(np.float64).tiny)
+
+
+def make_svm(cost: float, seed: int = 0, max_iter: int = DEFAULT_MAX_ITER,
+             tol: float = DEFAULT_TOL) -> LinearSVC:
+    """The protocol's per-class classifier (targets must be +1 / -1)."""
+    return LinearSVC(C=cost, class_weight=CLASS_WEIGHT, loss="squared_hinge", penalty="l2",
+                     intercept_scaling=1.0, dual=True, max_iter=max_iter, tol=tol,
+                     random_state=seed)
+
+
+def _fit(x: np.ndarray, y: np.ndarray, cost: float, seed: int, max_iter: int,
+         tol: float) -> tuple[np.ndarray, float, bool]:
+    """Fit one SVM; returns (weights D, bias, converged)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        svm = make_svm(cost, seed, max_iter, tol).fit(x, y)
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    return svm.coef_[0].copy(), float(svm.intercept_[0]), converged
+
+
+def _cv_unit(x: np.ndarray, y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
+             costs: Sequence[float], seed: int, max_iter: int, tol: float) -> tuple[np.ndarray, int]:
+    """All costs on one (class, fold): fold APs float64 K and the number of unconverged fits.
+
+    x: float64 N x D (possibly a read-only memmap); y: +1/-1 N for this class.
+    """
+    with threadpool_limits(limits=1):
+        xt, yt = np.ascontiguousarray(x[train_idx]), y[train_idx]
+        xv, yv = np.ascontiguousarray(x[val_idx]), y[val_idx]
+        aps = np.empty(len(costs), dtype=np.float64)
+        bad = 0
+        for k, cost in enumerate(costs):
+            w, b, ok = _fit(xt, yt, cost, seed, max_iter, tol)
+            bad += not ok
+            aps[k] = average_precision(xv @ w + b, yv, mode="area")
+    return aps, bad
+
+
+def _final_unit(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, cost: float, seed: int,
+                max_iter: int, tol: float) -> tuple[np.ndarray, int]:
+    """Refit one class on all training rows; returns (test scores float64 M, unconverged fits)."""
+    with threadpool_limits(limits=1):
+        w, b, ok = _fit(np.asarray(x), y, cost, seed, max_iter, tol)
+        return np.asarray(x_test) @ w + b, int(not ok)
+
+
+def _check_labels(y: Any, name: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim != 2:
+        raise ValueError(f"{name}: expected an N x C label matrix, got shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.number) or not np.isin(y, (-1, 0, 1)).all():
+        raise ValueError(f"{name}: labels must be 1 (present), 0 (difficult) or -1 (absent)")
+    return y.astype(np.int8)
+
+
+def _check_features(x: Any, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name}: expected a non-empty N x D feature matrix, got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"{name}: expected numeric features, got dtype {x.dtype}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name}: features contain NaN or inf")
+    return x
+
+
+def svm_voc07(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+              costs: Sequence[float] = DEFAULT_COSTS, folds: int = 3, n_jobs: int = 2, seed: int = 0,
+              *, max_iter: int = DEFAULT_MAX_ITER, tol: float = DEFAULT_TOL,
+              class_names: Sequence[str] | None = None, return_scores: bool = False) -> dict[str, Any]:
+    """Run the VOC07 SVM protocol on one layer's features (see the module docstring).
+
+    train_x: N x D features; train_y: N x C labels in {1, 0, -1} (devkit convention, e.g. from
+        ``ssl_bench.data.voc.read_classification``; 0 = difficult -> negative in training).
+    test_x: M x D; test_y: M x C (0 = difficult -> excluded from the test AP).
+    costs: the cost grid (sorted ascending here; duplicates removed).  folds: CV folds (>= 2).
+    n_jobs: worker processes (1 = the reference way: every fit one after the other, in-process;
+        -1 = all cores).  Results do not depend on it.
+    seed: seeds the fold split and every LinearSVC (``random_state``).
+    class_names: C names for messages and the result (default: VOC_CLASSES when C == 20).
+    return_scores: add "scores", the final SVMs' test scores (float64 M x C).
+
+    Returns a dict:
+        "ap": C test APs, "mAP": their mean (interpolated area, the protocol's metric);
+        "ap_voc07", "mAP_voc07": the same scores under the VOC2007 11-point AP;
+        "costs": chosen cost per class; "cv_ap": best mean CV AP per class;
+        "cv_ap_grid": C x K mean CV AP per cost; "cost_grid": the K costs;
+        "class_names", "folds", "seed", "n_jobs", "fits" (number of SVMs trained),
+        "not_converged" (fits that stopped at max_iter), "seconds".
+    Raises ValueError on shape mismatches, labels outside {1, 0, -1}, non-finite features, or a class
+    with too few training positives / negatives for the folds or no test positives (naming it).
+    """
+    t0 = time.perf_counter()
+    train_x = _check_features(train_x, "train_x")
+    test_x = _check_features(test_x, "test_x")
+    train_y = _check_labels(train_y, "train_y")
+    test_y = _check_labels(test_y, "test_y")
+    if train_x.shape[0] != train_y.shape[0]:
+        raise ValueError(f"train_x has {train_x.shape[0]} rows but train_y has {train_y.shape[0]}")
+    if test_x.shape[0] != test_y.shape[0]:
+        raise ValueError(f"test_x has {test_x.shape[0]} rows but test_y has {test_y.shape[0]}")
+    if train_x.shape[1] != test_x.shape[1]:
+        raise ValueError(f"train_x has {train_x.shape[1]} feature dimensions but test_x has "
+                         f"{test_x.shape[1]}")
+    if train_y.shape[1] != test_y.shape[1]:
+        raise ValueError(f"train_y has {train_y.shape[1]} classes but test_y has {test_y.shape[1]}")
+    n_classes = train_y.shape[1]
+    if class_names is None:
+        if n_classes == 20:
+            from ssl_bench.data.voc import VOC_CLASSES  # lazy: keeps torch out of the workers
+            class_names = VOC_CLASSES
+        else:
+            class_names = [f"class {c}" for c in range(n_classes)]
+    names = [str(n) for n in class_names]
+    if len(names) != n_classes:
+        raise ValueError(f"class_names: expected {n_classes} names, got {len(names)}")
+    grid = sorted({float(c) for c in costs})
+    if not grid or not all(math.isfinite(c) and c > 0 for c in grid):
+        raise ValueError(f"costs: expected a non-empty list of positive finite numbers, got {list(costs)}")
+    if not isinstance(folds, (int, np.integer)) or folds < 2:
+        raise ValueError(f"folds: expected an integer >= 2, got {folds!r}")
+    if not isinstance(n_jobs, (int, np.integer)) or not (n_jobs >= 1 or n_jobs == -1):
+        raise ValueError(f"n_jobs: expected a positive integer or -1, got {n_jobs!r}")
+    folds, n_jobs, seed = int(folds), int(n_jobs), int(seed)
+
+    targets = np.where(train_y > 0, 1, -1).astype(np.float64)  # difficult (0) -> negative
+    for c, name in enumerate(names):
+        n_pos = int((train_y[:, c] > 0).sum())
+        n_neg = train_y.shape[0] - n_pos
+        if n_pos < folds or n_neg < folds:
+            raise ValueError(f"class {name!r}: {n_pos} training positives and {n_neg} negatives; "
+                             f"{folds}-fold cross-validation needs at least {folds} of each")
+        if not (test_y[:, c] > 0).any():
+            raise ValueError(f"class {name!r}: no positive test images (AP is undefined)")
+
+    x = l2_normalise(train_x)
+    xt = l2_normalise(test_x)
+
+    # Fold split per class, fixed before any fitting so it cannot depend on the schedule.
+    splits = [list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, targets[:, c]))
+              for c in range(n_classes)]
+    cv_jobs = [(c, f) for c in range(n_classes) for f in range(folds)]
+
+    def cv_call(c: int, f: int) -> Any:
+        tr, va = splits[c][f]
+        return _cv_unit, (x, targets[:, c], tr, va, grid, seed, max_iter, tol)
+
+    def final_call(c: int, cost: float) -> Any:
+        return _final_unit, (x, targets[:, c], xt, cost, seed, max_iter, tol)
+
+    if n_jobs == 1:
+        run = _run_sequential
+        cv_out = run([cv_call(c, f) for c, f in cv_jobs])
+        cv_aps, chosen, best = _choose(cv_out, n_classes, folds, grid)
+        # Costly (large-C) refits first: the same order as in the parallel path.
+        order = sorted(range(n_classes), key=lambda c: (-chosen[c], c))
+        final_out = run([final_call(c, chosen[c]) for c in order])
+    else:
+        # One pool for both phases: workers (and the memmapped features) are reused.
+        with Parallel(n_jobs=n_jobs, backend="loky", batch_size=1, pre_dispatch="all",
+                      max_nbytes="1M", mmap_mode="r") as parallel:
+            cv_out = parallel(delayed(fn)(*args) for fn, args in (cv_call(c, f) for c, f in cv_jobs))
+            cv_aps, chosen, best = _choose(cv_out, n_classes, folds, grid)
+            order = sorted(range(n_classes), key=lambda c: (-chosen[c], c))
+            final_out = parallel(delayed(fn)(*args) for fn, args in
+                                 (final_call(c, chosen[c]) for c in order))
+
+    scores = np.empty((xt.shape[0], n_classes), dtype=np.float64)
+    not_converged = sum(int(bad) for _, bad in cv_out)
+    for c, (s, bad) in zip(order, final_out):
+        scores[:, c] = s
+        not_converged += bad
+    ap = [average_precision(scores[:, c], test_y[:, c], "area", ignore_zero=True)
+          for c in range(n_classes)]
+    ap07 = [average_precision(scores[:, c], test_y[:, c], "voc07", ignore_zero=True)
+            for c in range(n_classes)]
+    out: dict[str, Any] = {
+        "ap": ap, "mAP": float(np.mean(ap)),
+        "ap_voc07": ap07, "mAP_voc07": float(np.mean(ap07)),
+        "costs": chosen, "cv_ap": best,
+        "cv_ap_grid": cv_aps.tolist(), "cost_grid": grid,
+        "class_names": names, "folds": folds, "seed": seed, "n_jobs": n_jobs,
+        "fits": len(cv_jobs) * len(grid) + n_classes, "not_converged": not_converged,
+        "seconds": time.perf_counter() - t0,
+    }
+    if return_scores:
+        out["scores"] = scores
+    return out
+
+
+def _run_sequential(calls: list[Any]) -> list[Any]:
+    return [fn(*args) for fn, args in calls]
+
+
+def _choose(cv_out: list[tuple[np.ndarray, int]], n_classes: int, folds: int,
+            grid: list[float]) -> tuple[np.ndarray, list[float], list[float]]:
+    """Mean fold AP per (class, cost), the chosen cost per class and its CV AP.
+
+    cv_out is in (class, fold) order.  argmax takes the first maximum, i.e. the smallest cost on a tie.
+    """
+    aps = np.stack([a for a, _ in cv_out]).reshape(n_classes, folds, len(grid)).mean(axis=1)
+    idx = aps.argmax(axis=1)
+    return aps, [grid[i] for i in idx], [float(aps[c, i]) for c, i in enumerate(idx)]

@@ -1,0 +1,332 @@
+"""Leaderboard: gathering results.json files, mean ± std over seeds, published rows, the four outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ssl_bench.evaluation.leaderboard import (LAYERS, OUTPUT_NAMES, ResultsWarning, build_table, collect,
+                                              csv_columns, leaderboard_main, render, to_markdown)
+from ssl_bench.evaluation.published import (PUBLISHED_COLOR, PUBLISHED_PROBES, PUBLISHED_VOC, key_matches)
+
+METHOD_MD = Path("/work/shared/reference/method.md")
+
+# per-seed top-1 of two methods; the expected statistics below are worked out by hand
+COLOR = {  # colorization/full, seeds 0, 1, 2
+    "conv1": [12.0, 13.0, 14.5], "conv2": [20.0, 22.0, 21.0], "conv3": [30.5, 31.0, 31.5],
+    "conv4": [33.0, 34.0, 35.0], "conv5": [29.0, 30.0, 28.0]}
+GAUSS = {  # gaussian, seeds 0, 1; conv3 missing from seed 1 so that cell has n=1
+    "conv1": [15.0, 16.0], "conv2": [17.0, 19.0], "conv3": [16.0, None],
+    "conv4": [14.0, 15.0], "conv5": [10.0, 12.0]}
+N_PUBLISHED_PROBES = 7
+
+
+def probe_record(method: str, seed: int, top1: dict[str, float | None], **extra) -> dict:
+    metrics = {f"probe/{k}/top1": v for k, v in top1.items() if v is not None}
+    metrics.update({f"probe/{k}/top5": min(100.0, v + 20) for k, v in top1.items() if v is not None})
+    return {"schema_version": 1, "kind": "probe", "method": method, "probe": "linear",
+            "status": "completed", "metrics": metrics, "seed": seed,
+            "dataset": {"name": "synth10", "root": "/data/synth10"},
+            "protocol": "linear, bilinear resize, 5 layers", **extra}
+
+
+def write(path: Path, record: dict | str) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    f = path / "results.json"
+    f.write_text(record if isinstance(record, str) else json.dumps(record))
+    return f
+
+
+def seed_values(table: dict[str, list], seed: int) -> dict[str, float | None]:
+    return {k: v[seed] for k, v in table.items()}
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> dict[str, Path]:
+    """Two result folders: the colorization seeds are split across them, plus three unusable files."""
+    a, b = tmp_path / "runs_a", tmp_path / "runs_b"
+    for seed in (0, 1):
+        write(a / "color" / f"seed{seed}", probe_record("colorization/full", seed, seed_values(COLOR, seed),
+                                                       best_layer="conv4"))
+    write(b / "color" / "seed2", probe_record("colorization/full", 2, seed_values(COLOR, 2)))
+    for seed in (0, 1):
+        write(b / "gauss" / f"seed{seed}", probe_record("gaussian", seed, seed_values(GAUSS, seed)))
+    return {
+        "a": a, "b": b,
+        "malformed": write(a / "broken", '{"kind": "probe", "status": '),
+        "failed": write(b / "crashed", {**probe_record("gaussian", 7, seed_values(GAUSS, 0)),
+                                        "status": "failed"}),
+        "pretrain": write(a / "pretrain", {"schema_version": 1, "kind": "pretrain", "status": "completed",
+                                           "method": "colorization/full", "metrics": {"pretrain/loss": 1.0},
+                                           "dataset": {"name": "synth10"}, "seed": 0}),
+    }
+
+
+@pytest.fixture
+def table(results):
+    with pytest.warns(ResultsWarning):
+        records = collect([results["a"], results["b"]])
+    return build_table(records)
+
+
+def row(table, method: str, published: bool = False):
+    rows = [r for r in table.section("probes").rows if r.method == method and r.published == published]
+    assert len(rows) == 1, [r.method for r in table.section("probes").rows]
+    return rows[0]
+
+
+# -------------------------------------------------------------------------------------------- stats
+
+
+def test_mean_std_and_n_over_seeds(table):
+    color = row(table, "colorization/full")
+    for layer in LAYERS:
+        cell = color.cells[layer]
+        assert cell.n == 3
+        assert cell.mean == pytest.approx(np.mean(COLOR[layer]))
+        assert cell.std == pytest.approx(np.std(COLOR[layer], ddof=1))
+        assert cell.std == pytest.approx(statistics.stdev(COLOR[layer]))  # sample, not population, std
+    assert color.cells["conv3"].format() == "31.0 ± 0.5 (n=3)"
+    assert color.cells["conv1"].format() == "13.2 ± 1.3 (n=3)"  # 13.1667 ± 1.2583
+    assert color.n_runs == 3 and sorted(color.seeds) == [0, 1, 2]
+    assert color.best()[0] == "conv4" and color.best()[1].format() == "34.0 ± 1.0 (n=3)"
+
+    gauss = row(table, "gaussian")
+    assert gauss.n_runs == 2
+    assert gauss.cells["conv2"].format() == "18.0 ± 1.4 (n=2)"
+    assert gauss.cells["conv3"].n == 1 and gauss.cells["conv3"].std is None
+    assert gauss.cells["conv3"].format() == "16.0 (n=1)"
+    # leaderboard order: the better best layer first
+    measured = table.section("probes").measured
+    assert [r.method for r in measured] == ["colorization/full", "gaussian"]
+
+
+def test_unusable_files_warn_by_name_and_pretrain_is_only_counted(results):
+    with pytest.warns(ResultsWarning) as caught:
+        records = collect([results["a"], results["b"]])
+    messages = [str(w.message) for w in caught]
+    assert any(str(results["malformed"]) in m and "malformed JSON" in m for m in messages)
+    assert any(str(results["failed"]) in m and "'failed'" in m for m in messages)
+    assert len(messages) == 2
+    assert len(records) == 6  # 3 + 2 probe runs and the pretrain run
+    table = build_table(records)
+    assert table.n_pretrain == 1
+    assert [s.spec.key for s in table.sections] == ["probes"]
+    assert "1 pretrain run found" in to_markdown(table)
+
+
+def test_duplicate_seed_counts_once_and_bad_metric_is_ignored(tmp_path):
+    old = write(tmp_path / "old", probe_record("m", 0, {"conv1": 10.0}, finished="2024-01-01T00:00:00"))
+    new = write(tmp_path / "new", probe_record("m", 0, {"conv1": 20.0}, finished="2024-06-01T00:00:00"))
+    nan = write(tmp_path / "nan", {**probe_record("m", 1, {"conv1": 30.0}),
+                                   "metrics": {"probe/conv1/top1": "NaN"}})
+    records = collect([tmp_path])
+    with pytest.warns(ResultsWarning) as caught:
+        table = build_table(records)
+    r = table.section("probes").measured[0]
+    assert r.cells["conv1"].values == (20.0,)  # seed 0 once (the newer), seed 1's value unusable
+    messages = " ".join(str(w.message) for w in caught)
+    assert str(old) in messages and str(new) in messages and str(nan) in messages
+    assert table.warnings and all(isinstance(w, str) for w in table.warnings)
+
+
+def test_overlapping_folders_read_each_file_once(results):
+    with pytest.warns(ResultsWarning):
+        once = collect([results["a"]])
+        twice = collect([results["a"], results["a"] / "color", results["a"]])
+    assert [r["path"] for r in once] == [r["path"] for r in twice]
+
+
+def test_different_protocols_are_not_averaged(tmp_path):
+    write(tmp_path / "a", probe_record("m", 0, {"conv1": 10.0}))
+    write(tmp_path / "b", probe_record("m", 1, {"conv1": 20.0}, protocol="linear, avgpool"))
+    rows = build_table(collect([tmp_path])).section("probes").measured
+    assert sorted(r.cells["conv1"].mean for r in rows) == [10.0, 20.0]
+
+
+# ---------------------------------------------------------------------------------------- published
+
+
+def test_published_rows_present_and_marked(table):
+    probes = table.section("probes")
+    published = [r for r in probes.rows if r.published]
+    assert len(published) == N_PUBLISHED_PROBES
+    assert probes.rows[-N_PUBLISHED_PROBES:] == published  # after the measured rows
+    zhang = row(table, "Zhang et al. (colorization)", published=True)
+    assert [zhang.cells[k].mean for k in LAYERS] == [13.1, 24.8, 31.0, 32.6, 31.8]
+    assert zhang.source == "published: Split-Brain Table 2" and zhang.data == "ImageNet-1k val"
+    assert "bilinear" in zhang.protocol and zhang.suite_method == "colorization/full"
+    assert row(table, "colorization/full").source == "measured: 3 seeds"
+    assert row(table, "colorization/full").data == "synth10"
+    # nothing measured for VOC or colour: their published numbers stay out of this table
+    assert table.section("voc") is None and table.section("color") is None
+
+    assert not any(r.published for r in build_table(collect([row_dir(table)]), published=False)
+                   .section("probes").rows)
+
+
+def row_dir(table) -> Path:
+    return row(table, "colorization/full").files[0].parent
+
+
+def _md_table(text: str, heading: str, next_heading: str = "\n## ") -> list[list[str]]:
+    """Cells of the pipe-table lines between ``heading`` and the next ``next_heading``."""
+    block = text.split(heading, 1)[1].split(next_heading, 1)[0]
+    return [[c.strip() for c in line.strip("|").split(" | ")] for line in block.splitlines()
+            if line.startswith("| ")]
+
+
+@pytest.mark.skipif(not METHOD_MD.is_file(), reason="reference method.md not available")
+def test_published_numbers_match_method_md():
+    """Every number of method.md section 4 tables, in order, is in published.py."""
+    text = METHOD_MD.read_text()
+
+    def numbers(heading: str) -> list[list[float | None]]:
+        rows = _md_table(text, heading, next_heading="\n#")[1:]  # drop the header
+        return [[None if c == "-" else float(c) for c in r[1:]] for r in rows if not set(r[0]) <= set("-")]
+
+    assert numbers("### 4.1") == [[r.values[k] for k in LAYERS] for r in PUBLISHED_PROBES]
+    assert numbers("### 4.2") == [[r.values[k] for k in ("cls_fc6", "cls_all", "det", "seg")]
+                                  for r in PUBLISHED_VOC]
+    color_keys = ("auc_raw", "auc_rebal", "classifier_top1", "amt_real")
+    assert numbers("### 4.3") == [[r.values[k] for k in color_keys] for r in PUBLISHED_COLOR]
+
+
+def test_suite_method_keys():
+    assert key_matches("gaussian", "gaussian") and key_matches("gaussian", "gaussian/default")
+    assert key_matches("colorization/full", "colorization/full")
+    assert not key_matches("colorization/full", "colorization/l2")
+    assert not key_matches(None, "anything")
+    keys = {r.suite_method for r in PUBLISHED_PROBES}
+    assert {"supervised", "gaussian", "kraehenbuehl", "context_prediction", "context_encoder",
+            "colorization/full"} <= keys
+
+
+# ------------------------------------------------------------------------------------------ outputs
+
+
+@pytest.fixture
+def rendered(results, tmp_path):
+    """The outputs for the sample runs plus one method whose name needs HTML escaping."""
+    write(results["b"] / "evil", probe_record("evil<script>alert(1)</script>", 0, {"conv1": 5.0}))
+    with pytest.warns(ResultsWarning):
+        table = build_table(collect([results["a"], results["b"]]))
+    return table, render(table, tmp_path / "out")
+
+
+def test_render_writes_four_files_atomically(rendered):
+    _, paths = rendered
+    assert set(paths) == {"md", "csv", "html", "png"}
+    assert {p.name for p in paths.values()} == set(OUTPUT_NAMES.values())
+    out = paths["md"].parent
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_NAMES.values())  # no temporaries left
+
+
+def test_markdown_table(rendered):
+    table, paths = rendered
+    text = paths["md"].read_text(encoding="utf-8")
+    assert text == to_markdown(table)
+    block = text.split("## Per-layer frozen probes", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in block.splitlines() if line.startswith("|")]
+    assert sum(line.startswith("| Method |") for line in lines) == 1
+    assert re.fullmatch(r"\|(---\|)+", lines[1])
+    body = lines[2:]
+    assert len(body) == 3 + N_PUBLISHED_PROBES  # colorization, gaussian, evil + published
+    widths = {line.count(" | ") for line in lines if not line.startswith("|---")}
+    assert len(widths) == 1  # every row has as many cells as the header
+    assert "| colorization/full | linear | measured: 3 seeds | synth10 | 13.2 ± 1.3 (n=3) |" in text
+    assert "| 32.6 |" in text and "published: Split-Brain Table 2" in text
+
+
+def test_csv_columns_and_values(rendered):
+    _, paths = rendered
+    with open(paths["csv"], newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == csv_columns()
+    assert {"method", "source", "protocol", "data", "conv3_mean", "conv3_std", "conv3_n", "best_layer"} \
+        <= set(reader.fieldnames)
+    assert len(rows) == 3 + N_PUBLISHED_PROBES
+    color = next(r for r in rows if r["method"] == "colorization/full")
+    assert color["source"] == "measured" and color["n_runs"] == "3" and color["seeds"] == "0;1;2"
+    for layer in LAYERS:
+        assert float(color[f"{layer}_mean"]) == pytest.approx(np.mean(COLOR[layer]))
+        assert float(color[f"{layer}_std"]) == pytest.approx(np.std(COLOR[layer], ddof=1))
+        assert color[f"{layer}_n"] == "3"
+    assert color["best_layer"] == "conv4" and color["recorded_best_layer"] == "conv4"
+    assert len(color["files"].split(";")) == 3
+    gauss = next(r for r in rows if r["method"] == "gaussian")
+    assert gauss["conv3_n"] == "1" and gauss["conv3_std"] == ""
+    zhang = next(r for r in rows if r["method"] == "Zhang et al. (colorization)")
+    assert zhang["source"] == "published" and float(zhang["conv4_mean"]) == 32.6
+    assert zhang["conv4_std"] == "" and zhang["data"] == "ImageNet-1k val"
+
+
+def test_html_has_values_and_escapes(rendered):
+    _, paths = rendered
+    text = paths["html"].read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>") and "<style>" in text
+    assert "31.0 ± 0.5 (n=3)" in text and "34.0 ± 1.0 (n=3)" in text
+    assert "evil&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "<script" not in text
+    assert text.count('<tr class="published">') == N_PUBLISHED_PROBES
+    assert 'src="data:image/png;base64,' in text  # self-contained: the plot is inline
+    assert "http://" not in text and "https://" not in text
+
+
+def test_png_is_a_real_plot(rendered):
+    _, paths = rendered
+    with Image.open(paths["png"]) as img:
+        assert img.format == "PNG"
+        assert img.width >= 600 and 250 <= img.height <= 2000
+        pixels = np.asarray(img.convert("L"))
+    assert pixels.std() > 5  # not a blank canvas
+    with Image.open(paths["png"]) as img:
+        img.verify()
+
+
+# -------------------------------------------------------------------------------------- command line
+
+
+def test_main_prints_markdown_and_paths(results, tmp_path, capsys):
+    out = tmp_path / "board"
+    assert leaderboard_main([str(results["a"]), str(results["b"]), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "| colorization/full | linear | measured: 3 seeds |" in captured.out
+    for name in OUTPUT_NAMES.values():
+        assert str(out / name) in captured.out and (out / name).is_file()
+    assert str(results["malformed"]) in captured.err and str(results["failed"]) in captured.err
+    assert "malformed JSON" in (out / "leaderboard.md").read_text(encoding="utf-8")  # left-out list
+
+
+def test_main_no_published(results, tmp_path, capsys):
+    assert leaderboard_main([str(results["b"]), "--out", str(tmp_path / "o"), "--no-published"]) == 0
+    assert "published:" not in capsys.readouterr().out
+
+
+def test_missing_directory_is_named(tmp_path, capsys):
+    missing = tmp_path / "no_such_runs"
+    with pytest.raises(FileNotFoundError, match="no_such_runs"):
+        collect([tmp_path, missing])
+    assert leaderboard_main([str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_no_results_exits_1(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert leaderboard_main([str(tmp_path / "empty")]) == 1
+    assert "no usable results.json" in capsys.readouterr().err
+    write(tmp_path / "only_failed", {"kind": "probe", "status": "failed"})
+    assert leaderboard_main([str(tmp_path / "only_failed")]) == 1
+    assert "1 skipped" in capsys.readouterr().err
+    write(tmp_path / "only_pretrain", {"kind": "pretrain", "status": "completed", "metrics": {}})
+    assert leaderboard_main([str(tmp_path / "only_pretrain")]) == 1
+    assert "1 pretrain run(s)" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("leaderboard*"))

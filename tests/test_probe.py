@@ -1,0 +1,216 @@
+"""Probe harness: frozen means frozen, layer dimensions, heads that learn, the feature cache, kNN."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from conftest import tiny_overrides
+from ssl_bench.data.images import SkipCounter
+from ssl_bench.evaluation.feature_cache import trunk_fingerprint
+from ssl_bench.evaluation.harness import Features, feature_loader, split_holdout
+from ssl_bench.evaluation.knn import knn_predict, topk_accuracy
+from ssl_bench.evaluation.probes import (AVGPOOL_GOYAL, BILINEAR_SIZES, FeatureExtractor, LinearProbe,
+                                         ProbeHeads, resize_layer)
+from ssl_bench.models.alexnet import CONV_LAYERS, alexnet, alexnet_small
+
+
+def tiny_trunk(**kw):
+    torch.manual_seed(0)
+    return alexnet_small(widths=(16, 32, 48, 48, 32), fc_channels=64, **kw)
+
+
+def image_batches(n=24, size=56, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    imgs = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    labels = torch.arange(n) % 3
+    batches = [{"image": imgs[i:i + 8], "label": labels[i:i + 8], "skipped": []} for i in range(0, n, 8)]
+    return DataLoader(batches, batch_size=None)
+
+
+def test_frozen_trunk_is_bit_identical_after_probing(tmp_path):
+    trunk = tiny_trunk()
+    trunk.train()  # even a trunk handed over in train mode must not update its BN statistics
+    before = copy.deepcopy(trunk.state_dict())
+    ex = FeatureExtractor(trunk, CONV_LAYERS, "bilinear", "L")
+    assert all(not p.requires_grad for p in trunk.parameters())
+    probe = LinearProbe(ProbeHeads(ex.dims(56), 3), lambda g: torch.optim.SGD(g, lr=0.1, momentum=0.9), 3, extractor=ex)
+    probe.train()
+    assert not trunk.training
+    batches = image_batches()
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(probe, train_dataloaders=batches, val_dataloaders=batches)
+    after = trunk.state_dict()
+    assert before.keys() == after.keys()
+    for k in before:
+        assert torch.equal(before[k], after[k]), f"{k} moved"
+    assert any("running_mean" in k for k in before)  # the BN statistics were part of the check
+    heads_moved = any(not torch.equal(p, q) for p, q in zip(
+        ProbeHeads(ex.dims(56), 3).parameters(), probe.heads.parameters()))
+    assert heads_moved and trainer.global_step == 6
+
+
+def test_optimiser_holds_only_head_parameters():
+    ex = FeatureExtractor(tiny_trunk(), ("conv1", "conv2"), "bilinear", "L")
+    probe = LinearProbe(ProbeHeads(ex.dims(56), 4), lambda g: torch.optim.SGD(g, lr=0.1), 4, extractor=ex,
+                        lrs={"conv1": 0.5, "conv2": 0.01})
+    opt = probe.configure_optimizers()
+    assert {g["name"]: g["lr"] for g in opt.param_groups} == {"conv1": 0.5, "conv2": 0.01}
+    trunk_ids = {id(p) for p in ex.trunk.parameters()}
+    assert not trunk_ids & {id(p) for g in opt.param_groups for p in g["params"]}
+
+
+def conv_out(n, k, s=1, p=0):
+    return (n + 2 * p - k) // s + 1
+
+
+@pytest.mark.parametrize("crop", [227, 180])
+def test_layer_dimensions_bilinear_and_avgpool(crop):
+    trunk = alexnet()
+    widths = dict(zip(CONV_LAYERS, trunk.widths))
+    bil = FeatureExtractor(trunk, CONV_LAYERS, "bilinear", "L").dims(crop)
+    assert bil == {l: widths[l] * BILINEAR_SIZES[l] ** 2 for l in CONV_LAYERS}
+    assert bil == {"conv1": 9600, "conv2": 9216, "conv3": 9600, "conv4": 9600, "conv5": 9216}
+    c1 = conv_out(crop, 11, 4, 5)
+    c2 = conv_out(c1, 3, 2, 1)
+    c3 = conv_out(c2, 3, 2, 1)
+    maps = {"conv1": c1, "conv2": c2, "conv3": c3, "conv4": c3, "conv5": c3}
+    expected = {l: widths[l] * conv_out(maps[l], *AVGPOOL_GOYAL[l]) ** 2 for l in CONV_LAYERS}
+    assert FeatureExtractor(trunk, CONV_LAYERS, "avgpool", "L").dims(crop) == expected
+
+
+def test_avgpool_on_too_small_map_is_a_clear_error():
+    with pytest.raises(ValueError, match="probe.resize=avgpool"):
+        resize_layer(torch.zeros(1, 8, 4, 4), "conv3", "avgpool")
+    with pytest.raises(ValueError, match="probe.resize"):
+        resize_layer(torch.zeros(1, 8, 4, 4), "conv3", "nearest")
+
+
+def test_heads_learn_a_linear_rule(tmp_path):
+    """Labels are argmax of a fixed linear map of the conv2 features: a linear head must find it."""
+    g = torch.Generator().manual_seed(0)
+    n, d, c = 1200, 64, 4
+    x = torch.randn(n, d, generator=g)
+    w = torch.randn(d, c, generator=g)
+    y = (x @ w).argmax(1)
+    feats = {"conv2": x.numpy().astype(np.float16), "conv4": torch.randn(n, 8, generator=g).numpy().astype(np.float16)}
+    probe = LinearProbe(ProbeHeads({"conv2": d, "conv4": 8}, c), lambda gr: torch.optim.SGD(gr, lr=0.1, momentum=0.9), c)
+    train = feature_loader(feats, y.numpy(), 100, True, np.arange(1000))
+    test = feature_loader(feats, y.numpy(), 100, False, np.arange(1000, n))
+    trainer = pl.Trainer(max_epochs=15, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(probe, train, test)
+    m = trainer.callback_metrics
+    assert m["probe/conv2/top1"] > 90  # the rule is linear in conv2
+    assert m["probe/conv4/top1"] < 50  # and unrelated to the noise "conv4" (chance 25%)
+    assert m["probe/conv2/top5"] == 100  # only 4 classes
+
+
+def test_feature_cache_hits_misses_and_never_reuses_other_trunks(tmp_path):
+    loader = image_batches()
+
+    def features(trunk, layers):
+        ex = FeatureExtractor(trunk, layers, "bilinear", "L")
+        return Features(ex, trunk_fingerprint(trunk), "t", tmp_path, "fp", SkipCounter())
+
+    trunk = tiny_trunk()
+    f1 = features(trunk, ("conv1", "conv3"))
+    x1, y1 = f1.get("train", loader, 24)
+    assert (f1.hits, f1.misses) == (0, 1)
+    f2 = features(trunk, ("conv3",))
+    x2, y2 = f2.get("train", loader, 24)
+    assert (f2.hits, f2.misses) == (1, 0)
+    assert np.array_equal(x1["conv3"], x2["conv3"]) and np.array_equal(y1, y2)
+    # the cached values are the extractor's own outputs (float16)
+    direct = FeatureExtractor(trunk, ("conv3",), "bilinear", "L")(torch.cat([b["image"] for b in loader.dataset]))["conv3"]
+    assert np.allclose(x2["conv3"].astype(np.float32), direct.numpy(), atol=2e-3 * float(direct.abs().max()))
+    other = copy.deepcopy(trunk)
+    with torch.no_grad():
+        other.conv3[0].weight.add_(1e-3)
+    f3 = features(other, ("conv3",))
+    x3, _ = f3.get("train", loader, 24)
+    assert (f3.hits, f3.misses) == (0, 1) and not np.array_equal(x3["conv3"], x1["conv3"])
+    f4 = features(trunk, ("conv1", "conv5"))  # conv5 missing: extracted and added, conv1 kept
+    f4.get("train", loader, 24)
+    assert f4.misses == 1
+    f5 = features(trunk, ("conv1", "conv3", "conv5"))
+    f5.get("train", loader, 24)
+    assert f5.hits == 1
+    assert not list(tmp_path.glob(".*")), "no temporary cache folders left"
+
+
+def test_knn_matches_brute_force():
+    g = torch.Generator().manual_seed(1)
+    tr, te = torch.randn(60, 5, generator=g), torch.randn(15, 5, generator=g)
+    ty = torch.randint(0, 3, (60,), generator=g)
+    scores = knn_predict(tr, ty, te, 3, k=7, temperature=0.1, chunk=4)
+    for i in range(15):
+        sims = [float(np.dot(te[i], tr[j]) / (np.linalg.norm(te[i]) * np.linalg.norm(tr[j]))) for j in range(60)]
+        nn_idx = np.argsort(sims)[::-1][:7]
+        votes = np.zeros(3)
+        for j in nn_idx:
+            votes[ty[j]] += np.exp(sims[j] / 0.1)
+        assert np.allclose(scores[i].numpy(), votes, rtol=1e-4)
+    assert topk_accuracy(torch.tensor([[0.1, 0.9], [0.8, 0.2]]), torch.tensor([1, 1]), 1) == 50.0
+
+
+def test_holdout_split_is_disjoint_and_deterministic():
+    fit, hold = split_holdout(list(range(100)), 0.1, 0)
+    assert len(hold) == 10 and not set(fit) & set(hold) and sorted(fit + hold) == list(range(100))
+    assert split_holdout(list(range(100)), 0.1, 0) == (fit, hold)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tiny_data, tmp_path_factory):
+    from ssl_bench.cli import main
+    out = tmp_path_factory.mktemp("pre") / "run"
+    main(["pretrain", *tiny_overrides(tiny_data, out, out.parent / "cache")])
+    return out / "checkpoints" / "last.ckpt"
+
+
+def probe_overrides(data: Path, out: Path) -> list[str]:
+    return [f"data.root={data}", "data.synthetic=null", "data.num_workers=0", f"paths.cache_dir={out.parent}/cache",
+            f"hydra.run.dir={out}", "probe.batch_size=32", "trainer.enable_progress_bar=false",
+            "backbone.widths=[16,32,48,48,32]", "backbone.fc_channels=64"]
+
+
+@pytest.mark.slow
+def test_probe_cli_linear_knn_and_gaussian(tiny_data, tiny_checkpoint, tmp_path, run_cli):
+    out = tmp_path / "lin"
+    assert run_cli("probe", f"checkpoint={tiny_checkpoint}", "probe.epochs=2", *probe_overrides(tiny_data, out)) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["kind"] == "probe" and res["method"] == "colorization/full" and res["trunk"]["input_space"] == "L"
+    assert set(res["chosen_lr"]) == set(CONV_LAYERS) and res["feature_cache"]["misses"] == 2
+    for l in CONV_LAYERS:
+        assert 0 <= res["metrics"][f"probe/{l}/top1"] <= res["metrics"][f"probe/{l}/top5"] <= 100
+    assert res["best_layer"] in CONV_LAYERS
+    out2 = tmp_path / "knn"
+    assert run_cli("probe", f"checkpoint={tiny_checkpoint}", "probe=knn", *probe_overrides(tiny_data, out2)) == 0
+    res2 = json.loads((out2 / "results.json").read_text())
+    assert res2["probe"] == "knn" and res2["feature_cache"] == {"enabled": True, "hits": 2, "misses": 0}
+    out3 = tmp_path / "gauss"
+    assert run_cli("probe", "init=gaussian", "backbone.in_channels=3", "backbone.input_space=rgb", "probe.epochs=1",
+                   *probe_overrides(tiny_data, out3)) == 0
+    assert json.loads((out3 / "results.json").read_text())["method"] == "gaussian/rgb"
+
+
+@pytest.mark.slow
+def test_probe_bad_requests_fail_before_work(tiny_data, tiny_checkpoint, tmp_path, run_cli, capsys):
+    base = probe_overrides(tiny_data, tmp_path / "x")
+    assert run_cli("probe", f"checkpoint={tiny_checkpoint}", "probe.layers=[conv9]", *base) == 2
+    assert "conv9" in capsys.readouterr().err
+    assert run_cli("probe", f"checkpoint={tiny_checkpoint}", "probe.num_classes=7", *base) == 2
+    assert "probe.num_classes=7" in capsys.readouterr().err
+    assert run_cli("probe", f"checkpoint={tmp_path}/missing.ckpt", *base) == 2
+    assert "missing.ckpt" in capsys.readouterr().err
+    assert run_cli("probe", *base) == 2
+    assert "checkpoint=PATH" in capsys.readouterr().err
+    assert not list((tmp_path / "cache").glob("features/*")) if (tmp_path / "cache").exists() else True
