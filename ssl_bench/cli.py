@@ -78,6 +78,26 @@ def _probe_task(cfg: Any) -> Any:
     return record
 
 
+def _demo(overrides: Sequence[str]) -> None:
+    """The embedded default end to end: synthetic data, colorization pretraining, linear probes of the
+    colorization trunk and of Gaussian-init L and RGB trunks, and the leaderboard."""
+    from datetime import datetime
+
+    from ssl_bench.evaluation.leaderboard import leaderboard_main
+    root = Path("outputs") / "demo" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    run_hydra("pretrain", _pretrain_task, ["experiment=demo", f"hydra.run.dir={root}/pretrain", *overrides],
+              "ssl-bench demo")
+    ckpt = root / "pretrain" / "checkpoints" / "last.ckpt"
+    probes = {"colorization": [f"checkpoint={ckpt}"], "gaussian_L": ["init=gaussian"],
+              "gaussian_rgb": ["init=gaussian", "backbone.in_channels=3", "backbone.input_space=rgb"]}
+    for name, args in probes.items():
+        run_hydra("probe_run", _probe_task, [*args, f"hydra.run.dir={root}/probe_{name}"], "ssl-bench probe")
+    code = leaderboard_main([str(root), "--out", str(root)])
+    print(f"ssl-bench: demo finished in {root}")
+    if code:
+        sys.exit(code)
+
+
 def _data(argv: Sequence[str]) -> None:
     from ssl_bench.data.synthetic import SyntheticSpec, generate
     p = argparse.ArgumentParser(prog="ssl-bench data", description="Data preparation commands.")
@@ -118,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         from ssl_bench.evaluation.leaderboard import leaderboard_main
         sys.exit(leaderboard_main(rest))
     elif cmd == "demo":
-        run_hydra("pretrain", _pretrain_task, ["experiment=demo", *rest], "ssl-bench demo")
+        _demo(rest)
     elif cmd == "data":
         _data(rest)
     else:

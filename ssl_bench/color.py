@@ -176,7 +176,7 @@ _GRID_KEYTAB_NP = np.where(_GRID_TABLE_NP >= 0, _GRID_TABLE_NP, _KEY_OUT)
 _GENERAL_CELLS = 64  # cells per axis of the general search's candidate table
 _N_PASSES = 3  # odd-even transposition passes of the general search
 _PATTERN_CELLS = 2048  # cells per axis of the pattern table (even)
-_PATTERN_MAX_K = 16  # above this, patterns multiply and cells get dirty: general search only
+_PATTERN_MAX_K = 13  # above: many more patterns, slower table build; general search only
 _LAB_CHUNK = 1 << 17  # full-resolution pixels per step of lab_from_uint8
 _KNN_CHUNK = 1 << 16  # points per step of the nearest-bin search
 _BRUTE_CHUNK = 1 << 12  # points per step of the exhaustive search (x 313 candidates)

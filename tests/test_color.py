@@ -31,6 +31,16 @@ CENTRES = np.array(
 TIE_TOL = 1e-3  # squared-distance gap below which two bins are equally valid answers
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Single-threaded torch for this module: on a busy 2-core machine, multi-threaded kernels
+    stall on each other and the runtime becomes erratic; results do not depend on it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------------------------------------
 # Reference implementations
 # ---------------------------------------------------------------------------------------------

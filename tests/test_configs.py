@@ -24,15 +24,16 @@ def paths(tmp: Path) -> list[str]:
             f"paths.output_dir={tmp}", f"data.root={tmp}/data"]
 
 
-def composed(overrides: list[str]):
+def composed(overrides: list[str], primary: str = "pretrain"):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("pretrain", overrides=overrides)
+        cfg = compose(primary, overrides=overrides)
     OmegaConf.resolve(cfg)
     return cfg
 
 
 def test_groups_are_all_covered():
-    assert {"data", "backbone", "pretext", "loss", "optimizer", "scheduler", "trainer", "logger", "paths"} <= set(GROUPS)
+    assert {"data", "backbone", "pretext", "loss", "optimizer", "scheduler", "trainer", "logger", "paths",
+            "probe"} <= set(GROUPS)
     assert {"demo", "colorization_full", "colorization_class", "colorization_l2"} <= set(EXPERIMENTS)
 
 
@@ -41,9 +42,17 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
     extra = []
     if (group, option) == ("scheduler", "piecewise"):
         extra = ["scheduler.boundaries=[10]", "scheduler.values=[1.0,0.1]"]
-    cfg = composed([f"{group}={option}", *paths(tmp_path), *extra])
+    if (group, option) == ("probe", "svm_voc07"):
+        extra = ["probe.voc_root=synthetic"]
+    primary = "probe_run" if group == "probe" else "pretrain"
+    cfg = composed([f"{group}={option}", *paths(tmp_path), *extra], primary)
     node = cfg[group]
-    if group == "paths":
+    if group == "probe":
+        from ssl_bench.evaluation.probes import RESIZE_MODES
+        from ssl_bench.models.alexnet import LAYERS
+        assert set(node.layers) <= set(LAYERS) and node.resize in RESIZE_MODES and node.kind == option
+        assert cfg.optimizer.momentum == 0.9 and cfg.optimizer.weight_decay == 5e-4  # method.md 3.1
+    elif group == "paths":
         assert set(node) >= {"data_dir", "cache_dir", "log_dir", "output_dir"}
     elif group == "logger":
         for c in node.values():

@@ -214,3 +214,19 @@ def test_probe_bad_requests_fail_before_work(tiny_data, tiny_checkpoint, tmp_pat
     assert run_cli("probe", *base) == 2
     assert "checkpoint=PATH" in capsys.readouterr().err
     assert not list((tmp_path / "cache").glob("features/*")) if (tmp_path / "cache").exists() else True
+
+
+@pytest.mark.slow
+def test_svm_voc07_probe_on_generated_voc_tree(tiny_checkpoint, tmp_path, run_cli):
+    out = tmp_path / "svm"
+    args = ["probe=svm_voc07", "probe.voc_root=synthetic", "probe.synthetic.num_trainval=100",
+            "probe.synthetic.num_test=60", "probe.synthetic.image_size=64", "probe.crop_size=56",
+            "probe.layers=[conv2,conv5]", "probe.costs=[0.01,0.1,1.0]", "probe.num_workers=0",
+            f"paths.data_dir={tmp_path}/data", f"paths.cache_dir={tmp_path}/cache", f"hydra.run.dir={out}"]
+    code = run_cli("probe", f"checkpoint={tiny_checkpoint}", *args)
+    assert code == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["probe"] == "svm_voc07" and res["dataset"]["num_train"] == 100
+    for l in ("conv2", "conv5"):
+        assert 0 < res["metrics"][f"voc07/svm/{l}/mAP"] <= 100
+        assert len(res["per_class"][l]["ap"]) == 20

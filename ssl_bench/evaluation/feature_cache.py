@@ -48,7 +48,7 @@ class FeatureStore:
         return set(json.loads(meta.read_text())["dims"])
 
     def load(self, layers: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """{layer: read-only memmap float16 N x d}, labels int64 N."""
+        """{layer: read-only memmap float16 N x d}, labels (N, or N x C for multi-label data)."""
         meta = json.loads((self.dir / "meta.json").read_text())
         n = meta["n"]
         feats = {k: np.memmap(self.dir / f"{k}.f16", dtype=np.float16, mode="r", shape=(n, meta["dims"][k]))
@@ -66,7 +66,7 @@ class FeatureStore:
         tmp = Path(tempfile.mkdtemp(dir=self.dir.parent, prefix=f".{self.dir.name}."))
         try:
             maps: dict[str, np.memmap] = {}
-            labels = np.empty(n, dtype=np.int64)
+            labels: list[np.ndarray] = []  # int64 N (classes) or int8 N x 20 (VOC), so kept whole
             i = 0
             for feats, lab in batches:
                 b = lab.shape[0]
@@ -76,7 +76,7 @@ class FeatureStore:
                     if k not in maps:
                         maps[k] = np.memmap(tmp / f"{k}.f16", dtype=np.float16, mode="w+", shape=(n, v.shape[1]))
                     maps[k][i:i + b] = v.detach().to(torch.float16).cpu().numpy()
-                labels[i:i + b] = lab.cpu().numpy()
+                labels.append(lab.cpu().numpy())
                 i += b
             dims = {k: int(m.shape[1]) for k, m in maps.items()}
             for m in maps.values():
@@ -90,7 +90,7 @@ class FeatureStore:
                 for k in old - set(dims):
                     shutil.copy(self.dir / f"{k}.f16", tmp / f"{k}.f16")
                     dims[k] = json.loads((self.dir / "meta.json").read_text())["dims"][k]
-            np.save(tmp / "labels.npy", labels[:i])
+            np.save(tmp / "labels.npy", np.concatenate(labels) if labels else np.empty(0, np.int64))
             (tmp / "meta.json").write_text(json.dumps({"n": i, "dims": dims, **(extra or {})}))
             if self.dir.exists():
                 shutil.rmtree(self.dir)

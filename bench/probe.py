@@ -1,0 +1,113 @@
+"""Probe-harness benchmarks (issue figures), each measured side by side in one run.
+
+1. Probing all five layers together vs probing one layer (conv5, the deepest: same trunk pass)
+   per streaming training step: target <= 1.5x.
+2. A probe run that hits the feature cache vs the first run (extraction + fits): target >= 5x.
+
+    python bench/probe.py [--quick] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ssl_bench.evaluation.probes import FeatureExtractor, LinearProbe, ProbeHeads
+from ssl_bench.models.alexnet import CONV_LAYERS, alexnet, alexnet_small
+
+
+def step_time(trunk, layers, batch, crop, repeats) -> float:
+    ex = FeatureExtractor(trunk, layers, "bilinear", "L")
+    heads = ProbeHeads(ex.dims(crop), 1000)
+    probe = LinearProbe(heads, lambda g: torch.optim.SGD(g, lr=0.01, momentum=0.9), 1000, extractor=ex)
+    opt = probe.configure_optimizers()
+    imgs = torch.randint(0, 256, (batch, 3, crop, crop), dtype=torch.uint8)
+    labels = torch.randint(0, 1000, (batch,))
+
+    def step():
+        logits = heads(ex(imgs))
+        loss = sum(torch.nn.functional.cross_entropy(v, labels) for v in logits.values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    step()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def one_vs_five(name, trunk_fn, batch, crop, repeats) -> dict:
+    torch.manual_seed(0)
+    trunk = trunk_fn()
+    # interleave the two so machine noise hits both alike
+    one, five = [], []
+    for _ in range(repeats):
+        one.append(step_time(trunk, ("conv5",), batch, crop, 1))
+        five.append(step_time(trunk, CONV_LAYERS, batch, crop, 1))
+    o, f = statistics.median(one), statistics.median(five)
+    return {"trunk": name, "batch": batch, "crop": crop, "one_layer_s": o, "five_layers_s": f, "ratio": f / o}
+
+
+def cache_runs(quick: bool) -> dict:
+    """Two identical `ssl-bench probe` runs on the synthetic default; the second hits the cache."""
+    from ssl_bench.cli import main
+    tmp = Path(tempfile.mkdtemp(prefix="ssl_bench_probe_bench_"))
+    per_class = 60 if quick else 400
+    base = [f"paths.data_dir={tmp}/data", f"paths.cache_dir={tmp}/cache", "init=gaussian",
+            f"data.synthetic.train_per_class={per_class}", "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false", "backbone=alexnet", "data.synthetic.image_size=128",
+            "data.crop_size=112", "data.batch_size=64"]
+    # generate the data outside the timed runs
+    from ssl_bench.data.synthetic import SyntheticSpec, generate
+    generate(tmp / "data" / f"synthetic_c16_px128_n{per_class}_seed0",
+             SyntheticSpec(train_per_class=per_class, image_size=128))
+    times = {}
+    for probe in ("knn", "linear"):
+        t = []
+        for i in range(2):
+            start = time.perf_counter()
+            main(["probe", f"probe={probe}", *base, f"hydra.run.dir={tmp}/{probe}{i}"])
+            t.append(time.perf_counter() - start)
+        times[probe] = {"first_s": t[0], "cached_s": t[1], "speedup": t[0] / t[1]}
+    return times
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--json")
+    a = p.parse_args()
+    r = 3 if a.quick else 5
+    res = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+           "one_vs_five": [one_vs_five("alexnet_small", alexnet_small, 256, 56, r),
+                           one_vs_five("alexnet", alexnet, 16, 180, r)]}
+    argv = sys.argv
+    res["cache"] = cache_runs(a.quick)
+    sys.argv = argv
+    print(f"torch={res['torch']} threads={res['threads']}")
+    print("| probe step | batch | crop | conv5 only (s) | conv1..conv5 (s) | ratio (target <= 1.5) |\n|---|---|---|---|---|---|")
+    for row in res["one_vs_five"]:
+        print(f"| {row['trunk']} | {row['batch']} | {row['crop']} | {row['one_layer_s']:.3f} | "
+              f"{row['five_layers_s']:.3f} | {row['ratio']:.2f} |")
+    print("| probe run (faithful AlexNet, 128px synthetic) | first run (s) | cache hit (s) | speed-up (target >= 5) |\n|---|---|---|---|")
+    for k, v in res["cache"].items():
+        print(f"| {k} | {v['first_s']:.1f} | {v['cached_s']:.1f} | {v['speedup']:.1f}x |")
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("WANDB_MODE", "offline")
+    main()
