@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -240,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     # Each pipeline is timed in its steady state, as a data loader runs it: blocks of consecutive
     # calls, each block after an untimed warm-up call (tables, allocator, caches). The blocks of
     # the two alternate, so drifts in machine load hit both alike.
+    load_before = os.getloadavg()[0]
     run_ours = lambda: ours(images, class_weights, args.neighbors, args.sigma)  # noqa: E731
     run_auth = lambda: authors(images_np)  # noqa: E731
     t_ours: list[float] = []
@@ -269,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"batch: {n} x {h} x {w} uint8 ({source}), ab / {STRIDE}, K = {args.neighbors}, "
           f"sigma = {args.sigma}, torch threads = {args.threads}, "
           f"median of {args.blocks} x {args.repeats} calls")
+    print(f"machine: {os.cpu_count()} CPUs, load average before timing {load_before:.2f} "
+          "(other busy processes distort the timings, multi-threaded torch the most)")
     print(f"{'method':<40} {'ms / batch':>11} {'min':>9} {'max':>9}")
     for name, ts in (("ours (ssl_bench.color, torch)", t_ours),
                      ("authors (skimage + sklearn ball tree)", t_auth)):
@@ -291,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             "ms_ours_all": [t * 1e3 for t in t_ours], "ms_authors_all": [t * 1e3 for t in t_auth],
             "max_abs_diff": diff, "tolerance": TOLERANCE, "targets_equal": ok, "tied_pixels": ties,
             "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "load_average_before": load_before,
         }, indent=2))
     if not ok:
         return 1

@@ -54,13 +54,13 @@ def make_module(trunk, device, channels_last: bool) -> ColorizationPretext:
 def overhead(trunk_fn, batch: int, size: int, repeats: int, device: str) -> dict:
     """Full step vs network-only step on the same data (targets precomputed outside the timer)."""
     torch.manual_seed(0)
-    m = make_module(trunk_fn(), device, False)
+    m = make_module(trunk_fn(), device, True)
     opt = m.configure_optimizers()
     imgs = images(batch, size).to(device)
     L, ab = color.lab_from_uint8(imgs, m.ab_stride)
     idx, w = color.soft_encode(ab)
     pw = color.pixel_weights(ab, idx[:, 0], m.bin_weights)
-    x = (L - 50).contiguous()
+    x = (L - 50).contiguous(memory_format=torch.channels_last)  # as the module feeds it
 
     def full():
         out, ab_, _ = m(imgs)

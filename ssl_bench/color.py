@@ -206,14 +206,14 @@ def _grid_keytab(device: torch.device) -> Tensor:
 
 @_cached
 def _uint8_tables(device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(Y/Yn contributions float32 3 x 256; L table: (base, step) float32 pairs packed in int64
-    words, so one gather fetches both; linear-light float64 256; colour matrix with the white
-    folded in, float64 3 x 3)."""
+    """(Y/Yn contributions float32 3 x 256, pre-scaled by _L_STEPS so their sum is the position
+    in the L table; L table: (base, step) float32 pairs packed in int64 words, so one gather
+    fetches both; linear-light float64 256; colour matrix with the white folded in, float64)."""
     base, step = _l_table_np()
     packed = np.ascontiguousarray(np.stack([base, step], 1).astype(np.float32)).view(np.int64)
     to = functools.partial(torch.as_tensor, device=device)
     return (
-        to(_uint8_y_lut_np(), dtype=torch.float32),
+        to(_uint8_y_lut_np() * _L_STEPS, dtype=torch.float32),
         to(packed.reshape(-1)),
         to(_uint8_lin_np(), dtype=torch.float64),
         to(_XYZN_FROM_RGB, dtype=torch.float64),
@@ -309,9 +309,8 @@ def lab_from_uint8(images: Tensor, ab_stride: int = 1) -> tuple[Tensor, Tensor]:
             term = torch.index_select(ylut[ch], 0, codes.view(-1))
             y = term if y is None else y.add_(term)
         assert y is not None
-        t = y.mul_(_L_STEPS)  # Y <= 1, so node indices stay within the table
-        node = t.to(torch.int32)
-        frac = t.sub_(node)
+        node = y.to(torch.int32)  # y = Y * _L_STEPS with Y <= 1: within the table
+        frac = y.sub_(node)
         nodes = torch.index_select(ltab, 0, node).view(torch.float32).view(-1, 2)
         torch.addcmul(nodes[:, 0], nodes[:, 1], frac, out=lum[n0 : n0 + g].view(-1))
     ab = _uint8_ab(images[:, :, ::s, ::s], lin, xyzn).contiguous()

@@ -7,6 +7,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def soft_cross_entropy_map(logits: Tensor, indices: Tensor, weights: Tensor) -> Tensor:
+    """Per-pixel multinomial cross-entropy against sparse soft targets.
+
+    Args:
+        logits: N x Q x H x W; indices, weights: N x K x H x W (weights sum to 1 over K).
+    Returns:
+        N x H x W: -sum_k z_k log softmax(logits)[idx_k].
+    """
+    return -(F.log_softmax(logits.float(), dim=1).gather(1, indices) * weights).sum(dim=1)
+
+
 def soft_cross_entropy(logits: Tensor, indices: Tensor, weights: Tensor,
                        pixel_weights: Tensor | None = None) -> Tensor:
     """Multinomial cross-entropy against sparse soft targets, averaged over pixels.
@@ -23,8 +34,7 @@ def soft_cross_entropy(logits: Tensor, indices: Tensor, weights: Tensor,
     Returns:
         scalar.
     """
-    log_p = F.log_softmax(logits.float(), dim=1)
-    ce = -(log_p.gather(1, indices) * weights).sum(dim=1)
+    ce = soft_cross_entropy_map(logits, indices, weights)
     if pixel_weights is not None:
         ce = ce * pixel_weights
     return ce.mean()
@@ -57,4 +67,4 @@ def resize_to(x: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-__all__ = ["soft_cross_entropy", "dense_soft_cross_entropy", "l2_regression", "resize_to"]
+__all__ = ["soft_cross_entropy", "soft_cross_entropy_map", "dense_soft_cross_entropy", "l2_regression", "resize_to"]

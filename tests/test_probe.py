@@ -60,10 +60,11 @@ def test_frozen_trunk_is_bit_identical_after_probing(tmp_path):
 
 def test_optimiser_holds_only_head_parameters():
     ex = FeatureExtractor(tiny_trunk(), ("conv1", "conv2"), "bilinear", "L")
-    probe = LinearProbe(ProbeHeads(ex.dims(56), 4), lambda g: torch.optim.SGD(g, lr=0.1), 4, extractor=ex,
-                        lrs={"conv1": 0.5, "conv2": 0.01})
+    probe = LinearProbe(ProbeHeads(ex.dims(56), 4, lrs=[0.5, 0.01]), lambda g: torch.optim.SGD(g, lr=0.1), 4,
+                        extractor=ex)
     opt = probe.configure_optimizers()
-    assert {g["name"]: g["lr"] for g in opt.param_groups} == {"conv1": 0.5, "conv2": 0.01}
+    assert {g["name"]: g["lr"] for g in opt.param_groups} == {"conv1@0.5": 0.5, "conv1@0.01": 0.01,
+                                                              "conv2@0.5": 0.5, "conv2@0.01": 0.01}
     trunk_ids = {id(p) for p in ex.trunk.parameters()}
     assert not trunk_ids & {id(p) for g in opt.param_groups for p in g["params"]}
 
@@ -189,6 +190,10 @@ def test_probe_cli_linear_knn_and_gaussian(tiny_data, tiny_checkpoint, tmp_path,
     res = json.loads((out / "results.json").read_text())
     assert res["kind"] == "probe" and res["method"] == "colorization/full" and res["trunk"]["input_space"] == "L"
     assert set(res["chosen_lr"]) == set(CONV_LAYERS) and res["feature_cache"]["misses"] == 2
+    for l, lr in res["chosen_lr"].items():  # the reported head is the one that won on the holdout
+        assert res["metrics"][f"probe/{l}/top1"] == res["all_heads"][f"probe/test/{l}@{lr:g}/top1"]
+        assert res["metrics"][f"probe/{l}/holdout_top1"] == max(
+            res["all_heads"][f"probe/holdout/{l}@{g:g}/top1"] for g in (0.01, 0.1))
     for l in CONV_LAYERS:
         assert 0 <= res["metrics"][f"probe/{l}/top1"] <= res["metrics"][f"probe/{l}/top5"] <= 100
     assert res["best_layer"] in CONV_LAYERS
@@ -230,3 +235,13 @@ def test_svm_voc07_probe_on_generated_voc_tree(tiny_checkpoint, tmp_path, run_cl
     for l in ("conv2", "conv5"):
         assert 0 < res["metrics"][f"voc07/svm/{l}/mAP"] <= 100
         assert len(res["per_class"][l]["ap"]) == 20
+
+
+@pytest.mark.slow
+def test_streaming_probe_uses_random_crops_and_no_cache(tiny_data, tiny_checkpoint, tmp_path, run_cli):
+    out = tmp_path / "stream"
+    assert run_cli("probe", f"checkpoint={tiny_checkpoint}", "probe.cache=false", "probe.epochs=1",
+                   "probe.layers=[conv1,conv4]", *probe_overrides(tiny_data, out)) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["feature_cache"] == {"enabled": False, "hits": 0, "misses": 0}
+    assert set(res["chosen_lr"]) == {"conv1", "conv4"} and not (tmp_path / "cache" / "features").exists()

@@ -399,7 +399,9 @@ def _save_palette_png(arr: np.ndarray, path: Path, palette: bytes) -> None:
 
 def _synthetic_manifest(num_trainval: int, num_test: int, image_size: int, seed: int,
                         year: str) -> dict[str, Any]:
+    # The objects come from the synthetic module's renderer: its version is part of ours.
     return {"generator": _GENERATOR_ID, "version": SYNTHETIC_VOC_VERSION,
+            "renderer_version": _syn.GENERATOR_VERSION,
             "spec": {"num_trainval": num_trainval, "num_test": num_test, "image_size": image_size,
                      "seed": seed, "year": year},
             "classes": list(VOC_CLASSES)}

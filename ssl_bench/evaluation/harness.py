@@ -138,19 +138,33 @@ def feature_loader(feats: dict[str, np.ndarray], labels: np.ndarray, batch_size:
     return DataLoader(ds, sampler=BatchSampler(base, batch_size, drop_last=False), batch_size=None)
 
 
-def fit_heads(cfg: DictConfig, dims: dict[str, int], num_classes: int, train: DataLoader, val: DataLoader,
-              lrs: dict[str, float], extractor: FeatureExtractor | None, out_dir: Path, loggers: list) -> dict[str, float]:
-    """Train all heads together (per-layer lr), evaluate on ``val``; returns the val metrics."""
+def fit_heads(cfg: DictConfig, dims: dict[str, int], num_classes: int, train: DataLoader,
+              vals: dict[str, DataLoader], extractor: FeatureExtractor | None, out_dir: Path,
+              loggers: list) -> dict[str, float]:
+    """Train one head per (layer, lr in the grid) together, in one pass over ``train``; evaluate every
+    head on each loader of ``vals``. Returns {"probe/<val>/<layer>@<lr>/top1": ...}."""
     steps = cfg.probe.epochs * len(train)
     bounds, values, total = PAPER_STEPS
     scheduler = partial(piecewise_constant, boundaries=bounds, values=values, scale=steps / total)
-    module = LinearProbe(ProbeHeads(dims, num_classes), instantiate(cfg.optimizer), num_classes,
-                         scheduler=scheduler, extractor=extractor, lrs=lrs)
+    module = LinearProbe(ProbeHeads(dims, num_classes, list(cfg.probe.lr_grid)), instantiate(cfg.optimizer),
+                         num_classes, scheduler=scheduler, extractor=extractor, val_names=tuple(vals))
     trainer = instantiate(cfg.trainer, max_epochs=cfg.probe.epochs, default_root_dir=str(out_dir),
                           logger=loggers or False, enable_checkpointing=False, num_sanity_val_steps=0,
                           precision=cfg.precision, check_val_every_n_epoch=cfg.probe.epochs)
-    trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
+    trainer.fit(module, train_dataloaders=train, val_dataloaders=list(vals.values()))
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("probe/") and "loss" not in k}
+
+
+def select_on_holdout(raw: dict[str, float], layers: list[str], grid: list[float]) -> tuple[dict[str, float], dict[str, float]]:
+    """Per layer, the learning rate whose head scores best on the held-out part of train; report that
+    head's test numbers (the test split never influences the choice)."""
+    chosen = {l: max(grid, key=lambda lr: raw[f"probe/holdout/{l}@{lr:g}/top1"]) for l in layers}
+    metrics = {}
+    for l, lr in chosen.items():
+        for m in ("top1", "top5"):
+            metrics[f"probe/{l}/{m}"] = raw[f"probe/test/{l}@{lr:g}/{m}"]
+        metrics[f"probe/{l}/holdout_top1"] = raw[f"probe/holdout/{l}@{lr:g}/top1"]
+    return metrics, chosen
 
 
 def run_probe(cfg: DictConfig) -> dict[str, Any]:
@@ -175,39 +189,38 @@ def run_probe(cfg: DictConfig) -> dict[str, Any]:
     features = Features(extractor, trunk_fingerprint(trunk), transform, cache, dm.fingerprint, skips)
     bs = cfg.probe.batch_size
     C = dm.num_classes
-    train_x, train_y = features.get("train", dm.loader(dm.train_samples, False, bs), len(dm.train_samples))
-    test_x, test_y = features.get("val", dm.loader(dm.val_samples, False, bs), len(dm.val_samples))
+    if cfg.probe.cache or cfg.probe.kind == "knn":  # streaming linear probes never need stored features
+        train_x, train_y = features.get("train", dm.loader(dm.train_samples, False, bs), len(dm.train_samples))
+        test_x, test_y = features.get("val", dm.loader(dm.val_samples, False, bs), len(dm.val_samples))
     metrics: dict[str, Any] = {}
     extra: dict[str, Any] = {"feature_dims": dims}
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
 
     if cfg.probe.kind == "knn":
         for layer in cfg.probe.layers:
-            scores = knn_predict(torch.from_numpy(train_x[layer]), torch.from_numpy(train_y),
-                                 torch.from_numpy(test_x[layer]), C, cfg.probe.k, cfg.probe.temperature)
+            scores = knn_predict(torch.from_numpy(np.asarray(train_x[layer], np.float32)), torch.from_numpy(train_y),
+                                 torch.from_numpy(np.asarray(test_x[layer], np.float32)), C, cfg.probe.k,
+                                 cfg.probe.temperature)
             metrics[f"probe/{layer}/top1"] = topk_accuracy(scores, torch.from_numpy(test_y), 1)
             metrics[f"probe/{layer}/top5"] = topk_accuracy(scores, torch.from_numpy(test_y), 5)
     else:
-        fit_idx, hold_idx = (np.asarray(ix) for ix in split_holdout(list(range(len(train_y))),
-                                                                    cfg.probe.holdout_fraction, cfg.seed))
-        grid = list(cfg.probe.lr_grid)
-        holdout: dict[float, dict[str, float]] = {}
-        if len(grid) > 1:
-            for lr in grid:
-                holdout[lr] = fit_heads(cfg, dims, C, feature_loader(train_x, train_y, bs, True, fit_idx, cfg.seed),
-                                        feature_loader(train_x, train_y, bs, False, hold_idx), {l: lr for l in dims},
-                                        None, out_dir, [])
-        best = {l: max(grid, key=lambda lr: holdout[lr][f"probe/{l}/top1"]) if holdout else grid[0] for l in dims}
         if cfg.probe.cache:
-            final = fit_heads(cfg, dims, C, feature_loader(train_x, train_y, bs, True, None, cfg.seed),
-                              feature_loader(test_x, test_y, bs, False), best, None, out_dir, loggers)
+            fit_idx, hold_idx = (np.asarray(ix) for ix in split_holdout(list(range(len(train_y))),
+                                                                        cfg.probe.holdout_fraction, cfg.seed))
+            train = feature_loader(train_x, train_y, bs, True, fit_idx, cfg.seed)
+            vals = {"test": feature_loader(test_x, test_y, bs, False),
+                    "holdout": feature_loader(train_x, train_y, bs, False, hold_idx)}
+            raw = fit_heads(cfg, dims, C, train, vals, None, out_dir, loggers)
         else:  # streaming: random crops and flips through the frozen trunk every step
-            final = fit_heads(cfg, dims, C, dm.loader(dm.train_samples, True, bs), dm.loader(dm.val_samples, False, bs),
-                              best, extractor, out_dir, loggers)
+            fit_s, hold_s = split_holdout(dm.train_samples, cfg.probe.holdout_fraction, cfg.seed)
+            vals = {"test": dm.loader(dm.val_samples, False, bs), "holdout": dm.loader(hold_s, False, bs)}
+            raw = fit_heads(cfg, dims, C, dm.loader(fit_s, True, bs), vals, extractor, out_dir, loggers)
+        final, chosen = select_on_holdout(raw, list(cfg.probe.layers), list(cfg.probe.lr_grid))
         metrics.update(final)
-        extra["chosen_lr"] = best
-        extra["holdout_top1"] = {str(lr): {l: h[f"probe/{l}/top1"] for l in dims} for lr, h in holdout.items()}
-
+        extra["chosen_lr"] = chosen
+        extra["all_heads"] = raw
+        for logger in loggers:
+            logger.log_metrics(final)
     top1 = {l: metrics[f"probe/{l}/top1"] for l in cfg.probe.layers}
     best_layer = max(top1, key=top1.get)
     metrics["probe/best/top1"] = top1[best_layer]

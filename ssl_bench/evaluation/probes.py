@@ -82,42 +82,61 @@ class FeatureExtractor(nn.Module):
 
 
 class ProbeHeads(nn.Module):
-    """Per layer: BatchNorm1d without affine, then a linear classifier."""
+    """Per head: BatchNorm1d without affine, then a linear classifier.
 
-    def __init__(self, dims: dict[str, int], num_classes: int) -> None:
+    Args:
+        dims: feature dimension per layer.
+        num_classes: classifier outputs.
+        lrs: one head per (layer, learning rate), named "conv3@0.01", so that a learning-rate grid
+            trains in the same pass as the layers; None = one head per layer, named by the layer.
+    """
+
+    def __init__(self, dims: dict[str, int], num_classes: int, lrs: Sequence[float] | None = None) -> None:
         super().__init__()
-        self.layers = tuple(dims)
-        self.heads = nn.ModuleDict({k: nn.Sequential(nn.BatchNorm1d(d, affine=False), nn.Linear(d, num_classes))
-                                    for k, d in dims.items()})
-        for head in self.heads.values():
+        self.layer_of = ({f"{k}@{lr:g}": k for k in dims for lr in lrs} if lrs else {k: k for k in dims})
+        self.lr_of = {f"{k}@{lr:g}": float(lr) for k in dims for lr in lrs} if lrs else {}
+        self.names = tuple(self.layer_of)
+        # ModuleDict keys cannot hold "." (the learning rate), hence the index keys
+        self.heads = nn.ModuleList(nn.Sequential(nn.BatchNorm1d(dims[k], affine=False), nn.Linear(dims[k], num_classes))
+                                   for k in self.layer_of.values())
+        self.index = {n: i for i, n in enumerate(self.names)}
+        for head in self.heads:
             nn.init.normal_(head[1].weight, std=0.01)
             nn.init.zeros_(head[1].bias)
 
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.layer_of.values()))
+
     def forward(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {k: self.heads[k](feats[k]) for k in self.layers}
+        return {n: self.heads[self.index[n]](feats[k]) for n, k in self.layer_of.items()}
 
 
 class LinearProbe(pl.LightningModule):
     """Linear heads on a frozen trunk (or on cached features when ``extractor`` is None).
 
     Args:
-        heads: one head per layer.
-        optimizer: partial optimiser factory; receives parameter groups of the heads only.
+        heads: the heads (per layer, or per layer and learning rate).
+        optimizer: partial optimiser factory; receives one parameter group per head (heads only).
+        num_classes: for the accuracy metrics.
         scheduler: partial LR-scheduler factory stepped per iteration, or None.
         extractor: frozen trunk; None when batches carry precomputed "features".
-        lrs: optional per-layer learning rates (the validation-selected ones).
-        num_classes: for the accuracy metrics.
+        val_names: names of the validation loaders, in order (e.g. ("test", "holdout")): metrics
+            are logged as ``probe/<loader>/<head>/top1``; with one loader, ``probe/<head>/top1``.
     """
 
     def __init__(self, heads: ProbeHeads, optimizer: Callable[..., Any], num_classes: int,
                  scheduler: Callable[..., Any] | None = None, extractor: FeatureExtractor | None = None,
-                 lrs: dict[str, float] | None = None) -> None:
+                 val_names: Sequence[str] = ("val",)) -> None:
         super().__init__()
         self.heads, self.extractor = heads, extractor
-        self.optimizer_factory, self.scheduler_factory, self.lrs = optimizer, scheduler, lrs
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.val_names = tuple(val_names)
         top5 = min(5, num_classes)
-        self.top1 = nn.ModuleDict({k: MulticlassAccuracy(num_classes, top_k=1, average="micro") for k in heads.layers})
-        self.top5 = nn.ModuleDict({k: MulticlassAccuracy(num_classes, top_k=top5, average="micro") for k in heads.layers})
+        self.keys = [(v, n) for v in self.val_names for n in heads.names]
+        self.top1 = nn.ModuleList(MulticlassAccuracy(num_classes, top_k=1, average="micro") for _ in self.keys)
+        self.top5 = nn.ModuleList(MulticlassAccuracy(num_classes, top_k=top5, average="micro") for _ in self.keys)
+        self.metric_index = {k: i for i, k in enumerate(self.keys)}
 
     def features(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         if "features" in batch:
@@ -129,34 +148,30 @@ class LinearProbe(pl.LightningModule):
         if batch["label"].numel() == 0:
             return None
         logits = self.heads(self.features(batch))
-        losses = {k: F.cross_entropy(v, batch["label"]) for k, v in logits.items()}
-        loss = torch.stack(list(losses.values())).sum()
-        for k, v in losses.items():
-            self.log(f"probe/{k}/train_loss", v)
+        loss = torch.stack([F.cross_entropy(v, batch["label"]) for v in logits.values()]).sum()
         self.log("probe/train_loss", loss, prog_bar=True)
         return loss
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         if batch["label"].numel() == 0:
             return
-        logits = self.heads(self.features(batch))
-        for k, v in logits.items():
-            self.top1[k].update(v, batch["label"])
-            self.top5[k].update(v, batch["label"])
+        split = self.val_names[dataloader_idx]
+        for n, v in self.heads(self.features(batch)).items():
+            i = self.metric_index[(split, n)]
+            self.top1[i].update(v, batch["label"])
+            self.top5[i].update(v, batch["label"])
 
     def on_validation_epoch_end(self) -> None:
-        for k in self.heads.layers:
-            self.log(f"probe/{k}/top1", 100 * self.top1[k].compute(), sync_dist=True)
-            self.log(f"probe/{k}/top5", 100 * self.top5[k].compute(), sync_dist=True)
-            self.top1[k].reset()
-            self.top5[k].reset()
-
-    test_step = validation_step
-    on_test_epoch_end = on_validation_epoch_end
+        for i, (split, n) in enumerate(self.keys):
+            prefix = f"probe/{n}" if len(self.val_names) == 1 else f"probe/{split}/{n}"
+            self.log(f"{prefix}/top1", 100 * self.top1[i].compute(), sync_dist=True, add_dataloader_idx=False)
+            self.log(f"{prefix}/top5", 100 * self.top5[i].compute(), sync_dist=True, add_dataloader_idx=False)
+            self.top1[i].reset()
+            self.top5[i].reset()
 
     def configure_optimizers(self) -> Any:
-        groups = [{"params": list(self.heads.heads[k].parameters()), "name": k,
-                   **({"lr": self.lrs[k]} if self.lrs else {})} for k in self.heads.layers]
+        groups = [{"params": list(self.heads.heads[self.heads.index[n]].parameters()), "name": n,
+                   **({"lr": self.heads.lr_of[n]} if n in self.heads.lr_of else {})} for n in self.heads.names]
         opt = self.optimizer_factory(groups)
         owned = {id(p) for g in opt.param_groups for p in g["params"]}
         head_params = {id(p) for p in self.heads.parameters()}

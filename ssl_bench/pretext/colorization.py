@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ssl_bench import color
 from ssl_bench.data.images import SkipCounter
-from ssl_bench.losses import l2_regression, resize_to, soft_cross_entropy
+from ssl_bench.losses import l2_regression, resize_to, soft_cross_entropy_map
 from ssl_bench.pretext.samples import save_colorization_grid
 
 
@@ -68,11 +68,11 @@ class ColorObjective:
             loss = l2_regression(out, ab)
             return loss, loss
         idx, w = color.soft_encode(ab, self.neighbors, self.sigma)
-        plain = soft_cross_entropy(out, idx, w)
+        ce = soft_cross_entropy_map(out, idx, w)  # one log-softmax serves both values
         if not self.rebalance or bin_weights is None:
-            return plain, plain
+            return ce.mean(), ce.mean().detach()
         pw = color.pixel_weights(ab, idx[:, 0], bin_weights)
-        return soft_cross_entropy(out, idx, w, pw), plain.detach()
+        return (ce * pw).mean(), ce.mean().detach()
 
     def decode(self, out: Tensor, T: float = 0.38) -> Tensor:
         return out if self.kind == "regression" else color.annealed_mean(out, T)
