@@ -12,8 +12,8 @@ One batch of uint8 images (default 64 x 176 x 176) becomes:
            into a dense P x 313 matrix, the prior weight at its argmax (see Authors).
 
 Both run in the same process, in alternating blocks of consecutive calls; the medians are
-compared, and the targets of the two must agree to 1e-4 (exit status 1 otherwise). Timings depend on the machine
-being otherwise idle: with competing processes, torch's multi-threaded kernels suffer most.
+compared, and the targets of the two must agree to 1e-4 (exit status 1 otherwise). Timings need
+an otherwise idle machine: with competing processes, torch's multi-threaded kernels suffer most.
 
     python bench/targets.py [--images DIR] [--batch 64] [--size 176] [--json out.json]
 """
@@ -90,7 +90,8 @@ def folder_images(folder: Path, n: int, size: int, seed: int) -> np.ndarray:
     """Up to n images from a folder, shorter side resized to size, centre-cropped, uint8 RGB."""
     from skimage import io, transform
 
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"})
+    exts = {".png", ".jpg", ".jpeg", ".bmp"}
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in exts)
     if not files:
         raise SystemExit(f"no images in {folder}")
     rng = np.random.default_rng(seed)
@@ -196,7 +197,8 @@ def compare(ours, authors, ab: torch.Tensor, k: int) -> tuple[dict[str, float], 
         dense = dense.double().reshape(dense.shape[0], -1).t().numpy()  # P x 313, as theirs
         diff["L"] = max(diff["L"], float(np.abs(lum[i, 0].double().numpy() - a_lum).max()))
         diff["dense_targets"] = max(diff["dense_targets"], float(np.abs(dense - a_dense).max()))
-        diff["pixel_weights"] = max(diff["pixel_weights"], float(np.abs(pw[i].double().numpy() - a_pw).max()))
+        d_pw = float(np.abs(pw[i].double().numpy() - a_pw).max())
+        diff["pixel_weights"] = max(diff["pixel_weights"], d_pw)
         flat = ab[i].double().reshape(2, -1).t().numpy()
         d2 = np.sort(((flat[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
         ties += int((d2[:, k] - d2[:, k - 1] < 1e-6).sum())

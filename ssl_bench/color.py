@@ -220,7 +220,9 @@ def _uint8_tables(device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]
     )
 
 
-def ab_gamut(device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+def ab_gamut(
+    device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """The 313 bin centres in the authors' order: 313 x 2 (a, b).
 
     Index 0 is (-90, 50), index 312 is (100, 0). Returns a fresh tensor (safe to modify).
@@ -407,7 +409,9 @@ def _pattern_radius(k: int) -> int:
         r += 1
 
 
-def _pattern_lut_np(k: int, m: int = _PATTERN_CELLS, margin: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
+def _pattern_lut_np(
+    k: int, m: int = _PATTERN_CELLS, margin: float = 1e-4
+) -> tuple[np.ndarray, np.ndarray]:
     """Cells of the offset square in which the k nearest grid points, in order, never change.
 
     The offset (in grid steps) lies in [-1/2, 1/2]^2, cut into m x m cells. At every cell vertex
@@ -680,7 +684,8 @@ def _encode(ab: Tensor, k: int, sigma: float | None) -> tuple[Tensor, Tensor | N
         keys = _general_keys(x[:, cols], k).t()
         idx[:, cols] = (keys & _IDX_MASK).to(torch.int16)
         d2[:, cols] = _unpack_d2(keys)
-    indices = idx.view(k, n, h, w).transpose(0, 1).to(torch.int64, memory_format=torch.contiguous_format)
+    indices = idx.view(k, n, h, w).transpose(0, 1)
+    indices = indices.to(torch.int64, memory_format=torch.contiguous_format)
     if sigma is None:
         return indices, None
     if ab.dtype == torch.float64:
@@ -779,14 +784,15 @@ def _load_prior(path: Path, sigma: float | None) -> Tensor:
     if isinstance(obj, dict):
         stored = obj.get("sigma")
         if stored != sigma:
-            raise ValueError(f"prior cache {path} was computed with sigma={stored}, asked sigma={sigma}")
+            raise ValueError(f"prior cache {path} has sigma={stored}, asked for sigma={sigma}")
         obj = obj["prior"]
     return torch.as_tensor(obj).to(torch.float32)
 
 
 def _save_atomic(path: Path, prior: Tensor, sigma: float | None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory so os.replace is a rename on one filesystem: readers see old or new, never half.
+    # Same directory, so os.replace is a rename within one filesystem: readers see the old file
+    # or the new one, never half of one.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -831,7 +837,7 @@ def empirical_prior(
 
 
 def rebalance_weights(prior: Tensor, lam: float = 0.5) -> Tensor:
-    """Class-rebalancing weights: w_q proportional to ((1 - lam) p_q + lam / Q)^-1, sum_q p_q w_q = 1.
+    """Class-rebalancing weights: w_q ~ ((1 - lam) p_q + lam / Q)^-1, with sum_q p_q w_q = 1.
 
     prior: 313 probabilities (summing to 1). Returns 313 in prior's dtype. lam = 1 gives w = 1
     everywhere (no rebalancing); lam = 0 gives w proportional to 1 / p (inf on empty bins, which
@@ -859,7 +865,9 @@ def pixel_weights(
     """
     _check_nchw(ab, 2, "ab")
     if nearest.shape != (ab.shape[0], ab.shape[2], ab.shape[3]):
-        raise ValueError(f"nearest must be N x H x W of ab, got {tuple(nearest.shape)} for {tuple(ab.shape)}")
+        raise ValueError(
+            f"nearest must be N x H x W of ab, got {tuple(nearest.shape)} for {tuple(ab.shape)}"
+        )
     w = torch.index_select(weights.to(ab.device), 0, nearest.reshape(-1)).view(nearest.shape)
     colourful = (ab.abs() > grey_threshold).flatten(1).any(1)
     return w * colourful.to(w.dtype)[:, None, None]

@@ -179,9 +179,8 @@ def test_rgb_to_lab_float64_keeps_precision():
 
 def test_lab_to_rgb_vs_skimage_and_round_trip():
     rng = np.random.default_rng(2)
-    lab = np.stack(
-        [rng.uniform(0, 100, 1 << 18), rng.uniform(-128, 127, 1 << 18), rng.uniform(-128, 127, 1 << 18)], 1
-    )
+    n = 1 << 18
+    lab = np.stack([rng.uniform(0, 100, n), rng.uniform(-128, 127, n), rng.uniform(-128, 127, n)], 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # skimage warns about the negative Z it clips
         ref = skcolor.lab2rgb(lab[None])[0]
@@ -208,7 +207,8 @@ def test_colour_conversions_batch_and_odd_shapes():
     lab = color.rgb_to_lab(t)
     assert lab.shape == (2, 3, 5, 7)
     for i in range(2):  # each image as its own batch gives the same result
-        torch.testing.assert_close(color.rgb_to_lab(t[i : i + 1]), lab[i : i + 1], rtol=0, atol=1e-5)
+        one = color.rgb_to_lab(t[i : i + 1])
+        torch.testing.assert_close(one, lab[i : i + 1], rtol=0, atol=1e-5)
         ref = skcolor.rgb2lab(imgs[i].transpose(1, 2, 0).astype(np.float64) / 255)
         assert np.abs(lab[i].permute(1, 2, 0).double().numpy() - ref).max() <= 0.01
     rgb = color.lab_to_rgb(lab)
@@ -322,7 +322,8 @@ def test_each_search_path_is_exact(k):
     accepted = np.setdiff1d(np.arange(ab.shape[1]), rest.numpy())
     check(accepted, idx.t().long().numpy()[accepted], dist.t().double().numpy()[accepted])
     # and it takes nearly all points well inside the gamut (else it is exact but useless)
-    inner = torch.from_numpy(np.random.default_rng(16).uniform(-40, 40, (2, 10000)).astype(np.float32))
+    inner = np.random.default_rng(16).uniform(-40, 40, (2, 10000)).astype(np.float32)
+    inner = torch.from_numpy(inner)
     assert color._pattern_knn(inner, k)[2].numel() < 500
 
     everything = np.arange(ab.shape[1])
@@ -457,7 +458,10 @@ def test_pixel_weights_grey_images_get_zero():
 
 def ref_smooth(p: np.ndarray, sigma: float) -> np.ndarray:
     """p'_q = sum_r p_r G(c_q - c_r) / Z_r, Z_r = sum_q G(c_q - c_r), as explicit loops."""
-    g = [[np.exp(-((CENTRES[q] - CENTRES[r]) ** 2).sum() / (2 * sigma**2)) for r in range(313)] for q in range(313)]
+    def gauss(q: int, r: int) -> float:
+        return np.exp(-((CENTRES[q] - CENTRES[r]) ** 2).sum() / (2 * sigma**2))
+
+    g = [[gauss(q, r) for r in range(313)] for q in range(313)]
     z = [sum(g[q][r] for q in range(313)) for r in range(313)]
     return np.array([sum(p[r] * g[q][r] / z[r] for r in range(313)) for q in range(313)])
 
@@ -554,7 +558,9 @@ def test_annealed_mean_mean_and_mode():
     assert np.abs(color.annealed_mean(logits, 1e-3).numpy() - mode).max() < 1e-3
 
     torch.testing.assert_close(color.decode(logits), color.annealed_mean(logits, 0.38))
-    torch.testing.assert_close(color.decode(logits, "annealed_mean", T=0.5), color.annealed_mean(logits, 0.5))
+    torch.testing.assert_close(
+        color.decode(logits, "annealed_mean", T=0.5), color.annealed_mean(logits, 0.5)
+    )
     torch.testing.assert_close(color.decode(logits, "mean"), color.decode_mean(logits))
     torch.testing.assert_close(color.decode(logits, "mode"), color.decode_mode(logits))
     with pytest.raises(ValueError) as err:

@@ -103,12 +103,17 @@ class FeatureStore:
 class CachedFeatures(torch.utils.data.Dataset):
     """Batched reads from a FeatureStore: ``ds[list_of_indices]`` -> {"features", "label"}.
 
-    Use with ``DataLoader(ds, sampler=BatchSampler(...), batch_size=None)`` so that one fancy-indexed
-    read per layer serves a whole batch.
+    Use with ``DataLoader(ds, sampler=BatchSampler(...), batch_size=None)`` so that one indexed read
+    per layer serves a whole batch. Caches that fit in ``in_memory_bytes`` are read into RAM once
+    (float16): the probe then makes many epochs over them without touching the disk again.
     """
 
-    def __init__(self, feats: dict[str, np.ndarray], labels: np.ndarray, indices: Sequence[int] | None = None) -> None:
-        self.feats, self.labels = feats, labels
+    def __init__(self, feats: dict[str, np.ndarray], labels: np.ndarray, indices: Sequence[int] | None = None,
+                 in_memory_bytes: int = 4 << 30) -> None:
+        total = sum(v.size * v.itemsize for v in feats.values())
+        self.in_memory = total <= in_memory_bytes
+        self.feats = {k: torch.from_numpy(np.array(v)) for k, v in feats.items()} if self.in_memory else feats
+        self.labels = labels
         self.indices = np.arange(len(labels)) if indices is None else np.asarray(indices)
 
     def __len__(self) -> int:
@@ -116,5 +121,9 @@ class CachedFeatures(torch.utils.data.Dataset):
 
     def __getitem__(self, idx: Any) -> dict[str, Any]:
         rows = np.sort(self.indices[np.asarray(idx)])
-        return {"features": {k: torch.from_numpy(np.asarray(v[rows], dtype=np.float32)) for k, v in self.feats.items()},
-                "label": torch.from_numpy(self.labels[rows]), "skipped": []}
+        if self.in_memory:
+            t = torch.from_numpy(rows)
+            feats = {k: v.index_select(0, t).float() for k, v in self.feats.items()}
+        else:
+            feats = {k: torch.from_numpy(np.asarray(v[rows], dtype=np.float32)) for k, v in self.feats.items()}
+        return {"features": feats, "label": torch.from_numpy(self.labels[rows]), "skipped": []}
