@@ -32,6 +32,7 @@ __all__ = [
     "rgb_to_lab",
     "lab_to_rgb",
     "lab_from_uint8",
+    "l_from_uint8",
     "ab_gamut",
     "soft_encode",
     "dense_soft_encoding",
@@ -195,8 +196,9 @@ def _gamut_const(device: torch.device, dtype: torch.dtype) -> Tensor:
 
 
 @_cached
-def _grid_table(device: torch.device) -> Tensor:
-    return torch.as_tensor(_GRID_TABLE_NP, device=device)
+def _centre_table(device: torch.device) -> Tensor:
+    """The grid table with "not a bin" as 313 instead of -1 (see _pattern_tables)."""
+    return torch.as_tensor(np.where(_GRID_TABLE_NP >= 0, _GRID_TABLE_NP, NUM_BINS), device=device)
 
 
 @_cached
@@ -279,27 +281,23 @@ def _uint8_ab(images: Tensor, lin: Tensor, xyzn: Tensor) -> Tensor:
     return ab.transpose(0, 1)
 
 
-def lab_from_uint8(images: Tensor, ab_stride: int = 1) -> tuple[Tensor, Tensor]:
-    """Lab of 8-bit sRGB images, with a and b only at every ``ab_stride``-th pixel.
-
-    images: uint8 N x 3 x H x W (sRGB, 0..255).
-    Returns (L: float32 N x 1 x H x W in 0..100,
-             ab: float32 N x 2 x ceil(H/s) x ceil(W/s), the a, b of pixels [::s, ::s]).
-
-    This is the training hot path. L needs Y at every pixel: Y is a sum of three 256-entry table
-    lookups (sRGB decoding and the colour matrix folded in) and L(Y) is read off a fine
-    interpolation table (within 3e-5 of the formula, see _l_table_np) instead of taking a cube
-    root. X and Z, and a and b, are computed only at the decimated pixels, in float64, then
-    rounded to float32 (within 4e-6 of skimage over all 2^24 colours).
-    """
+def _check_uint8(images: Tensor) -> None:
     _check_nchw(images, 3, "images")
     if images.dtype != torch.uint8:
-        raise TypeError(f"lab_from_uint8 expects uint8 images, got {images.dtype}")
-    s = int(ab_stride)
-    if s < 1:
-        raise ValueError(f"ab_stride must be >= 1, got {ab_stride}")
+        raise TypeError(f"expected uint8 images, got {images.dtype}")
+
+
+def l_from_uint8(images: Tensor) -> Tensor:
+    """L channel of 8-bit sRGB images: uint8 N x 3 x H x W -> float32 N x 1 x H x W in 0..100.
+
+    The L of lab_from_uint8, without its a and b: for callers that only need the network input.
+    Y is a sum of three 256-entry table lookups (sRGB decoding and the colour matrix folded in)
+    and L(Y) is read off a fine interpolation table (within 3e-5 of the formula, see
+    _l_table_np) instead of taking a cube root per pixel.
+    """
+    _check_uint8(images)
     n, _, h, w = images.shape
-    ylut, ltab, lin, xyzn = _uint8_tables(images.device)
+    ylut, ltab, _, _ = _uint8_tables(images.device)
     lum = torch.empty(n, 1, h, w, dtype=torch.float32, device=images.device)
     g = max(1, _LAB_CHUNK // max(1, h * w))
     for n0 in range(0, n, g):
@@ -315,8 +313,27 @@ def lab_from_uint8(images: Tensor, ab_stride: int = 1) -> tuple[Tensor, Tensor]:
         frac = y.sub_(node)
         nodes = torch.index_select(ltab, 0, node).view(torch.float32).view(-1, 2)
         torch.addcmul(nodes[:, 0], nodes[:, 1], frac, out=lum[n0 : n0 + g].view(-1))
+    return lum
+
+
+def lab_from_uint8(images: Tensor, ab_stride: int = 1) -> tuple[Tensor, Tensor]:
+    """Lab of 8-bit sRGB images, with a and b only at every ``ab_stride``-th pixel.
+
+    images: uint8 N x 3 x H x W (sRGB, 0..255).
+    Returns (L: float32 N x 1 x H x W in 0..100, as l_from_uint8,
+             ab: float32 N x 2 x ceil(H/s) x ceil(W/s), the a, b of pixels [::s, ::s]).
+
+    This is the training hot path: L is needed at every pixel, the targets only at the decimated
+    ones, so X and Z, and a and b, are computed only there; in float64, then rounded to float32
+    (within 4e-6 of skimage over all 2^24 colours).
+    """
+    _check_uint8(images)
+    s = int(ab_stride)
+    if s < 1:
+        raise ValueError(f"ab_stride must be >= 1, got {ab_stride}")
+    _, _, lin, xyzn = _uint8_tables(images.device)
     ab = _uint8_ab(images[:, :, ::s, ::s], lin, xyzn).contiguous()
-    return lum, ab
+    return l_from_uint8(images), ab
 
 
 def rgb_to_lab(rgb: Tensor) -> Tensor:
@@ -474,23 +491,28 @@ def _pattern_lut_np(
 @_cached
 def _pattern_tables(k: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Tables of the pattern path (K-major, so that results come out as k x P rows):
-      lut   int16 cells: pattern id of each cell of the offset square, -1 where not accepted;
-      bins  int16 k x (patterns * 313): the pattern's k grid points around each bin as centre
-            (int16 keeps each row in cache; the output copy widens it for free);
-      valid bool (patterns * 313): all of those are bins (so they are the k nearest bins);
-      du, dv float32 k x patterns: the pattern's offsets in ab units.
+      lut   int16 cells: pattern id of each cell of the offset square; cells not accepted get
+            the extra id `patterns`, which is never valid;
+      bins  int16 k x ((patterns + 1) * 314): the pattern's k grid points around each bin as
+            centre (centre 313 stands for "not a bin" and is never valid); int16 keeps each row
+            in cache, and the output copy widens it for free;
+      valid bool ((patterns + 1) * 314): all of those are bins (so they are the k nearest bins);
+      du, dv float32 k x (patterns + 1): the pattern's offsets in ab units.
     """
     lut, offs = _pattern_lut_np(k)
+    n_pat = len(offs)
     oi = offs.astype(np.int64)
     delta = oi[..., 0] * _TAB_SIZE + oi[..., 1]  # patterns x k, steps in the flat grid table
-    grid = _GRID_TABLE_NP[_BIN_FLAT_NP[None, :, None] + delta[:, None, :]]  # patterns x 313 x k
+    grid = np.full((n_pat + 1, NUM_BINS + 1, k), -1, dtype=np.int64)
+    grid[:n_pat, :NUM_BINS] = _GRID_TABLE_NP[_BIN_FLAT_NP[None, :, None] + delta[:, None, :]]
+    offs = np.concatenate([offs, np.zeros((1, k, 2))]) * GRID
     to = functools.partial(torch.as_tensor, device=device)
     return (
-        to(lut),
+        to(np.where(lut >= 0, lut, n_pat).astype(np.int16)),
         to(np.ascontiguousarray(np.maximum(grid, 0).reshape(-1, k).T).astype(np.int16)),
         to((grid >= 0).all(-1).reshape(-1)),
-        to(np.ascontiguousarray(offs[..., 0].T * GRID), dtype=torch.float32),
-        to(np.ascontiguousarray(offs[..., 1].T * GRID), dtype=torch.float32),
+        to(np.ascontiguousarray(offs[..., 0].T), dtype=torch.float32),
+        to(np.ascontiguousarray(offs[..., 1].T), dtype=torch.float32),
     )
 
 
@@ -631,12 +653,10 @@ def _pattern_knn(x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
         return z.short(), z, torch.arange(p, device=x.device)
     lut, bins, valid, du, dv = _pattern_tables(k, x.device)
     centre, uv = _centre(x)
-    cbin = torch.index_select(_grid_table(x.device), 0, _flat_centre(centre))
+    cbin = torch.index_select(_centre_table(x.device), 0, _flat_centre(centre))
     pat = torch.index_select(lut, 0, _cell(uv, _PATTERN_CELLS)).to(torch.int64)
-    ok = (pat >= 0) & (cbin >= 0)
-    pat.clamp_(min=0)
-    key = pat.mul(NUM_BINS).add_(cbin.clamp_(min=0))
-    ok &= torch.index_select(valid, 0, key)
+    key = pat.mul(NUM_BINS + 1).add_(cbin)
+    ok = torch.index_select(valid, 0, key)
     # K-major: one 1-D gather per neighbour rank, then every later op runs on contiguous rows.
     idx = torch.empty(k, p, dtype=torch.int16, device=x.device)
     for j in range(k):

@@ -221,6 +221,8 @@ def test_colour_conversions_batch_and_odd_shapes():
         color.rgb_to_lab(t[:, :2])
     with pytest.raises(TypeError):
         color.lab_from_uint8(t.float())
+    with pytest.raises(ValueError):
+        color.lab_from_uint8(t, 0)
 
 
 @pytest.mark.parametrize("stride", [1, 4, 8])
@@ -233,6 +235,7 @@ def test_lab_from_uint8_matches_rgb_to_lab(stride):
     hs, ws = -(-37 // stride), -(-50 // stride)
     assert ab.shape == (2, 2, hs, ws) and ab.dtype == torch.float32
     torch.testing.assert_close(lum, full[:, :1], rtol=0, atol=0)
+    torch.testing.assert_close(color.l_from_uint8(imgs), lum, rtol=0, atol=0)
     torch.testing.assert_close(ab, full[:, 1:, ::stride, ::stride], rtol=0, atol=1e-5)
     # and against skimage directly
     ref = np.stack([skcolor.rgb2lab(im.permute(1, 2, 0).numpy() / 255.0) for im in imgs])

@@ -288,7 +288,7 @@ class _Instance:
 # Difficult = small or heavily occluded, measured on the visible pixels; the thresholds give ~10%
 # of all objects (measured on the defaults; see tests/test_voc.py).
 _DIFFICULT_MIN_SIDE = 0.13        # visible box side below this fraction of the image
-_DIFFICULT_MIN_VISIBLE = 0.4      # or less than this fraction of the object visible
+_DIFFICULT_MIN_VISIBLE = 0.4      # or less than this fraction of it visible (hidden / off-image)
 
 
 def _render_voc_image(seed: int, image_index: int, main_cls: int, n: int
@@ -305,8 +305,8 @@ def _render_voc_image(seed: int, image_index: int, main_cls: int, n: int
         cls = int(rng.integers(len(VOC_CLASSES)))
         r = rng.uniform(0.05, 0.24) * n
         objects.append((cls, _syn._make_object(rng, n, cls, r, rng.uniform(0, n), rng.uniform(0, n))))
-    # Painting order: the main object sits in the middle of the stack more often than not, so that
-    # others both hide parts of it and get hidden by it; it stays >= 55% visible (checked below).
+    # Random painting order: objects hide parts of each other.  The main object is the image's
+    # guaranteed clear positive, so it must stay >= 55% visible (else it goes on top).
     depth = rng.permutation(len(objects))
     alphas = [_syn._rasterise(obj, n) for _, obj in objects]
     owner = np.full((n, n), -1, dtype=np.int64)

@@ -21,7 +21,7 @@ def trunk_input(images: Tensor, space: str) -> Tensor:
     "rgb": sRGB / 255 normalised by the ImageNet mean and std, N x 3 x H x W.
     """
     if space == "L":
-        return color.lab_from_uint8(images, 1)[0] - L_CENTER
+        return color.l_from_uint8(images) - L_CENTER
     if space == "rgb":
         x = images.float() / 255.0
         mean = torch.tensor(RGB_MEAN, device=x.device).view(1, 3, 1, 1)
