@@ -23,6 +23,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/targets.py
 	$(PY) bench/train_step.py
+	$(PY) bench/probe.py
+	$(PY) bench/svm_parallel.py
 
 clean:
 	rm -rf $(VENV) outputs multirun .cache

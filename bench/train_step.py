@@ -116,7 +116,7 @@ def main() -> None:
     r = 3 if a.quick else 7
     res: dict = {"device": a.device, "torch": torch.__version__, "threads": torch.get_num_threads()}
     res["overhead_small"] = overhead(alexnet_small, 128, 56, r, a.device)
-    res["overhead_faithful"] = overhead(alexnet, 4, 180, max(3, r // 2), a.device)
+    res["overhead_faithful"] = overhead(alexnet, 4, 180, r, a.device)
     rows = []
     for name, fn, batch, size in [("alexnet_small", alexnet_small, 128, 56), ("alexnet", alexnet, 4, 180)]:
         for bf16 in (False, True):
