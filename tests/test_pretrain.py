@@ -127,3 +127,13 @@ def test_multirun_sweeps_seeds(tiny_data, tmp_path, run_cli):
     assert code == 0
     seeds = sorted(json.loads(p.read_text())["seed"] for p in (tmp_path / "sweep").glob("*/results.json"))
     assert seeds == [0, 1]
+
+
+def test_wandb_logger_offline_writes_a_run(tiny_data, tmp_path, run_cli, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "run"
+    assert run_cli("pretrain", *tiny_overrides(tiny_data, out, tmp_path / "cache"), "logger=wandb") == 0
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb")), "an offline W&B run with its data file"
+    assert (out / "csv" / "version_0" / "metrics.csv").is_file()  # CSV always
+    assert read_results(out)["status"] == "completed"

@@ -41,6 +41,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.classes: list[str] = []
         self.train_samples: list[tuple[Path, int]] = []
         self.val_samples: list[tuple[Path, int]] = []
+        self._fingerprint: str | None = None
 
     def prepare_data(self) -> None:
         if self.synthetic is not None:
@@ -82,8 +83,11 @@ class ImageDataModule(pl.LightningDataModule):
 
     @property
     def fingerprint(self) -> str:
-        self.setup()
-        return fingerprint([p for p, _ in self.train_samples], self.root)
+        """Identity of the train split (one stat per file, so computed once)."""
+        if self._fingerprint is None:
+            self.setup()
+            self._fingerprint = fingerprint([p for p, _ in self.train_samples], self.root)
+        return self._fingerprint
 
     def loader(self, samples, train: bool, batch_size: int | None = None) -> DataLoader:
         """Loader over any (path, label) list: train = random crop + flip + shuffle, else centre crop."""
@@ -92,20 +96,13 @@ class ImageDataModule(pl.LightningDataModule):
         return DataLoader(ImageDataset(samples, t(self.crop_size, self.load_size)), batch_size=bs,
                           shuffle=train, drop_last=train and len(samples) > bs,
                           num_workers=self.num_workers, collate_fn=collate_skip,
-                          persistent_workers=False)
-
-    def _loader(self, samples, transform, shuffle: bool, drop_last: bool) -> DataLoader:
-        return DataLoader(ImageDataset(samples, transform), batch_size=self.batch_size,
-                          shuffle=shuffle, drop_last=drop_last, num_workers=self.num_workers,
-                          collate_fn=collate_skip, persistent_workers=self.num_workers > 0,
-                          pin_memory=False)
+                          persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        drop = len(self.train_samples) > self.batch_size
-        return self._loader(self.train_samples, train_transform(self.crop_size, self.load_size), True, drop)
+        return self.loader(self.train_samples, train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_samples, eval_transform(self.crop_size, self.load_size), False, False)
+        return self.loader(self.val_samples, train=False)
 
     def eval_train_dataloader(self) -> DataLoader:
         """Train split with the deterministic eval transform (priors, feature extraction)."""
