@@ -339,7 +339,7 @@ def test_voc_classification_dataset_and_collate(synthetic_voc: Path, tmp_path: P
     broken = VOCClassification(synthetic_voc, "2007", "test")
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not a jpeg")
-    broken.paths[1] = bad
+    broken.samples[1] = (bad, broken.samples[1][1])
     assert broken[1] == (None, str(bad))
     out = collate_voc([broken[0], broken[1], broken[2]])
     assert out["image"].shape[0] == 2 and out["label"].tolist() == [y[0].tolist(), y[2].tolist()]

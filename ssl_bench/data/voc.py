@@ -41,10 +41,9 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from ssl_bench.data import synthetic as _syn
-from ssl_bench.data.images import DECODE_ERRORS, decode_rgb
+from ssl_bench.data.images import ImageDataset
 
 __all__ = ["VOC_CLASSES", "VOCAnnotation", "parse_annotation", "voc_root", "read_classification",
            "read_image_set", "write_synthetic_voc", "VOCClassification", "collate_voc", "voc_colormap"]
@@ -214,12 +213,13 @@ def read_classification(root: str | Path, year: str | int = "2007",
     return paths, labels
 
 
-class VOCClassification(Dataset):
+class VOCClassification(ImageDataset):
     """VOC image-level classification: (uint8 3 x H x W image, int8 20 labels in {1, 0, -1}).
 
-    An unreadable image yields ``(None, path)`` like ``ssl_bench.data.images.ImageDataset``; batch
-    with ``collate_voc`` (``collate_skip`` turns labels into int64 scalars, not 20-vectors).  VOC
-    images differ in size, so give a ``transform`` that crops/resizes to a fixed size before batching.
+    Decoding and skip-on-error come from ``ssl_bench.data.images.ImageDataset`` (an unreadable
+    image yields ``(None, path)``); batch with ``collate_voc`` (``collate_skip`` makes int64 scalars,
+    not 20-vectors). VOC images differ in size, so give a ``transform`` that crops/resizes to a fixed
+    size before batching.
     """
 
     def __init__(self, root: str | Path, year: str | int = "2007", split: str = "trainval",
@@ -227,20 +227,7 @@ class VOCClassification(Dataset):
         self.root = voc_root(root, year)
         self.paths, labels = read_classification(self.root, year, split)
         self.labels = torch.from_numpy(labels)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor] | tuple[None, str]:
-        path = self.paths[index]
-        try:
-            img = decode_rgb(path)
-        except DECODE_ERRORS:
-            return None, str(path)
-        if self.transform is not None:
-            img = self.transform(img)
-        return img, self.labels[index].clone()
+        super().__init__(list(zip(self.paths, self.labels)), transform)
 
 
 def collate_voc(batch: list[tuple[Any, Any]]) -> dict[str, Any]:
