@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from collections.abc import Callable, Sequence
@@ -21,7 +22,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors caused by the user's input: reported in one line, no traceback."""
+    """Errors caused by the user's input: reported in one line, no traceback (SSL_BENCH_DEBUG=1 shows it)."""
     from omegaconf.errors import MissingMandatoryValue
 
     from ssl_bench.data.images import DataLayoutError
@@ -52,7 +53,7 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], overrides: Sequence[
             return task(cfg)
         except Exception as e:  # only user errors are shortened; the rest keeps its traceback
             cause = _root_cause(e)
-            if isinstance(cause, _user_errors()):
+            if isinstance(cause, _user_errors()) and not os.environ.get("SSL_BENCH_DEBUG"):
                 _fail(cause)
             raise
 

@@ -32,7 +32,6 @@ import math
 import os
 import shutil
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
