@@ -6,6 +6,8 @@ References are independent re-implementations in the test: scikit-learn fits wri
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from sklearn.model_selection import StratifiedKFold
@@ -195,3 +197,42 @@ def test_input_validation(problem) -> None:
     vy_none[:, 3] = -1
     with pytest.raises(ValueError, match="'class 3': no positive test images"):
         svm_voc07(tx, ty, vx, vy_none)
+
+
+def test_worker_errors_propagate_and_leave_no_files(problem, tmp_path) -> None:
+    """An exception inside a worker (here scikit-learn rejecting tol < 0) reaches the caller, and
+    the shared-memory copies of the features are removed."""
+    import glob
+    import tempfile
+
+    def leftovers() -> set[str]:
+        return set(glob.glob("/dev/shm/ssl_bench_svm_*")) | set(
+            glob.glob(os.path.join(tempfile.gettempdir(), "ssl_bench_svm_*")))
+
+    before = leftovers()
+    with pytest.raises(ValueError, match="tol"):
+        svm_voc07(*problem, costs=SMALL_GRID, n_jobs=2, tol=-1.0)
+    assert leftovers() == before
+    with pytest.raises(ValueError, match="max_iter"):
+        svm_voc07(*problem, max_iter=0)
+
+
+def test_csr_input_gives_bit_identical_models() -> None:
+    """The protocol hands liblinear CSR matrices (faster); liblinear must see the same problem as
+    from the dense array, so the models are equal bit for bit, with and without exact zeros."""
+    import scipy.sparse as sp
+
+    from ssl_bench.evaluation.svm_voc07 import l2_normalise, make_svm
+    tx, ty, _, _ = clusters(n_train=200, seed=7)
+    y = np.where(ty[:, 1] == 1, 1, -1)
+    for x in (l2_normalise(tx), l2_normalise(np.maximum(tx, 0.0))):   # dense; ~half zeros
+        for cost in (1e-4, 0.1, 10.0):
+            dense = make_svm(cost).fit(x, y)
+            csr = make_svm(cost).fit(sp.csr_matrix(x), y)
+            assert np.array_equal(dense.coef_, csr.coef_) and np.array_equal(dense.intercept_, csr.intercept_)
+
+
+def test_default_class_names_are_the_voc_classes() -> None:
+    from ssl_bench.data.voc import VOC_CLASSES
+    from ssl_bench.evaluation.svm_voc07 import _VOC_CLASSES
+    assert _VOC_CLASSES == VOC_CLASSES
