@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(PY) bench/train_step.py
 	$(PY) bench/probe.py
 	$(PY) bench/svm_parallel.py
+	$(PY) bench/pretexts.py
 
 clean:
 	rm -rf $(VENV) outputs multirun .cache

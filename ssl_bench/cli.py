@@ -1,9 +1,9 @@
 """ssl-bench command line: a thin dispatcher onto Hydra jobs and a few plain commands.
 
     ssl-bench pretrain [hydra overrides]        pretrain a trunk (Hydra; -m for multirun)
-    ssl-bench probe [hydra overrides]           per-layer probes of a frozen trunk (checkpoint=... or init=gaussian)
+    ssl-bench probe [hydra overrides]           per-layer probes of a frozen trunk (checkpoint=... or init=gaussian|kraehenbuehl)
     ssl-bench leaderboard DIR... [--out DIR]    gather results.json files into one table
-    ssl-bench demo [hydra overrides]            the embedded default: synthetic data + colorization
+    ssl-bench demo [hydra overrides]            the embedded default: synthetic data, every pretext, probes
     ssl-bench data synthetic --out DIR [...]    write the synthetic ImageFolder tree
 """
 
@@ -27,7 +27,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     from ssl_bench.data.images import DataLayoutError
     from ssl_bench.models.checkpoint import CheckpointMismatchError
-    from ssl_bench.pretext.colorization import NonFiniteLossError
+    from ssl_bench.pretext.common import NonFiniteLossError
     return (DataLayoutError, CheckpointMismatchError, NonFiniteLossError, MissingMandatoryValue,
             FileNotFoundError, FileExistsError, ValueError)
 
@@ -79,21 +79,38 @@ def _probe_task(cfg: Any) -> Any:
     return record
 
 
+# The demo's pretraining runs (experiment presets on the synthetic set) and its untrained rows.
+DEMO_PRETRAIN = {"colorization": "demo", "context_prediction": "demo_context_prediction",
+                 "context_encoder": "demo_context_encoder", "supervised": "demo_supervised"}
+DEMO_INITS = {"gaussian_L": ["init=gaussian"],
+              "gaussian_rgb": ["init=gaussian", "backbone.input_space=rgb"],
+              "kraehenbuehl_rgb": ["init=kraehenbuehl", "backbone.input_space=rgb"]}
+
+
 def _demo(overrides: Sequence[str]) -> None:
-    """The embedded default end to end: synthetic data, colorization pretraining, linear probes of the
-    colorization trunk and of Gaussian-init L and RGB trunks, and the leaderboard."""
+    """The embedded default end to end: synthetic data; colorization, context prediction, context
+    encoder and supervised pretraining; linear probes of those trunks and of Gaussian (L, RGB) and
+    Krähenbühl (RGB) inits; the leaderboard. ``overrides`` apply to every pretraining run."""
+    import time
     from datetime import datetime
 
     from ssl_bench.evaluation.leaderboard import leaderboard_main
     root = Path("outputs") / "demo" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    run_hydra("pretrain", _pretrain_task, ["experiment=demo", f"hydra.run.dir={root}/pretrain", *overrides],
-              "ssl-bench demo")
-    ckpt = root / "pretrain" / "checkpoints" / "last.ckpt"
-    probes = {"colorization": [f"checkpoint={ckpt}"], "gaussian_L": ["init=gaussian"],
-              "gaussian_rgb": ["init=gaussian", "backbone.in_channels=3", "backbone.input_space=rgb"]}
+    stages: dict[str, float] = {}
+    probes = dict(DEMO_INITS)
+    for name, experiment in DEMO_PRETRAIN.items():
+        t0 = time.perf_counter()
+        run_hydra("pretrain", _pretrain_task, [f"experiment={experiment}",
+                                               f"hydra.run.dir={root}/pretrain_{name}", *overrides],
+                  "ssl-bench demo")
+        stages[f"pretrain {name}"] = time.perf_counter() - t0
+        probes[name] = [f"checkpoint={root}/pretrain_{name}/checkpoints/last.ckpt"]
     for name, args in probes.items():
+        t0 = time.perf_counter()
         run_hydra("probe_run", _probe_task, [*args, f"hydra.run.dir={root}/probe_{name}"], "ssl-bench probe")
+        stages[f"probe {name}"] = time.perf_counter() - t0
     code = leaderboard_main([str(root), "--out", str(root)])
+    print("ssl-bench: demo stages (wall s): " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()))
     print(f"ssl-bench: demo finished in {root}")
     if code:
         sys.exit(code)

@@ -14,7 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from ssl_bench.models.checkpoint import check_state_dict, read_checkpoint
-from ssl_bench.pretext.colorization import NonFiniteLossError, dataset_prior
+from ssl_bench.models.inputs import trunk_input
+from ssl_bench.pretext.colorization import dataset_prior
+from ssl_bench.pretext.common import NonFiniteLossError
 from ssl_bench.results import write_results
 
 
@@ -27,21 +29,40 @@ def resolve_resume(ckpt_path: str | None, out_dir: Path) -> str | None:
     return str(ckpt_path)
 
 
-def build_model(cfg: DictConfig, dm: Any) -> pl.LightningModule:
-    """Instantiate trunk, objective, optimiser/scheduler factories and the pretext module."""
+def initialise(trunk: torch.nn.Module, init: Any, dm: Any) -> dict[str, Any]:
+    """Apply the ``init`` group (Gaussian = the trunk's own init; Krähenbühl needs real images)."""
+    if init is None or not getattr(init, "num_images", 0):
+        return {"name": getattr(init, "name", "gaussian")}
+    report = init(trunk, trunk_input(dm.first_train_images(init.num_images), trunk.input_space))
+    return {"name": init.name, **{k: v for k, v in report.items() if isinstance(v, (int, float, str))}}
+
+
+def build_model(cfg: DictConfig, dm: Any, fresh: bool = True) -> pl.LightningModule:
+    """Instantiate trunk (initialised), the pretext's parts and the pretext module.
+
+    fresh=False (resuming) skips data-dependent init: the checkpoint's weights replace it anyway.
+    """
     trunk = instantiate(cfg.backbone)
-    objective = instantiate(cfg.loss)
-    prior = None
-    if objective.rebalance:
-        batches = dm.eval_train_dataloader()
-        if objective.prior_images:
-            n = max(1, objective.prior_images // dm.batch_size)
-            batches = (b for i, b in zip(range(n), batches))
-        prior = dataset_prior(batches, f"{dm.fingerprint}-n{objective.prior_images}",
-                              cfg.paths.cache_dir, cfg.pretext.ab_stride, objective.prior_sigma)
-    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    return instantiate(cfg.pretext, trunk=trunk, objective=objective,
-                       optimizer=instantiate(cfg.optimizer), scheduler=scheduler, prior=prior)
+    init = instantiate(cfg.init) if cfg.get("init") else None
+    trunk.init_report = (initialise(trunk, init, dm) if fresh else
+                         {"name": getattr(init, "name", "gaussian"), "restored": "weights from the checkpoint"})
+    kwargs: dict[str, Any] = {"trunk": trunk, "optimizer": instantiate(cfg.optimizer),
+                              "scheduler": instantiate(cfg.scheduler) if cfg.get("scheduler") else None}
+    if cfg.get("loss"):  # colorization's objective (config group ``loss``)
+        objective = kwargs["objective"] = instantiate(cfg.loss)
+        if objective.rebalance:
+            batches = dm.eval_train_dataloader()
+            if objective.prior_images:
+                n = max(1, objective.prior_images // dm.batch_size)
+                batches = (b for i, b in zip(range(n), batches))
+            kwargs["prior"] = dataset_prior(batches, f"{dm.fingerprint}-n{objective.prior_images}",
+                                            cfg.paths.cache_dir, cfg.pretext.ab_stride, objective.prior_sigma)
+    if "num_classes" in cfg.pretext and cfg.pretext.num_classes is None:
+        if not dm.num_classes:
+            raise ValueError(f"pretext={cfg.pretext._target_.rsplit('.', 1)[-1]} needs labels; "
+                             f"data.root={dm.root} has no class folders (data.layout=imagefolder)")
+        kwargs["num_classes"] = dm.num_classes
+    return instantiate(cfg.pretext, **kwargs)
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:
@@ -56,7 +77,8 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     dm = instantiate(cfg.data)
     dm.prepare_data()
     dm.setup("fit")
-    model = build_model(cfg, dm)
+    resume = resolve_resume(cfg.ckpt_path, out_dir)
+    model = build_model(cfg, dm, fresh=resume is None)
     ckpt_dir = out_dir / "checkpoints"
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:07d}", save_last=True,
                                  save_top_k=1, monitor=None,
@@ -65,7 +87,6 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     loggers = build_loggers(cfg)
     trainer = instantiate(cfg.trainer, default_root_dir=str(out_dir), precision=cfg.precision,
                           callbacks=[checkpoint, LearningRateMonitor("step")], logger=loggers)
-    resume = resolve_resume(cfg.ckpt_path, out_dir)
     if resume:
         check_state_dict(model, read_checkpoint(resume)["state_dict"], resume)
     try:
@@ -76,20 +97,22 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         raise NonFiniteLossError(f"{e}; training stopped ({kept})") from e
 
     samples = sorted(str(p.relative_to(out_dir)) for p in (out_dir / "samples").glob("*.png"))
-    final = final_samples(model, dm, out_dir)
+    final = final_samples(model, dm)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("pretrain/")}
     metrics["pretrain/steps"] = trainer.global_step
     metrics["pretrain/images_per_s"] = (trainer.global_step * dm.batch_size) / (time.perf_counter() - t0)
+    meta = model.checkpoint_meta
     record = {
         "kind": "pretrain",
-        "method": f"{model.checkpoint_meta['pretext']}/{model.checkpoint_meta['variant']}",
+        "method": "/".join(str(p) for p in (meta["pretext"], meta["variant"]) if p),
         "status": "completed",
         "metrics": metrics,
         "dataset": {"name": Path(str(dm.root)).name, "root": str(dm.root), "fingerprint": dm.fingerprint,
                     "num_train": len(dm.train_samples), "num_val": len(dm.val_samples),
                     "skipped_images": model.skips.count},
         "checkpoint": str((ckpt_dir / "last.ckpt").relative_to(out_dir)),
-        "trunk": model.checkpoint_meta,
+        "trunk": meta,
+        "init": model.trunk.init_report,
         "samples": samples + ([str(final.relative_to(out_dir))] if final else []),
         "seed": cfg.seed,
         "started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
@@ -105,11 +128,10 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def final_samples(model: pl.LightningModule, dm: Any, out_dir: Path) -> Path | None:
-    """Sample colorizations of the first validation images, written as samples/final.png."""
+def final_samples(model: pl.LightningModule, dm: Any) -> Path | None:
+    """The pretext's picture of the first validation images (samples/final.png), if it has one."""
     model.eval()
     for batch in dm.val_dataloader():
         if batch["image"].numel():
-            out, ab, L = model(batch["image"].to(model.device))
-            return model.save_samples(L, out, ab, "final")
+            return model.final_samples(batch["image"].to(model.device))
     return None

@@ -33,7 +33,9 @@ def composed(overrides: list[str], primary: str = "pretrain"):
 
 def test_groups_are_all_covered():
     assert {"data", "backbone", "pretext", "loss", "optimizer", "scheduler", "trainer", "logger", "paths",
-            "probe"} <= set(GROUPS)
+            "probe", "init"} <= set(GROUPS)
+    assert {"colorization", "context_prediction", "context_encoder", "supervised"} <= {
+        f.stem for f in (CONF / "pretext").glob("*.yaml")}
     assert {"demo", "colorization_full", "colorization_class", "colorization_l2"} <= set(EXPERIMENTS)
 
 
@@ -70,9 +72,21 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
     elif group == "pretext":
         from ssl_bench.models.alexnet import alexnet_small
         from ssl_bench.pretext.colorization import ColorObjective
-        module = instantiate(node, trunk=alexnet_small(), objective=ColorObjective(rebalance=False),
-                             optimizer=instantiate(cfg.optimizer))
-        assert module.head.out_channels == 313
+        extra = {"objective": ColorObjective(rebalance=False)} if option == "colorization" else {}
+        if option == "supervised":
+            extra["num_classes"] = 5
+        module = instantiate(node, trunk=alexnet_small(input_space=node.input_space),
+                             optimizer=instantiate(cfg.optimizer), **extra)
+        assert module.checkpoint_meta["pretext"] == option
+        assert module.checkpoint_meta["input_space"] == node.input_space
+        # the backbone group follows the pretext's input space
+        assert cfg.backbone.input_space == node.input_space
+    elif group == "loss" and option.startswith("default_"):
+        # colorization's default loss is the rebalanced classification; other pretexts have none
+        assert bool(node) == (option == "default_colorization")
+    elif group == "init":
+        init = instantiate(node)
+        assert init.name in ("gaussian", "kraehenbuehl")
     else:
         assert instantiate(node) is not None
 
@@ -81,7 +95,8 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
 def test_experiment_composes(name, tmp_path):
     cfg = composed([f"experiment={name}", *paths(tmp_path)])
     assert cfg.task_name == name
-    instantiate(cfg.loss)
+    if cfg.get("loss"):
+        instantiate(cfg.loss)
     instantiate(cfg.backbone)
     if name.startswith("colorization_"):
         assert cfg.backbone.fc_channels == 4096 and cfg.data.batch_size == 80
@@ -102,6 +117,15 @@ def test_default_trunk_follows_the_data(tmp_path):
     assert composed(paths(tmp_path)).backbone.fc_channels == 512  # synthetic: alexnet_small
     assert composed(["data=imagenet", *paths(tmp_path)]).backbone.fc_channels == 4096
     assert composed(["data=folder", "backbone=alexnet_small", *paths(tmp_path)]).backbone.fc_channels == 512
+
+
+def test_default_init_follows_the_pretext(tmp_path):
+    # authors' colorization net started from Krähenbühl's k-means init; the baselines from Gaussian
+    assert composed(paths(tmp_path)).init._target_.endswith("KraehenbuehlInit")
+    for p in ("context_prediction", "context_encoder", "supervised"):
+        cfg = composed([f"pretext={p}", *paths(tmp_path)])
+        assert cfg.init._target_.endswith("GaussianInit") and not cfg.get("loss")
+        assert cfg.backbone.input_space == "rgb" and instantiate(cfg.backbone).in_channels == 3
 
 
 def test_required_values_are_marked(tmp_path):

@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
 
 from ssl_bench.data.images import (DataLayoutError, ImageDataset, collate_skip, eval_transform,
@@ -103,6 +104,19 @@ class ImageDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self.loader(self.val_samples, train=False)
+
+    def first_train_images(self, n: int) -> torch.Tensor:
+        """The first ``n`` decodable train images, centre-cropped: uint8 n x 3 x crop x crop
+        (data-dependent initialisation measures statistics on them)."""
+        chunks, count = [], 0
+        for batch in self.loader(self.train_samples, train=False, batch_size=min(n, self.batch_size)):
+            chunks.append(batch["image"])
+            count += batch["image"].shape[0]
+            if count >= n:
+                break
+        if not count:
+            raise DataLayoutError(f"data.root={self.root}: no decodable train image")
+        return torch.cat(chunks)[:n]
 
     def eval_train_dataloader(self) -> DataLoader:
         """Train split with the deterministic eval transform (priors, feature extraction)."""

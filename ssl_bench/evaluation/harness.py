@@ -26,6 +26,7 @@ from ssl_bench.evaluation.feature_cache import CachedFeatures, FeatureStore, cac
 from ssl_bench.evaluation.knn import knn_predict, topk_accuracy
 from ssl_bench.evaluation.probes import RESIZE_MODES, FeatureExtractor, LinearProbe, ProbeHeads
 from ssl_bench.models.alexnet import LAYERS, AlexNet
+from ssl_bench.models.inputs import trunk_input
 from ssl_bench.models.checkpoint import CheckpointMismatchError, check_state_dict, read_checkpoint
 from ssl_bench.optim import piecewise_constant
 from ssl_bench.results import write_results
@@ -34,9 +35,13 @@ from ssl_bench.results import write_results
 PAPER_STEPS = ([40_000, 80_000, 120_000], [1.0, 0.1, 0.01, 0.001], 140_000)
 
 
-def load_trunk(checkpoint: str | None, init: str | None, backbone: DictConfig | None,
-               seed: int) -> tuple[AlexNet, dict[str, Any]]:
-    """The trunk to probe and a description of it: from a suite checkpoint, or an untrained init."""
+def load_trunk(checkpoint: str | None, init: DictConfig | None, backbone: DictConfig | None,
+               seed: int, init_data: DictConfig | None = None) -> tuple[AlexNet, dict[str, Any]]:
+    """The trunk to probe and a description of it: from a suite checkpoint, or an untrained init.
+
+    init: an ``init`` group config: gaussian (the backbone's random init) or kraehenbuehl
+    (data-dependent, measured on the first train images of ``init_data``, a ``data`` group config).
+    """
     if checkpoint:
         ckpt = read_checkpoint(checkpoint)
         meta = ckpt.get("ssl_bench")
@@ -50,14 +55,21 @@ def load_trunk(checkpoint: str | None, init: str | None, backbone: DictConfig | 
         method = f"{meta['pretext']}/{meta['variant']}" if meta.get("variant") else meta["pretext"]
         return trunk, {"method": method, "input_space": meta["input_space"], "source": str(checkpoint),
                        "trunk": meta["trunk"]}
-    if init == "gaussian":
+    if init:
         if backbone is None:
-            raise ValueError("init=gaussian needs a backbone config")
+            raise ValueError("init=... needs a backbone config")
         torch.manual_seed(seed)
         trunk = instantiate(backbone)
-        return trunk, {"method": f"gaussian/{trunk.input_space}", "input_space": trunk.input_space,
-                       "source": "init=gaussian", "trunk": trunk.config}
-    raise ValueError("probe: give checkpoint=PATH (a suite checkpoint) or init=gaussian")
+        initialiser = instantiate(init)
+        if getattr(initialiser, "num_images", 0):  # data-dependent (Krähenbühl): no labels used
+            dm = instantiate(init_data)
+            dm.prepare_data()
+            dm.setup("fit")
+            initialiser(trunk, trunk_input(dm.first_train_images(initialiser.num_images), trunk.input_space))
+        name = initialiser.name
+        return trunk, {"method": f"{name}/{trunk.input_space}", "input_space": trunk.input_space,
+                       "source": f"init={name}", "trunk": trunk.config}
+    raise ValueError("probe: give checkpoint=PATH (a suite checkpoint) or init=gaussian|kraehenbuehl")
 
 
 def split_holdout(samples: list, fraction: float, seed: int) -> tuple[list, list]:
@@ -172,7 +184,7 @@ def run_probe(cfg: DictConfig) -> dict[str, Any]:
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     out_dir = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True)
-    trunk, desc = load_trunk(cfg.get("checkpoint"), cfg.get("init"), cfg.get("backbone"), cfg.seed)
+    trunk, desc = load_trunk(cfg.get("checkpoint"), cfg.get("init"), cfg.get("backbone"), cfg.seed, cfg.data)
     if cfg.probe.kind == "svm_voc07":
         from ssl_bench.evaluation.voc_svm_probe import run_svm_probe
         return run_svm_probe(cfg, trunk, desc, started, t0)

@@ -34,7 +34,8 @@ class AlexNet(nn.Module):
     """AlexNet trunk with named per-layer outputs.
 
     Args:
-        in_channels: 1 for an L input (colorization), 3 for RGB (other pretexts).
+        in_channels: 1 for an L input (colorization), 3 for RGB (other pretexts); None = from
+            ``input_space``.
         widths: channels of conv1..conv5.
         fc_channels: channels of fc6/fc7 (4096 in the paper).
         fc6_kernel, fc6_dilation: fc6 as a convolution; (6, 2) is the authors' net. Padding keeps the
@@ -44,7 +45,7 @@ class AlexNet(nn.Module):
             ("L" = centred lightness L-50, "rgb" = sRGB in [0,1]).
     """
 
-    def __init__(self, in_channels: int = 1, widths: Sequence[int] = (96, 256, 384, 384, 256),
+    def __init__(self, in_channels: int | None = None, widths: Sequence[int] = (96, 256, 384, 384, 256),
                  fc_channels: int = 4096, fc6_kernel: int = 6, fc6_dilation: int = 2,
                  groups: bool = True, batch_norm: bool = True, input_space: str = "L") -> None:
         super().__init__()
@@ -52,6 +53,8 @@ class AlexNet(nn.Module):
             raise ValueError(f"backbone.widths: expected 5 channel counts (conv1..conv5), got {list(widths)}")
         if input_space not in ("L", "rgb"):
             raise ValueError(f"backbone.input_space: expected 'L' or 'rgb', got {input_space!r}")
+        if in_channels is None:
+            in_channels = 1 if input_space == "L" else 3
         g = 2 if groups else 1
         # Constructor arguments, saved in checkpoints so any tool can rebuild the trunk.
         self.config = dict(in_channels=in_channels, widths=list(widths), fc_channels=fc_channels,

@@ -15,13 +15,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_bench import color
-from ssl_bench.data.images import SkipCounter
 from ssl_bench.losses import l2_regression, resize_to, soft_cross_entropy_map
+from ssl_bench.pretext import common
+from ssl_bench.pretext.common import NonFiniteLossError, SkipCounter
 from ssl_bench.pretext.samples import save_colorization_grid
 
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN/inf; the run stops and the last good checkpoint is kept."""
+__all__ = ["ColorObjective", "ColorizationPretext", "NonFiniteLossError", "dataset_prior"]
 
 
 class ColorObjective:
@@ -90,15 +89,19 @@ class ColorizationPretext(pl.LightningModule):
         ab_stride: decimation of the ab target grid (8 for the AlexNet net, 4 for the VGG net).
         sample_every_n_steps: write a grid of sample colorizations this often (0 = only at the end).
         channels_last: NHWC memory format for the convolutions.
+        input_space: always "L" (kept as an argument so every pretext declares what it feeds).
     """
 
     def __init__(self, trunk: nn.Module, objective: ColorObjective, optimizer: Callable[..., Any],
                  scheduler: Callable[..., Any] | None = None, prior: Tensor | None = None,
                  ab_stride: int = 8, temperature: float = 0.38, sample_every_n_steps: int = 500,
-                 channels_last: bool = True) -> None:
+                 channels_last: bool = True, input_space: str = "L") -> None:
         super().__init__()
+        if input_space != "L":
+            raise ValueError(f"pretext.input_space: colorization predicts ab from L, got {input_space!r}")
         if getattr(trunk, "in_channels", 1) != 1:
             raise ValueError("backbone.in_channels: colorization predicts ab from L, expected 1")
+        common.check_trunk(trunk, "L")
         self.trunk, self.objective = trunk, objective
         self.head = nn.Conv2d(trunk.out_channels, objective.num_outputs, 1)  # fc8
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -122,14 +125,12 @@ class ColorizationPretext(pl.LightningModule):
         return out, ab, L
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
-        self.skips.add(batch["skipped"])
-        images = batch["image"]
-        if images.shape[0] == 0:  # every file in the batch was unreadable
+        images = common.batch_images(self, batch)
+        if images is None:  # every file in the batch was unreadable
             return None
         out, ab, L = self(images)
         loss, plain = self.objective.loss(out, ab, self.bin_weights)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"pretrain/loss is {loss.item()} at step {self.global_step}")
+        common.check_finite(loss, self.global_step)
         self.log("pretrain/loss", loss, prog_bar=True)
         self.log("pretrain/loss_unweighted", plain)
         self.log("pretrain/skipped_images", float(self.skips.count))
@@ -139,13 +140,13 @@ class ColorizationPretext(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.skips.add(batch["skipped"])
-        if batch["image"].shape[0] == 0:
+        images = common.batch_images(self, batch)
+        if images is None:
             return
-        out, ab, L = self(batch["image"])
+        out, ab, L = self(images)
         loss, plain = self.objective.loss(out, ab, self.bin_weights)
         err = (self.objective.decode(out.float(), self.temperature) - ab).norm(dim=1).mean()
-        n = batch["image"].shape[0]
+        n = images.shape[0]
         self.log("pretrain/val_loss", loss, batch_size=n, sync_dist=True)
         self.log("pretrain/val_ab_error", err, batch_size=n, sync_dist=True)
         # the grey prediction (ab = 0) as a reference point for the error above
@@ -162,36 +163,34 @@ class ColorizationPretext(pl.LightningModule):
         return color.lab_to_rgb(torch.cat([L, ab_full], dim=1))
 
     def save_samples(self, L: Tensor, out: Tensor, ab: Tensor, tag: str) -> Path | None:
-        root = Path(self.trainer.default_root_dir) / "samples" if self._trainer else None
+        root = common.samples_dir(self)
         if root is None:
             return None
         ab_hat = self.objective.decode(out.detach().float()[:8], self.temperature)
         path = save_colorization_grid(L[:8], ab_hat, ab[:8], root / f"{tag}.png")
-        for logger in self.loggers:
-            if hasattr(logger, "log_image"):  # W&B
-                logger.log_image(key="pretrain/samples", images=[str(path)], step=self.global_step)
+        common.log_image(self, "pretrain/samples", path)
         return path
 
+    @torch.no_grad()
+    def final_samples(self, images: Tensor) -> Path | None:
+        """Colorizations of the given uint8 images, written as samples/final.png."""
+        out, ab, L = self(images)
+        return self.save_samples(L, out, ab, "final")
+
     def configure_optimizers(self) -> Any:
-        opt = self.optimizer_factory(self.parameters())
-        if self.scheduler_factory is None:
-            return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt),
-                                                   "interval": "step"}}
+        return common.configure_optimizers(self.parameters(), self.optimizer_factory, self.scheduler_factory)
 
     @property
     def checkpoint_meta(self) -> dict[str, Any]:
         """What any tool needs to rebuild and feed the trunk (stored in every checkpoint)."""
-        return {"pretext": "colorization", "variant": self.objective.variant,
-                "input_space": getattr(self.trunk, "input_space", "L"),
-                "trunk": getattr(self.trunk, "config", {}), "num_outputs": self.objective.num_outputs,
-                "ab_stride": self.ab_stride}
+        return common.trunk_meta(self.trunk, "colorization", self.objective.variant,
+                                 num_outputs=self.objective.num_outputs, ab_stride=self.ab_stride)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["ssl_bench"] = {**self.checkpoint_meta, "skipped_images": self.skips.count}
+        common.save_meta(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.skips.count = checkpoint.get("ssl_bench", {}).get("skipped_images", 0)
+        common.load_meta(self, checkpoint)
 
 
 def dataset_prior(batches: Any, fingerprint: str, cache_dir: str | Path, ab_stride: int,

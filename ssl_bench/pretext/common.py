@@ -1,0 +1,103 @@
+"""What every pretext module shares, as functions (composition rather than a base class).
+
+Protocol of a pretext module (what ``ssl_bench.pretrain`` relies on):
+- constructor takes built components: ``trunk``, partial ``optimizer`` and ``scheduler`` factories,
+  ``input_space`` ("L" or "rgb": how uint8 images are fed to the trunk; must match the trunk's);
+- batches are ``{"image": uint8 N x 3 x H x W, "label": int64 N, "skipped": [paths]}``;
+- logs ``pretrain/loss`` (train) and ``pretrain/val_loss`` (val), raises `NonFiniteLossError`;
+- ``checkpoint_meta`` (pretext, variant, input_space, trunk config) stored under ``ckpt["ssl_bench"]``;
+- ``skips`` (a `SkipCounter`) and ``final_samples(images, out_dir) -> Path | None``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+from torchvision.utils import save_image
+
+from ssl_bench.data.images import SkipCounter
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN/inf; the run stops and the last good checkpoint is kept."""
+
+
+def check_trunk(trunk: nn.Module, input_space: str) -> None:
+    """The trunk must consume the input the pretext feeds it."""
+    space = getattr(trunk, "input_space", None)
+    if space is not None and space != input_space:
+        raise ValueError(f"backbone.input_space={space!r} but this pretext feeds {input_space!r} "
+                         f"inputs (pretext.input_space); set both to the same value")
+    channels = {"L": 1, "rgb": 3}[input_space]
+    if getattr(trunk, "in_channels", channels) != channels:
+        raise ValueError(f"backbone.in_channels={trunk.in_channels} but input_space={input_space!r} "
+                         f"has {channels} channel(s)")
+
+
+def batch_images(module: pl.LightningModule, batch: dict[str, Any]) -> Tensor | None:
+    """Count the batch's unreadable files; the decodable uint8 images, or None when there are none."""
+    module.skips.add(batch["skipped"])
+    images = batch["image"]
+    return images if images.shape[0] else None
+
+
+def check_finite(loss: Tensor, step: int, name: str = "pretrain/loss") -> None:
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(f"{name} is {loss.item()} at step {step}")
+
+
+def configure_optimizers(params: Any, optimizer: Callable[..., Any],
+                         scheduler: Callable[..., Any] | None) -> Any:
+    """Lightning's optimiser spec from partial factories; schedulers step per iteration."""
+    opt = optimizer(params)
+    if scheduler is None:
+        return opt
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler(opt), "interval": "step"}}
+
+
+def save_meta(module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    checkpoint["ssl_bench"] = {**module.checkpoint_meta, "skipped_images": module.skips.count}
+
+
+def load_meta(module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    module.skips.count = checkpoint.get("ssl_bench", {}).get("skipped_images", 0)
+
+
+def trunk_meta(trunk: nn.Module, pretext: str, variant: str | None, **extra: Any) -> dict[str, Any]:
+    """What any tool needs to rebuild and feed the trunk (stored in every checkpoint)."""
+    return {"pretext": pretext, "variant": variant, "input_space": getattr(trunk, "input_space", "rgb"),
+            "trunk": getattr(trunk, "config", {}), **extra}
+
+
+def samples_dir(module: pl.LightningModule) -> Path | None:
+    """<run dir>/samples, or None outside a Trainer (unit tests)."""
+    return Path(module.trainer.default_root_dir) / "samples" if module._trainer else None
+
+
+def save_grid(rows: Tensor, path: Path, ncol: int) -> Path:
+    """Write float N x 3 x H x W images in [0,1] as a PNG grid atomically; small images are enlarged."""
+    rows = rows.detach().float().clamp(0, 1).cpu()
+    if rows.shape[-2] < 128:  # small training crops are unreadable at 1:1
+        rows = torch.nn.functional.interpolate(rows, scale_factor=-(-128 // rows.shape[-2]), mode="nearest")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    save_image(rows, tmp, nrow=ncol, padding=2, pad_value=1.0)
+    os.replace(tmp, path)
+    return path
+
+
+def log_image(module: pl.LightningModule, key: str, path: Path) -> None:
+    """Send a PNG to loggers that take images (W&B); the CSV logger keeps the file path."""
+    for logger in module.loggers:
+        if hasattr(logger, "log_image"):
+            logger.log_image(key=key, images=[str(path)], step=module.global_step)
+
+
+__all__ = ["NonFiniteLossError", "SkipCounter", "batch_images", "check_finite", "check_trunk",
+           "configure_optimizers", "load_meta", "log_image", "samples_dir", "save_grid", "save_meta",
+           "trunk_meta"]
