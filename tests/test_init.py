@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -261,6 +262,30 @@ def test_kmeans_filters_shapes_and_determinism():
     assert not torch.equal(a, kmeans_filters(conv2, inp, iters=3, max_patches=500, seed=1))
 
 
+def fit_gain(w: torch.Tensor, ref: torch.Tensor, patches: torch.Tensor) -> bool:
+    """Filters respond to data structure: their best-matching patch (in the whitened space the
+    filters live in) fits better than for Gaussian filters, measured as the spread of responses."""
+    def spread(f: torch.Tensor) -> float:
+        r = patches @ F.normalize(f.flatten(1), dim=1).T
+        return (r.std(0) / r.abs().mean(0).clamp_min(1e-12)).mean().item()
+    return spread(w) > spread(ref)
+
+
+def test_whitened_kmeans_matches_sklearn_pca_whitening():
+    from sklearn.decomposition import PCA
+    from ssl_bench.models.init import whitened_kmeans
+    g = torch.Generator().manual_seed(0)
+    mix = torch.randn(12, 12, generator=g) * torch.logspace(0, -2, 12)[:, None]  # anisotropic
+    x = (torch.randn(400, 12, generator=g) @ mix).double()
+    ours = whitened_kmeans(x, 6, iters=5, generator=torch.Generator().manual_seed(3), eps=0.0)
+    pca = PCA(n_components=6, whiten=True).fit(x.numpy())
+    w = torch.from_numpy(pca.transform(x.numpy()))
+    cents, _ = spherical_kmeans(F.normalize(w, dim=1).float(), 6, 5, torch.Generator().manual_seed(3))
+    basis = torch.from_numpy(pca.components_.T / np.sqrt(pca.explained_variance_))  # D x k
+    ref = F.normalize(cents.double() @ basis.T, dim=1).float()
+    assert torch.allclose(ours, ref, atol=1e-4)
+
+
 def test_kmeans_init_uses_centroids_that_fit_the_patches():
     x = images(16)
     gaussian = net()
@@ -272,12 +297,17 @@ def test_kmeans_init_uses_centroids_that_fit_the_patches():
     centroids = kmeans_filters(conv1, x, iters=5, max_patches=2000, seed=0).flatten(1)
     assert torch.allclose(F.cosine_similarity(conv1.weight.flatten(1), centroids, dim=1),
                           torch.ones(len(centroids)), atol=1e-4)
-    # and fit the patches much better than Gaussian filters do (mean best cosine)
+    # whitening makes the filters diverse: raw k-means centroids of the same patches are much more
+    # alike (the low-frequency directions dominate them)
     patches = layer_patches(conv1, x, 3000, torch.Generator().manual_seed(5))
+    raw, _ = spherical_kmeans(patches, conv1.out_channels, 5, torch.Generator().manual_seed(0))
 
-    def fit(w: torch.Tensor) -> float:
-        return (patches @ F.normalize(w.flatten(1), dim=1).T).max(1).values.mean().item()
-    assert fit(conv1.weight) > fit(gaussian.conv1[0].weight) + 0.1
+    def alike(w: torch.Tensor) -> float:
+        w = F.normalize(w.flatten(1), dim=1)
+        c = (w @ w.T).abs()
+        return ((c.sum() - c.diagonal().sum()) / (len(w) * (len(w) - 1))).item()
+    assert alike(conv1.weight) < 0.8 * alike(raw)
+    assert fit_gain(conv1.weight, gaussian.conv1[0].weight, patches)
     # still rescaled to (0, 1) per unit
     for name, y in conv_outputs(trunk, x).items():
         mean, std = unit_stats(y)

@@ -320,9 +320,39 @@ def kmeans_filters(layer: nn.Module, inputs: Tensor, iters: int = 10, max_patche
         patches = layer_patches(layer, inputs, max_patches, generator, group=g)
         if patches.shape[1] != math.prod(weight.shape[1:]):
             raise ValueError(f"patch size {patches.shape[1]} does not match filters {tuple(weight.shape)}")
-        centroids, _ = spherical_kmeans(patches, per_group, iters, generator)
-        out[g * per_group:(g + 1) * per_group] = centroids.view(per_group, *weight.shape[1:]).to(weight)
+        filters = whitened_kmeans(patches, per_group, iters, generator)
+        out[g * per_group:(g + 1) * per_group] = filters.view(per_group, *weight.shape[1:]).to(weight)
     return out
+
+
+def whitened_kmeans(patches: Tensor, k: int, iters: int = 10,
+                    generator: torch.Generator | None = None, eps: float = 1e-2) -> Tensor:
+    """k filters from spherical k-means in PCA-whitened patch space, as Krähenbühl's release does.
+
+    Without whitening the few high-variance (low-frequency) directions dominate every centroid and
+    the filters come out nearly alike (measured: a k-means RGB trunk probed 17% at conv3 on the
+    synthetic set vs 27% for rescaled Gaussian filters). Whitening keeps the top-k principal
+    components, scales each to unit variance, clusters there, and maps the centroids back
+    (filter = centroid . S . V^T), so filter responses are correlations in the whitened space.
+
+    Args:
+        patches: P x D patch vectors (P >= 1).
+        k: number of filters.
+        eps: added to the eigenvalues, relative to their mean (keeps noise directions in check).
+    Returns:
+        k x D unit-norm filters.
+    """
+    x = patches.double() - patches.double().mean(dim=0, keepdim=True)
+    cov = x.T @ x / max(x.shape[0], 1)
+    evals, evecs = torch.linalg.eigh(cov)
+    keep = evals.argsort(descending=True)[:k]
+    evals, evecs = evals[keep].clamp_min(0), evecs[:, keep]
+    live = evals > 1e-9 * evals.max().clamp_min(1e-30)
+    scale = torch.where(live, 1.0 / torch.sqrt(evals + eps * evals[live].mean()), torch.zeros_like(evals))
+    whitened = F.normalize(x @ (evecs * scale), dim=1)
+    centroids, _ = spherical_kmeans(whitened.float(), k, iters, generator)
+    filters = centroids.double() @ (evecs * scale).T
+    return F.normalize(filters, dim=1).float()
 
 
 # ------------------------------------------------------------------------------- calibration
