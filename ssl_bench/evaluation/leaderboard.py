@@ -395,6 +395,9 @@ def _measured_row(section: str, dataset: str, method: str, probe: str, protocol:
         if seed is None or not isinstance(seed, (int, str)):
             unseeded.append(item)  # cannot tell reruns apart: every such run counts
             continue
+        # one trunk's VOC tasks (cls fc6-8, cls all, det, seg) are separate runs filling one row
+        task = item["record"].get("task")
+        seed = (seed, task) if task else seed
         if seed in by_seed:
             old = by_seed[seed]
             keep, drop = (item, old) if _recency(item) >= _recency(old) else (old, item)
@@ -403,7 +406,8 @@ def _measured_row(section: str, dataset: str, method: str, probe: str, protocol:
             by_seed[seed] = keep
         else:
             by_seed[seed] = item
-    kept = [by_seed[s] for s in sorted(by_seed, key=lambda s: (isinstance(s, str), s))] + unseeded
+    kept = [by_seed[s] for s in sorted(by_seed, key=lambda s: (isinstance(s, tuple), isinstance(s, str), str(s)))]
+    kept += unseeded
 
     cells: dict[str, Stat] = {}
     for col in SECTION_BY_KEY[section].columns:
