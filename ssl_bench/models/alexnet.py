@@ -88,12 +88,16 @@ class AlexNet(nn.Module):
     def out_channels(self) -> int:
         return self.fc_channels
 
-    def forward_features(self, x: Tensor, layers: Sequence[str] = CONV_LAYERS) -> dict[str, Tensor]:
+    def forward_features(self, x: Tensor, layers: Sequence[str] = CONV_LAYERS,
+                         conv1_residual: Tensor | None = None) -> dict[str, Tensor]:
         """Named post-ReLU activations. Stops after the deepest requested layer.
 
         Args:
             x: N x in_channels x H x W.
             layers: any of conv1..conv5, fc6, fc7.
+            conv1_residual: optional N x widths[0] x h1 x w1 (conv1's output size) added to conv1's
+                pre-activation, before its batch norm and ReLU: the "color" fine-tuning mode sums a
+                second conv1 branch on ab with conv1(L) there (see ssl_bench.models.transfer).
         Returns:
             dict layer -> N x C x h x w.
         """
@@ -104,7 +108,13 @@ class AlexNet(nn.Module):
         out: dict[str, Tensor] = {}
         pools = {"conv1": self.pool1, "conv2": self.pool2, "conv5": self.pool5}
         for name in LAYERS[: last + 1]:
-            x = getattr(self, name)(x)
+            block = getattr(self, name)
+            if name == "conv1" and conv1_residual is not None:
+                # Explicit conv -> (+ residual) -> BN/Identity -> ReLU, so the sum happens before
+                # the normalisation and the non-linearity, as in the authors' colour variant.
+                x = block[2](block[1](block[0](x) + conv1_residual))
+            else:
+                x = block(x)
             if name in layers:
                 out[name] = x
             if name in pools:

@@ -1,0 +1,484 @@
+"""Weight preparation for PASCAL VOC fine-tuning (method reference 1.6).
+
+After pretraining, the authors (1) absorb batch norm into the convolution weights, (2) rescale the
+weights with Krähenbühl et al.'s per-unit method (no k-means, no calibration), and (3) for detection
+turn fc6/fc7 back into fully connected layers. Two transfer modes exist for a colorization (L) trunk:
+
+- "gray" ("Ours (gray)"): fine-tune on L only; the trunk as it is.
+- "color" ("Ours (color)"): a second conv1 branch reads ab (scaled by ``AB_SCALE``), its filters
+  initialised to zero and learned; its output is summed with conv1(L) before the ReLU
+  (`ColorInputTrunk`).
+
+RGB trunks (other pretexts) transfer in mode "rgb". The prepared module's ``input_space`` says how
+to feed uint8 images: ``trunk_input(images, module.input_space)`` ("L", "rgb" or "lab").
+
+Command line (wired as ``ssl-bench prepare-weights``)::
+
+    ssl-bench prepare-weights CHECKPOINT --out PATH [--mode auto|gray|color|rgb] [--no-absorb]
+                              [--rescale-data DIR [--rescale-images 64] [--size 227]]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ssl_bench.models.alexnet import CONV_LAYERS, LAYERS, AlexNet
+from ssl_bench.models.checkpoint import CheckpointMismatchError, check_state_dict, read_checkpoint
+from ssl_bench.models.init import rescale_units
+
+__all__ = [
+    "AB_SCALE", "MODES", "PREPARED_KEY", "ColorInputTrunk", "absorb_batch_norm", "fc_layers",
+    "load_prepared", "load_suite_trunk", "prepare_for_transfer", "prepare_weights_main",
+    "prepared_mode", "rescale_for_transfer", "save_prepared",
+]
+
+# The authors' scale of the ab input of the colour branch (method reference 1.6).
+AB_SCALE = 0.693
+MODES: tuple[str, ...] = ("auto", "gray", "color", "rgb")
+# Top-level key of a prepared-weights file (distinct from a suite checkpoint's "ssl_bench" so that
+# the two kinds of file are never mistaken for each other).
+PREPARED_KEY = "ssl_bench_prepared"
+PREPARED_FORMAT = 1
+# The authors fine-tune on 227 x 227 crops; the rescaling statistics are measured at that size.
+DEFAULT_RESCALE_SIZE = 227
+
+
+# --------------------------------------------------------------------------- batch norm absorption
+
+
+@torch.no_grad()
+def absorb_batch_norm(trunk: AlexNet) -> AlexNet:
+    """A new AlexNet without batch norm whose convolutions fold in ``trunk``'s BN running statistics.
+
+    Each block is conv -> BN(affine=False) -> ReLU. In eval mode BN computes
+    ``y = (W x + b - mean) / s`` with ``s = sqrt(running_var + eps)``, per output channel, so
+    ``W' = W / s`` and ``b' = (b - mean) / s`` give the same pre-activation with no BN. The result
+    equals ``trunk`` in eval mode (train-mode batch statistics are not a fixed function and cannot
+    be folded). The arithmetic runs in float64 and is cast back, so the folded net agrees to
+    float rounding.
+
+    Args:
+        trunk: an AlexNet (any mode; its running statistics are used). Not modified.
+    Returns:
+        a new AlexNet with ``config["batch_norm"] = False`` and otherwise the same config, on the
+        same device / dtype, in ``trunk``'s training mode. A trunk already without BN is copied.
+    """
+    if not isinstance(trunk, AlexNet):
+        raise TypeError(f"absorb_batch_norm expects an AlexNet trunk, got {type(trunk).__name__}")
+    if not trunk.config.get("batch_norm", True):
+        return copy.deepcopy(trunk)
+    with torch.random.fork_rng(devices=[]):  # the fresh init is overwritten: keep the caller's RNG
+        absorbed = AlexNet(**{**trunk.config, "batch_norm": False})
+    ref = trunk.conv1[0].weight
+    absorbed.to(device=ref.device, dtype=ref.dtype)
+    for name in LAYERS:
+        conv, bn = getattr(trunk, name)[0], getattr(trunk, name)[1]
+        new_conv = getattr(absorbed, name)[0]
+        weight, bias = conv.weight.double(), conv.bias.double()
+        if isinstance(bn, _BatchNorm):
+            if bn.running_mean is None or bn.running_var is None:
+                raise ValueError(f"{name}: batch norm without running statistics "
+                                 "(track_running_stats=False) cannot be absorbed")
+            if bn.affine:  # not the suite's layout, but folding the affine part is one more line
+                gamma, beta = bn.weight.double(), bn.bias.double()
+            else:
+                gamma, beta = torch.ones_like(bias), torch.zeros_like(bias)
+            scale = gamma / torch.sqrt(bn.running_var.double() + bn.eps)
+            weight = weight * scale.view(-1, 1, 1, 1)
+            bias = (bias - bn.running_mean.double()) * scale + beta
+        new_conv.weight.copy_(weight.to(new_conv.weight.dtype))
+        new_conv.bias.copy_(bias.to(new_conv.bias.dtype))
+    absorbed.train(trunk.training)
+    return absorbed
+
+
+def _has_batch_norm(module: nn.Module) -> bool:
+    return any(isinstance(m, _BatchNorm) for m in module.modules())
+
+
+# ------------------------------------------------------------------------------------ rescaling
+
+
+def rescale_for_transfer(trunk: nn.Module, images: Tensor) -> dict[str, tuple[float, float]]:
+    """Krähenbühl's per-unit rescaling (beta = 0) of ``trunk``'s weights on ``images``, in place.
+
+    This is `ssl_bench.models.init.rescale_units` — no k-means (the pretrained filters are kept)
+    and no layer calibration: every Conv2d's pre-activation output gets zero mean and unit variance
+    per channel on ``images``, layer by layer. Meant for an absorbed (BN-free) trunk, where it
+    actually changes the function; with BN still present the BN running stats are reset instead.
+
+    Args:
+        trunk: an AlexNet, or a `ColorInputTrunk` (its wrapped L trunk is rescaled; the zero
+            colour branch is left alone so that it still starts as a no-op).
+        images: network input for the trunk before any colour branch: N x 1 x H x W (L - 50) or
+            N x 3 x H x W (normalised RGB). For a ColorInputTrunk, N x 3 (L - 50, a, b) is also
+            accepted and its first channel used.
+    Returns:
+        layer name -> (mean, std) of the units before rescaling (averaged over units).
+    """
+    if isinstance(trunk, ColorInputTrunk):
+        if images.dim() == 4 and images.shape[1] == 3:
+            images = images[:, :1]
+        trunk = trunk.trunk
+    channels = getattr(trunk, "in_channels", None)
+    if images.dim() != 4 or (channels is not None and images.shape[1] != channels):
+        raise ValueError(f"rescaling images: expected N x {channels} x H x W network input for a "
+                         f"{getattr(trunk, 'input_space', '?')!r} trunk, got {tuple(images.shape)}")
+    if images.shape[0] < 1:
+        raise ValueError("rescaling images: need at least one image")
+    return rescale_units(trunk, images)
+
+
+# ------------------------------------------------------------------------------------ fc layers
+
+
+@torch.no_grad()
+def fc_layers(trunk: nn.Module) -> tuple[nn.Linear, nn.Linear]:
+    """fc6 and fc7 as fully connected layers, for a detector's box head on RoI-pooled features.
+
+    fc6 is a k x k convolution (k = ``fc6_kernel``) on the pool5 map; as an FC layer it reads an
+    RoI-pooled C x k x k feature flattened in (C, k, k) order (``roi.flatten(1)``): weight
+    (out, C, k, k) -> (out, C*k*k). fc7 is 1 x 1: weight (out, in, 1, 1) -> (out, in). Each is
+    followed by a ReLU in the trunk (batch norm having been absorbed).
+
+    The authors' fc6 is 6 x 6 with dilation 2 because their colorization net keeps pool5 at stride
+    1 (a dense, "a trous" fc6 on a finer map). That dilation is dropped here: the FC layer reads a
+    contiguous k x k RoI grid, as the authors did when turning fc6 back into an FC layer for Fast
+    R-CNN — i.e. ``Linear(fc6)(roi.flatten(1)) == conv2d(roi, W6, dilation=1, padding=0)``.
+
+    Args:
+        trunk: an absorbed (BN-free) AlexNet, or a ColorInputTrunk around one.
+    Returns:
+        (fc6, fc7) new ``nn.Linear`` modules with copied weights and biases (same device / dtype).
+    Raises:
+        ValueError: the trunk still has batch norm (a Linear cannot carry it; absorb it first).
+    """
+    base = trunk.trunk if isinstance(trunk, ColorInputTrunk) else trunk
+    if _has_batch_norm(base):
+        raise ValueError("fc_layers: the trunk still has batch norm after fc6/fc7; absorb it first "
+                         "(absorb_batch_norm / prepare_for_transfer with absorb_bn=True)")
+    layers = []
+    for name in ("fc6", "fc7"):
+        conv: nn.Conv2d = getattr(base, name)[0]
+        out_c, in_c, kh, kw = conv.weight.shape
+        if conv.groups != 1:
+            raise ValueError(f"fc_layers: {name} is a grouped convolution; cannot flatten it")
+        fc = nn.Linear(in_c * kh * kw, out_c, bias=True, device=conv.weight.device, dtype=conv.weight.dtype)
+        fc.weight.copy_(conv.weight.reshape(out_c, in_c * kh * kw))
+        fc.bias.copy_(conv.bias)
+        layers.append(fc)
+    return layers[0], layers[1]
+
+
+# ------------------------------------------------------------------------------------ colour mode
+
+
+class ColorInputTrunk(nn.Module):
+    """An L trunk plus a learned conv1 branch on ab: "Ours (color)" fine-tuning.
+
+    conv1's pre-activation becomes ``conv1(L) + conv1_ab(AB_SCALE * ab)`` (then BN if any, then
+    ReLU). ``conv1_ab`` has conv1's kernel, stride and padding and starts at zero (weights and
+    bias), so at step 0 the network is exactly the L trunk; gradients reach it through the sum, so
+    it learns from the first step.
+
+    Input: N x 3 x H x W = (L - 50, a, b), i.e. ``trunk_input(images, "lab")``.
+
+    Attributes: ``trunk`` (the wrapped AlexNet, whose layers conv1..fc7 are reachable there),
+    ``conv1_ab``, ``input_space = "lab"``, ``in_channels = 3``, ``widths``, ``fc_channels``,
+    ``out_channels``, ``config`` (the wrapped trunk's config plus ``{"color_branch": True}``).
+    """
+
+    input_space = "lab"
+    in_channels = 3
+
+    def __init__(self, trunk: AlexNet) -> None:
+        super().__init__()
+        if isinstance(trunk, ColorInputTrunk):
+            raise ValueError("ColorInputTrunk: the trunk already has a colour branch")
+        if getattr(trunk, "input_space", None) != "L" or getattr(trunk, "in_channels", None) != 1:
+            raise ValueError(f"ColorInputTrunk wraps an L trunk (1 input channel); this trunk reads "
+                             f"{getattr(trunk, 'input_space', '?')!r} with {getattr(trunk, 'in_channels', '?')} "
+                             "channel(s)")
+        self.trunk = trunk
+        conv1: nn.Conv2d = trunk.conv1[0]
+        self.conv1_ab = nn.Conv2d(2, conv1.out_channels, conv1.kernel_size, conv1.stride, conv1.padding,
+                                  conv1.dilation, bias=True, device=conv1.weight.device,
+                                  dtype=conv1.weight.dtype)
+        # Zero start: the fine-tuned net begins as the pretrained L net, the ab filters are learned.
+        nn.init.zeros_(self.conv1_ab.weight)
+        nn.init.zeros_(self.conv1_ab.bias)
+        self.widths = tuple(trunk.widths)
+        self.fc_channels = trunk.fc_channels
+        self.config = {**trunk.config, "color_branch": True}
+
+    @property
+    def out_channels(self) -> int:
+        return self.trunk.out_channels
+
+    def forward_features(self, x: Tensor, layers: Sequence[str] = CONV_LAYERS) -> dict[str, Tensor]:
+        """Named post-ReLU activations, as `AlexNet.forward_features`.
+
+        Args:
+            x: N x 3 x H x W, (L - 50, a, b).
+            layers: any of conv1..conv5, fc6, fc7.
+        Returns:
+            dict layer -> N x C x h x w.
+        """
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"ColorInputTrunk expects N x 3 x H x W (L-50, a, b) input, got {tuple(x.shape)}")
+        residual = self.conv1_ab(x[:, 1:] * AB_SCALE)
+        return self.trunk.forward_features(x[:, :1], layers, conv1_residual=residual)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """N x 3 x H x W -> fc7 map N x fc_channels x h x w."""
+        return self.forward_features(x, ("fc7",))["fc7"]
+
+
+# ------------------------------------------------------------------------------------ preparation
+
+
+def prepared_mode(trunk: nn.Module) -> str:
+    """The transfer mode a prepared module implements: "color", "gray" or "rgb"."""
+    if isinstance(trunk, ColorInputTrunk):
+        return "color"
+    return "gray" if getattr(trunk, "input_space", None) == "L" else "rgb"
+
+
+def _resolve_mode(trunk: nn.Module, mode: str) -> str:
+    """Check ``mode`` against the trunk's input space; "auto" -> "gray" (L) or "rgb" (RGB)."""
+    if mode not in MODES:
+        raise ValueError(f"finetune.mode: expected one of {list(MODES)}, got {mode!r}")
+    space = getattr(trunk, "input_space", None)
+    if space not in ("L", "rgb"):
+        raise ValueError(f"finetune.mode={mode!r}: the trunk's input space is {space!r}; expected an "
+                         "'L' or 'rgb' trunk (prepare a trunk only once)")
+    if mode == "auto":
+        return "gray" if space == "L" else "rgb"
+    needed = "rgb" if mode == "rgb" else "L"
+    if space != needed:
+        hint = "use finetune.mode=rgb (or auto)" if space == "rgb" else "use finetune.mode=gray or color (or auto)"
+        raise ValueError(f"finetune.mode={mode!r} needs a trunk with input space {needed!r}, but this trunk "
+                         f"has input space {space!r}; {hint}")
+    return mode
+
+
+def prepare_for_transfer(trunk: AlexNet, mode: str = "auto", absorb_bn: bool = True,
+                         rescale_images: Tensor | None = None) -> nn.Module:
+    """The module to fine-tune on VOC, following the authors' recipe. ``trunk`` is not modified.
+
+    Steps: check ``mode`` against the trunk's input space; absorb batch norm (``absorb_bn``); with
+    ``rescale_images``, Krähenbühl-rescale the weights on them; for "color", wrap in
+    `ColorInputTrunk` (after rescaling, so the zero branch stays zero).
+
+    Args:
+        trunk: a pretrained AlexNet ("L" or "rgb" input space).
+        mode: "auto" (gray for L trunks, rgb for RGB trunks), "gray", "color" (L trunks) or "rgb".
+        absorb_bn: fold batch norm into the convolutions (else a copy keeps its BN).
+        rescale_images: network input for the trunk *before* the colour branch — N x 1 x H x W
+            (L - 50) for L trunks, N x 3 x H x W (normalised RGB) for RGB trunks.
+    Returns:
+        the prepared module, in eval mode; feed it ``trunk_input(images, module.input_space)``.
+    Raises:
+        ValueError: a mode the trunk's input space cannot serve (message names finetune.mode).
+    """
+    resolved = _resolve_mode(trunk, mode)
+    prepared = absorb_batch_norm(trunk) if absorb_bn else copy.deepcopy(trunk)
+    if rescale_images is not None:
+        rescale_for_transfer(prepared, rescale_images)
+    module: nn.Module = ColorInputTrunk(prepared) if resolved == "color" else prepared
+    return module.eval()
+
+
+# --------------------------------------------------------------------------------- files
+
+
+def load_suite_trunk(checkpoint: str | Path) -> tuple[AlexNet, dict[str, Any]]:
+    """Rebuild the pretrained trunk of a suite checkpoint (``ckpt["ssl_bench"]["trunk"]`` holds the
+    constructor arguments, the state dict's ``trunk.`` keys its weights).
+
+    Returns:
+        (trunk in eval mode, {"method", "pretext", "variant", "input_space", "source", "trunk"}).
+    Raises:
+        FileNotFoundError, CheckpointMismatchError: missing, unreadable or non-suite files, or
+            weights that do not fit the recorded architecture.
+    """
+    ckpt = read_checkpoint(checkpoint)
+    meta = ckpt.get("ssl_bench")
+    if not isinstance(meta, dict) or "trunk" not in meta:
+        hint = " (it is a prepared-weights file: use load_prepared)" if PREPARED_KEY in ckpt else ""
+        raise CheckpointMismatchError(f"checkpoint {checkpoint} was not written by ssl_bench "
+                                      f"(no 'ssl_bench' entry with the trunk's configuration){hint}")
+    try:
+        trunk = AlexNet(**meta["trunk"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointMismatchError(f"checkpoint {checkpoint}: cannot rebuild the trunk from its "
+                                      f"recorded configuration {meta['trunk']}: {e}") from e
+    state = ckpt.get("state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointMismatchError(f"checkpoint {checkpoint} has no state_dict")
+    weights = {k[len("trunk."):]: v for k, v in state.items() if k.startswith("trunk.")}
+    if not weights:
+        raise CheckpointMismatchError(f"checkpoint {checkpoint} has no trunk weights ('trunk.*' keys)")
+    check_state_dict(trunk, weights, str(checkpoint))
+    trunk.load_state_dict(weights)
+    pretext = meta.get("pretext", "unknown")
+    method = f"{pretext}/{meta['variant']}" if meta.get("variant") else pretext
+    return trunk.eval(), {"method": method, "pretext": pretext, "variant": meta.get("variant"),
+                          "input_space": meta.get("input_space", trunk.input_space),
+                          "source": str(checkpoint), "trunk": meta["trunk"]}
+
+
+def save_prepared(trunk: nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Write a prepared module atomically (temporary file + ``os.replace``): no partial file is
+    ever left at ``path``, even if the process dies mid-write.
+
+    Stored: ``{"state_dict", PREPARED_KEY: {"format", "config", "mode", "input_space", "meta"}}``.
+    """
+    if not isinstance(trunk, (AlexNet, ColorInputTrunk)):
+        raise TypeError(f"save_prepared: expected an AlexNet or ColorInputTrunk, got {type(trunk).__name__}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "state_dict": {k: v.detach().cpu() for k, v in trunk.state_dict().items()},
+        PREPARED_KEY: {"format": PREPARED_FORMAT, "config": dict(trunk.config), "mode": prepared_mode(trunk),
+                       "input_space": trunk.input_space, "meta": dict(meta or {})},
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_prepared(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a module written by `save_prepared`.
+
+    Returns:
+        (module in eval mode, {"mode", "input_space", "config", "meta"}).
+    Raises:
+        FileNotFoundError, CheckpointMismatchError.
+    """
+    ckpt = read_checkpoint(path)
+    record = ckpt.get(PREPARED_KEY)
+    if not isinstance(record, dict) or "config" not in record:
+        hint = " (it is a suite checkpoint: use load_suite_trunk / prepare-weights)" if "ssl_bench" in ckpt else ""
+        raise CheckpointMismatchError(f"{path} is not a prepared-weights file (no '{PREPARED_KEY}' entry){hint}")
+    config = dict(record["config"])
+    color = bool(config.pop("color_branch", False))
+    try:
+        module: nn.Module = AlexNet(**config)
+    except (TypeError, ValueError) as e:
+        raise CheckpointMismatchError(f"{path}: cannot rebuild the trunk from {record['config']}: {e}") from e
+    if color:
+        module = ColorInputTrunk(module)
+    check_state_dict(module, ckpt.get("state_dict", {}), str(path))
+    module.load_state_dict(ckpt["state_dict"])
+    return module.eval(), {"mode": record.get("mode", prepared_mode(module)),
+                           "input_space": record.get("input_space", module.input_space),
+                           "config": record["config"], "meta": record.get("meta", {})}
+
+
+# --------------------------------------------------------------------------------- command line
+
+
+def rescale_batch(root: Path, count: int, size: int, space: str) -> Tensor:
+    """Network input for measuring rescaling statistics: ``count`` images of folder ``root``
+    (spread evenly over the sorted list, so an ImageFolder tree contributes from every class),
+    resized (shorter side) and centre-cropped to ``size``, then ``trunk_input(..., space)``.
+
+    Returns:
+        N x C x size x size float tensor (N <= count; unreadable files are skipped).
+    """
+    from ssl_bench.data.images import DECODE_ERRORS, DataLayoutError, decode_rgb, eval_transform, list_images
+    from ssl_bench.models.inputs import trunk_input
+
+    if not root.is_dir():
+        raise DataLayoutError(f"--rescale-data={root} does not exist; expected a folder of images")
+    paths = list_images(root)
+    if not paths:
+        raise DataLayoutError(f"--rescale-data={root} holds no images")
+    if count >= len(paths):
+        chosen = paths
+    else:
+        chosen = [paths[i * len(paths) // count] for i in range(count)]
+    transform = eval_transform(size, size)
+    images = []
+    for p in chosen:
+        try:
+            images.append(transform(decode_rgb(p)))
+        except DECODE_ERRORS:
+            continue
+    if not images:
+        raise DataLayoutError(f"--rescale-data={root}: none of the {len(chosen)} chosen images could be decoded")
+    return trunk_input(torch.stack(images), space)
+
+
+def prepare_weights_main(argv: Sequence[str]) -> int:
+    """``ssl-bench prepare-weights``: suite checkpoint -> prepared fine-tuning weights. Returns the
+    exit code (0 ok, 2 user error with a one-line message on stderr)."""
+    from ssl_bench.data.images import DataLayoutError
+
+    p = argparse.ArgumentParser(
+        prog="ssl-bench prepare-weights",
+        description="Prepare a pretrained trunk for PASCAL VOC fine-tuning: absorb batch norm, "
+                    "Krähenbühl-rescale, and set up the gray / color / rgb input mode.")
+    p.add_argument("checkpoint", help="suite checkpoint (e.g. outputs/.../checkpoints/last.ckpt)")
+    p.add_argument("--out", required=True, help="where to write the prepared weights")
+    p.add_argument("--mode", choices=MODES, default="auto",
+                   help="auto: gray for L trunks, rgb for RGB trunks; color adds the ab conv1 branch")
+    p.add_argument("--no-absorb", action="store_true", help="keep batch norm (no folding)")
+    p.add_argument("--rescale-data", type=Path, default=None,
+                   help="image folder on which to measure the Krähenbühl rescaling (none: no rescaling)")
+    p.add_argument("--rescale-images", type=int, default=None,
+                   help="number of images used for rescaling (default 64)")
+    p.add_argument("--size", type=int, default=None,
+                   help=f"rescaling crop size (default {DEFAULT_RESCALE_SIZE}, the fine-tuning crop)")
+    try:
+        a = p.parse_args(list(argv))
+    except SystemExit as e:  # usage errors (2) and --help (0) as a return code, like other commands
+        return int(e.code or 0)
+
+    def fail(msg: Any) -> int:
+        print(f"ssl-bench: error: {msg}", file=sys.stderr)
+        return 2
+
+    if a.rescale_data is None and (a.rescale_images is not None or a.size is not None):
+        return fail("--rescale-images / --size need --rescale-data DIR")
+    count = 64 if a.rescale_images is None else a.rescale_images
+    size = DEFAULT_RESCALE_SIZE if a.size is None else a.size
+    if count < 1 or size < 1:
+        return fail("--rescale-images and --size must be positive")
+    out = Path(a.out)
+    if out.resolve() == Path(a.checkpoint).resolve():
+        return fail(f"--out {out} is the input checkpoint; choose another path")
+    try:
+        trunk, info = load_suite_trunk(a.checkpoint)
+        _resolve_mode(trunk, a.mode)  # fail before reading any rescaling images
+        images = rescale_batch(a.rescale_data, count, size, trunk.input_space) if a.rescale_data else None
+        prepared = prepare_for_transfer(trunk, a.mode, absorb_bn=not a.no_absorb, rescale_images=images)
+        meta = {"source": info["source"], "method": info["method"], "absorbed_bn": not a.no_absorb,
+                "rescale_data": str(a.rescale_data) if images is not None else None,
+                "rescale_images": int(images.shape[0]) if images is not None else 0,
+                "rescale_size": size if images is not None else None}
+        save_prepared(prepared, out, meta)
+    except (CheckpointMismatchError, DataLayoutError, FileNotFoundError, ValueError) as e:
+        return fail(e)
+    mode = prepared_mode(prepared)
+    steps = ["batch norm absorbed" if not a.no_absorb else "batch norm kept",
+             f"rescaled on {meta['rescale_images']} images" if images is not None else "not rescaled"]
+    print(f"ssl-bench: {info['method']} prepared for fine-tuning (mode {mode}, input {prepared.input_space}, "
+          f"{', '.join(steps)}) -> {out}")
+    return 0
