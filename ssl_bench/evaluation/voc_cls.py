@@ -1,0 +1,392 @@
+"""PASCAL VOC2007 multi-label classification fine-tuning (Split-Brain / Colorization Table 4 "Cls").
+
+Protocol
+--------
+* Data (:class:`VOCClassificationData`): the image-level label matrix of ``ssl_bench.data.voc``
+  (1 present, 0 "difficult" only, -1 absent).  Training: resize the short side to ``load_size``,
+  then a random scale + aspect crop (``RandomResizedCrop``: ``scale_range`` of the area, aspect ratio
+  in [3/4, 4/3]) resized to ``crop_size``, then a random horizontal mirror.  Test: resize the short
+  side to ``load_size`` and take torchvision's ``TenCrop(crop_size)`` (4 corners + centre, and their
+  mirrors), stacked as a 10 x 3 x crop x crop uint8 tensor per image.
+* Model (:class:`VOCClassificationTask`): the trunk up to fc7, the fc7 map averaged over space (this
+  trunk's fc6/fc7 are convolutions, so on a 227 crop fc7 is a small map, not a vector), and a new
+  linear fc8 with 20 outputs.  ``train_from="fc6"``: only fc6, fc7 and fc8 learn; conv1..conv5 (and a
+  colour wrapper's ``conv1_ab``) are frozen -- no gradient, never in the optimiser, and kept in eval
+  mode at every training step so any batch-norm running statistics never move either.
+  ``train_from="conv1"``: every layer learns.
+* Loss: sigmoid cross-entropy per (image, class), target 1 for label 1 and 0 for label -1; entries
+  with label 0 (difficult) are ignored; the mean is over the non-ignored entries.
+* Test: the logits of the 10 crops of an image are averaged (sigmoid-free logits, not
+  probabilities; AP only uses the ranking, and the mean logit is the usual Caffe-style 10-crop
+  score).  mAP is reported both as the VOC2007 devkit's 11-point AP (``.../mAP``, the number of the
+  papers' tables) and as the area under the interpolated precision-recall curve
+  (``.../mAP_area``), in percent, with ``ssl_bench.evaluation.metrics.mean_average_precision``
+  (difficult entries ignored, as in the devkit).
+
+Under DDP the per-image scores and labels of all ranks are gathered before computing AP.  Note that a
+``DistributedSampler`` pads the test set with repeated images so every rank gets the same number;
+those duplicates are scored twice and slightly change AP.  Evaluate on one device (or with a test
+set whose size divides evenly) for the exact number; the tests are single-process.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any, Callable
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2 as T
+
+from ssl_bench.data.images import SkipCounter
+from ssl_bench.data.voc import VOC_CLASSES, VOCClassification, collate_voc, read_image_set, voc_root
+from ssl_bench.evaluation.metrics import mean_average_precision
+from ssl_bench.models.inputs import trunk_input
+from ssl_bench.pretext import common
+
+__all__ = ["TRAIN_FROM", "VOCClassificationData", "VOCClassificationTask", "layer_parameters",
+           "layer_modules", "masked_bce_loss", "ten_crop_transform", "voc_train_transform"]
+
+TRAIN_FROM: tuple[str, ...] = ("fc6", "conv1")
+TRUNK_LAYERS: tuple[str, ...] = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
+FROZEN_FOR_FC6: tuple[str, ...] = TRUNK_LAYERS[:5]
+# Extra modules of a colour wrapper and the trunk layer they belong with.
+_ALIASES = {"conv1_ab": "conv1"}
+
+
+# ------------------------------------------------------------------------------------ data
+
+def voc_train_transform(crop_size: int = 227, load_size: int | None = 256,
+                        scale_range: tuple[float, float] = (0.5, 1.0)) -> T.Compose:
+    """uint8 3 x H x W -> uint8 3 x crop x crop: resize the short side to ``load_size`` (None = keep),
+    random crop of ``scale_range`` of the area (aspect 3/4..4/3) resized to ``crop_size``, mirror."""
+    steps: list[Any] = [T.Resize(load_size, antialias=True)] if load_size else []
+    steps += [T.RandomResizedCrop(crop_size, scale=tuple(scale_range), ratio=(3 / 4, 4 / 3), antialias=True),
+              T.RandomHorizontalFlip()]
+    return T.Compose(steps)
+
+
+class _StackCrops(nn.Module):
+    def forward(self, crops: Sequence[Tensor]) -> Tensor:
+        return torch.stack(list(crops))
+
+
+def ten_crop_transform(crop_size: int = 227, load_size: int | None = 256) -> T.Compose:
+    """uint8 3 x H x W -> uint8 10 x 3 x crop x crop: resize the short side to ``load_size``, then
+    torchvision's TenCrop (top-left, top-right, bottom-left, bottom-right, centre, then the same five of
+    the mirrored image)."""
+    steps: list[Any] = [T.Resize(load_size, antialias=True)] if load_size else []
+    steps += [T.TenCrop(crop_size), _StackCrops()]
+    return T.Compose(steps)
+
+
+class VOCClassificationData(pl.LightningDataModule):
+    """VOC image-level labels with the fine-tuning augmentation and the 10-crop test.
+
+    Batches are ``collate_voc`` dicts: ``{"image": uint8 B x 3 x crop x crop (train) or
+    B x 10 x 3 x crop x crop (test), "label": int8 B x 20 in {1, 0, -1}, "skipped": [paths]}``;
+    unreadable images are left out of the batch and listed under "skipped" (counted by the task).
+
+    Args:
+        root: the folder holding ``VOCdevkit``, the ``VOCdevkit`` folder, or ``VOC<year>`` itself.
+        year, train_split, test_split: which ``ImageSets/Main/<split>.txt`` to use.
+        load_size: short side before cropping (train and test); crop_size: network input side.
+        scale_range: area fraction of the random training crop.
+        batch_size / test_batch_size: images per batch (a test image is 10 crops).
+
+    A missing VOC<year> tree or split file raises FileNotFoundError naming the path at construction;
+    an image set naming a missing image or annotation raises it (naming the file) in ``setup``.
+    """
+
+    def __init__(self, root: str, year: str = "2007", train_split: str = "trainval", test_split: str = "test",
+                 load_size: int = 256, crop_size: int = 227, scale_range: tuple[float, float] = (0.5, 1.0),
+                 batch_size: int = 32, test_batch_size: int = 8, num_workers: int = 2) -> None:
+        super().__init__()
+        if load_size and crop_size > load_size:
+            raise ValueError(f"finetune.crop_size={crop_size} is larger than finetune.load_size={load_size}")
+        lo, hi = (float(s) for s in scale_range)
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"finetune.scale_range: expected 0 < min <= max <= 1, got {tuple(scale_range)}")
+        self.year = str(year)
+        self.root = voc_root(root, self.year)                 # FileNotFoundError naming the path
+        if re.fullmatch(r"VOC\d{4}", self.root.name) and self.root.name != f"VOC{self.year}":
+            # voc_root accepts any folder with the devkit layout when given it directly
+            raise FileNotFoundError(f"{self.root}: is {self.root.name}, not VOC{self.year} "
+                                    f"(finetune year={self.year!r}); pass the VOC{self.year} folder")
+        self.train_split, self.test_split = train_split, test_split
+        for split in (train_split, test_split):
+            read_image_set(self.root, self.year, split)       # FileNotFoundError naming the split file
+        self.load_size, self.crop_size, self.scale_range = load_size, crop_size, (lo, hi)
+        self.batch_size, self.test_batch_size, self.num_workers = batch_size, test_batch_size, num_workers
+        self.train_transform = voc_train_transform(crop_size, load_size, (lo, hi))
+        self.test_transform = ten_crop_transform(crop_size, load_size)
+        self.train_set: VOCClassification | None = None
+        self.test_set: VOCClassification | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = VOCClassification(self.root, self.year, self.train_split, self.train_transform)
+        if stage in (None, "test") and self.test_set is None:
+            self.test_set = VOCClassification(self.root, self.year, self.test_split, self.test_transform)
+
+    def _loader(self, dataset: VOCClassification | None, batch_size: int, shuffle: bool) -> DataLoader:
+        assert dataset is not None, "call setup() first"
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          collate_fn=collate_voc, persistent_workers=self.num_workers > 0,
+                          pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.test_batch_size, shuffle=False)
+
+
+# ------------------------------------------------------------------------------------ trunk layers
+
+def _layer_of(name: str) -> str | None:
+    """The trunk layer a parameter / module path belongs to: leading wrapper components named
+    "trunk" are skipped, then the first component must be conv1..fc7 (or an alias such as conv1_ab)."""
+    parts = name.split(".")
+    i = 0
+    while i < len(parts) and parts[i] == "trunk" and parts[i] not in TRUNK_LAYERS:
+        i += 1
+    if i >= len(parts):
+        return None
+    head = parts[i]
+    return head if head in TRUNK_LAYERS else _ALIASES.get(head)
+
+
+def layer_parameters(trunk: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    """{layer: [(name, parameter)]} for conv1..fc7, found by name prefix, directly on the trunk or on a
+    wrapper's ``.trunk`` (``conv1_ab`` of a colour wrapper goes with conv1).  ValueError when the trunk
+    has parameters outside these layers (their role in fine-tuning would be a guess)."""
+    groups: dict[str, list[tuple[str, nn.Parameter]]] = {k: [] for k in TRUNK_LAYERS}
+    unknown = []
+    for name, p in trunk.named_parameters():
+        layer = _layer_of(name)
+        if layer is None:
+            unknown.append(name)
+        else:
+            groups[layer].append((name, p))
+    if unknown:
+        raise ValueError(f"finetune: trunk parameters outside conv1..fc7 (and conv1_ab): {unknown[:5]}; "
+                         "cannot tell whether they are frozen with train_from=fc6")
+    missing = [k for k, v in groups.items() if not v]
+    if missing:
+        raise ValueError(f"finetune: the trunk has no parameters for layer(s) {missing}; expected modules "
+                         "named conv1..conv5, fc6, fc7 on the trunk or on trunk.trunk")
+    return groups
+
+
+def layer_modules(trunk: nn.Module, layers: Iterable[str]) -> list[nn.Module]:
+    """The top-level modules of the given layers (and their aliases), by name prefix."""
+    wanted = set(layers)
+    out = []
+    for name, m in trunk.named_modules():
+        parts = name.split(".") if name else []
+        # only the module that *is* the layer (its children follow it in eval()/train() anyway)
+        if parts and _layer_of(name) in wanted and all(p == "trunk" for p in parts[:-1]):
+            out.append(m)
+    return out
+
+
+# ------------------------------------------------------------------------------------ loss
+
+def masked_bce_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Sigmoid cross-entropy over labels in {1, 0, -1}: targets 1 / 0 for labels 1 / -1, entries with
+    label 0 (difficult) ignored; mean over the kept entries (0 when none is kept, still differentiable)."""
+    keep = labels != 0
+    targets = (labels > 0).to(logits.dtype)
+    per = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    per = torch.where(keep, per, torch.zeros_like(per))
+    return per.sum() / keep.sum().clamp_min(1)
+
+
+# ------------------------------------------------------------------------------------ task
+
+class VOCClassificationTask(pl.LightningModule):
+    """Fine-tune a trunk + new fc8 on VOC multi-label classification; 10-crop test mAP.
+
+    Args:
+        trunk: prepared trunk exposing ``forward_features(x, layers)``, ``input_space`` ("L", "rgb" or
+            "lab") and ``out_channels``; modules conv1..conv5, fc6, fc7 on it or on ``trunk.trunk``.
+        optimizer, scheduler: partial factories (``ssl_bench.pretext.common.configure_optimizers``);
+            the optimiser receives the trainable parameters only.
+        train_from: "fc6" (fc6, fc7, fc8 learn) or "conv1" (everything learns).
+        num_classes: 20 for VOC.
+        year: for the metric names ``voc<year>/cls_<fc6|all>/...``.
+
+    ``results`` (filled by fit and test): ``<prefix>/mAP`` (11-point, %), ``<prefix>/mAP_area`` (%),
+    ``<prefix>/AP/<class>`` (11-point, %), ``<prefix>/train_images_per_s`` (wall clock over the
+    training run, data loading included, all ranks), ``<prefix>/test_images_per_s``,
+    ``<prefix>/skipped_images``.
+    """
+
+    def __init__(self, trunk: nn.Module, optimizer: Callable[..., Any], scheduler: Callable[..., Any] | None = None,
+                 train_from: str = "fc6", num_classes: int = 20, year: str = "2007") -> None:
+        super().__init__()
+        if train_from not in TRAIN_FROM:
+            raise ValueError(f"finetune.train_from: expected one of {TRAIN_FROM}, got {train_from!r}")
+        for attr in ("forward_features", "input_space", "out_channels"):
+            if not hasattr(trunk, attr):
+                raise TypeError(f"finetune: the trunk has no {attr!r}")
+        self.trunk, self.train_from, self.num_classes, self.year = trunk, train_from, int(num_classes), str(year)
+        self.input_space = trunk.input_space
+        self.prefix = f"voc{self.year}/cls_{'fc6' if train_from == 'fc6' else 'all'}"
+        self.class_names = (tuple(VOC_CLASSES) if self.num_classes == len(VOC_CLASSES)
+                            else tuple(f"class{i}" for i in range(self.num_classes)))
+        self.fc8 = nn.Linear(trunk.out_channels, self.num_classes)
+        nn.init.normal_(self.fc8.weight, std=0.01)
+        nn.init.zeros_(self.fc8.bias)
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+
+        groups = layer_parameters(trunk)
+        self.frozen_layers = FROZEN_FOR_FC6 if train_from == "fc6" else ()
+        for layer, params in groups.items():
+            for _, p in params:
+                p.requires_grad_(layer not in self.frozen_layers)
+        # Plain list, not registered as submodules (they already are, through self.trunk).
+        self._frozen_modules = layer_modules(trunk, self.frozen_layers)
+        self.skips = SkipCounter()
+        self.results: dict[str, float] = {}
+        self._scores: list[Tensor] = []
+        self._labels: list[Tensor] = []
+        self._train_images = 0
+        self._train_t0: float | None = None
+        self._test_images = 0
+        self._test_t0: float | None = None
+
+    # ---- frozen layers stay frozen
+    def train(self, mode: bool = True) -> "VOCClassificationTask":
+        super().train(mode)
+        self._freeze_modes()
+        return self
+
+    def _freeze_modes(self) -> None:
+        for m in self._frozen_modules:
+            m.eval()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # ---- forward
+    def forward(self, images: Tensor) -> Tensor:
+        """uint8 N x 3 x H x W -> logits N x num_classes (fc8 on the spatial mean of the fc7 map)."""
+        x = trunk_input(images, self.input_space)
+        fc7 = self.trunk.forward_features(x, ("fc7",))["fc7"]
+        return self.fc8(fc7.mean(dim=(2, 3)))
+
+    def crop_scores(self, images: Tensor) -> Tensor:
+        """uint8 B x K x 3 x H x W (K crops per image) -> mean logits over the crops, B x num_classes.
+        A B x 3 x H x W batch is scored as one crop per image."""
+        if images.dim() == 4:
+            return self(images)
+        b, k = images.shape[:2]
+        return self(images.flatten(0, 1)).view(b, k, -1).mean(dim=1)
+
+    # ---- training
+    def on_train_start(self) -> None:
+        self._train_images, self._train_t0 = 0, time.perf_counter()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._freeze_modes()  # belt and braces: whatever toggled the modes, frozen layers run in eval
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        images = common.batch_images(self, batch)
+        if images is None:
+            return None
+        logits = self(images)
+        loss = masked_bce_loss(logits.float(), batch["label"])
+        common.check_finite(loss, self.global_step, f"{self.prefix}/loss")
+        self._train_images += images.shape[0]
+        self.log(f"{self.prefix}/loss", loss, prog_bar=True, batch_size=images.shape[0])
+        return loss
+
+    def on_train_end(self) -> None:
+        if self._train_t0 is not None and self._train_images:
+            dt = time.perf_counter() - self._train_t0
+            world = self.trainer.world_size if self._trainer is not None else 1
+            self.results[f"{self.prefix}/train_images_per_s"] = self._train_images * world / dt
+        self.results[f"{self.prefix}/skipped_images"] = float(self.skips.count)
+
+    # ---- test
+    def on_test_epoch_start(self) -> None:
+        self._scores, self._labels = [], []
+        self._test_images, self._test_t0 = 0, time.perf_counter()
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        images = common.batch_images(self, batch)
+        if images is None:
+            return
+        self._scores.append(self.crop_scores(images).float().detach())
+        self._labels.append(batch["label"].to(torch.int32))
+        self._test_images += images.shape[0]
+
+    def _gather_rows(self, x: Tensor) -> Tensor:
+        """Concatenate x (n_rank x ...) over DDP ranks; ranks may hold different numbers of rows."""
+        if self._trainer is None or self.trainer.world_size <= 1:
+            return x
+        n = torch.tensor([x.shape[0]], device=self.device)
+        counts = self.all_gather(n).view(-1).tolist()
+        pad = max(counts) - x.shape[0]
+        if pad:
+            x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))])
+        g = self.all_gather(x)  # world x max_n x ...
+        return torch.cat([g[r, :c] for r, c in enumerate(counts)])
+
+    def on_test_epoch_end(self) -> None:
+        dt = time.perf_counter() - (self._test_t0 or time.perf_counter())
+        empty_s = torch.empty(0, self.num_classes, device=self.device)
+        scores = torch.cat(self._scores) if self._scores else empty_s
+        labels = torch.cat(self._labels) if self._labels else empty_s.to(torch.int32)
+        scores, labels = self._gather_rows(scores), self._gather_rows(labels)
+        self._scores, self._labels = [], []
+        if scores.shape[0] == 0:
+            raise ValueError("finetune: the test set has no readable images")
+        s, lab = scores.cpu().double().numpy(), labels.cpu().numpy().astype(np.int8)
+        self.test_scores, self.test_labels = s, lab
+        metrics = self._ap_metrics(s, lab)
+        world = self.trainer.world_size if self._trainer is not None else 1
+        metrics[f"{self.prefix}/test_images_per_s"] = self._test_images * world / max(dt, 1e-9)
+        metrics[f"{self.prefix}/skipped_images"] = float(self.skips.count)
+        for k, v in metrics.items():
+            self.log(k, v)
+        self.results.update(metrics)
+
+    def _ap_metrics(self, scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """mAP both ways over the classes with a positive test image; a class without one gets nan
+        (a warning names it) -- never the case on the real VOC2007 test set."""
+        defined = np.flatnonzero((labels > 0).any(axis=0))
+        if defined.size == 0:
+            raise ValueError("finetune: no class has a positive test image; AP is undefined")
+        absent = [self.class_names[c] for c in range(labels.shape[1]) if c not in set(defined.tolist())]
+        if absent:
+            warnings.warn(f"finetune: no positive test image for class(es) {absent}: their AP is nan and "
+                          "the mAP averages the other classes", stacklevel=2)
+        names = [self.class_names[c] for c in defined]
+        out: dict[str, float] = {}
+        m07, ap07 = mean_average_precision(scores[:, defined], labels[:, defined], mode="voc07",
+                                           ignore_zero=True, class_names=names)
+        marea, _ = mean_average_precision(scores[:, defined], labels[:, defined], mode="area",
+                                          ignore_zero=True, class_names=names)
+        out[f"{self.prefix}/mAP"] = 100.0 * m07
+        out[f"{self.prefix}/mAP_area"] = 100.0 * marea
+        per = dict(zip(defined.tolist(), ap07.tolist()))
+        for c, name in enumerate(self.class_names):
+            out[f"{self.prefix}/AP/{name}"] = 100.0 * per[c] if c in per else float("nan")
+        return out
+
+    # ---- optimiser
+    def configure_optimizers(self) -> Any:
+        params = self.trainable_parameters()
+        frozen = {id(p) for m in self._frozen_modules for p in m.parameters()}
+        assert not any(id(p) in frozen for p in params), "frozen parameters must not reach the optimiser"
+        return common.configure_optimizers(params, self.optimizer_factory, self.scheduler_factory)
