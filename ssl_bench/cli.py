@@ -2,6 +2,8 @@
 
     ssl-bench pretrain [hydra overrides]        pretrain a trunk (Hydra; -m for multirun)
     ssl-bench probe [hydra overrides]           per-layer probes of a frozen trunk (checkpoint=... or init=gaussian|kraehenbuehl)
+    ssl-bench finetune task=voc_cls|voc_det|voc_seg checkpoint=... voc_root=...   PASCAL VOC transfer
+    ssl-bench prepare-weights CHECKPOINT --out PATH [--mode ...]   absorb BN, rescale, colour branch
     ssl-bench leaderboard DIR... [--out DIR]    gather results.json files into one table
     ssl-bench demo [hydra overrides]            the embedded default: synthetic data, every pretext, probes
     ssl-bench data synthetic --out DIR [...]    write the synthetic ImageFolder tree
@@ -87,6 +89,15 @@ DEMO_INITS = {"gaussian_L": ["init=gaussian"],
               "kraehenbuehl_rgb": ["init=kraehenbuehl", "backbone.input_space=rgb"]}
 
 
+def _finetune_task(cfg: Any) -> Any:
+    from ssl_bench.finetune import finetune
+    record = finetune(cfg)
+    shown = {k: v for k, v in record["metrics"].items() if k.endswith(("/mAP", "/mIoU", "/mAP_area"))}
+    print(f"ssl-bench: {record['method']} {record['task']}: " + ", ".join(f"{k} {v:.1f}" for k, v in shown.items()))
+    print(f"ssl-bench: results written to {cfg.paths.output_dir}/results.json")
+    return record
+
+
 def _demo(overrides: Sequence[str]) -> None:
     """The embedded default end to end: synthetic data; colorization, context prediction, context
     encoder and supervised pretraining; linear probes of those trunks and of Gaussian (L, RGB) and
@@ -152,6 +163,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_hydra("pretrain", _pretrain_task, rest, "ssl-bench pretrain")
     elif cmd == "probe":
         run_hydra("probe_run", _probe_task, rest, "ssl-bench probe")
+    elif cmd == "finetune":
+        run_hydra("finetune", _finetune_task, rest, "ssl-bench finetune")
+    elif cmd == "prepare-weights":
+        from ssl_bench.models.transfer import prepare_weights_main
+        sys.exit(prepare_weights_main(rest))
     elif cmd == "leaderboard":
         from ssl_bench.evaluation.leaderboard import leaderboard_main
         sys.exit(leaderboard_main(rest))

@@ -63,7 +63,7 @@ def fc6_run(voc):
 def test_fit_and_test_metrics(fc6_run):
     task, _, _, _ = fc6_run
     r = task.results
-    p = "voc2007/cls_fc6"
+    p = "voc07/cls_fc6"
     for k in (f"{p}/mAP", f"{p}/mAP_area"):
         assert k in r and 0 <= r[k] <= 100
     aps = [r[f"{p}/AP/{c}"] for c in VOC_CLASSES]
@@ -110,7 +110,7 @@ def test_train_from_conv1_trains_everything(voc):
     after = snapshot(task)
     assert not torch.equal(before["trunk.conv1.0.weight"], after["trunk.conv1.0.weight"])
     assert not torch.equal(before["trunk.conv1.1.running_mean"], after["trunk.conv1.1.running_mean"])
-    assert "voc2007/cls_all/train_images_per_s" in task.results
+    assert "voc07/cls_all/train_images_per_s" in task.results
 
 
 def test_train_from_validated_and_wrapper_groups():

@@ -109,7 +109,7 @@ def test_perfect_detector_map_100(voc: Path) -> None:
     dets = [{"image_id": g["image_id"], "boxes": g["boxes"], "labels": g["labels"],
              "scores": np.ones(len(g["labels"]))} for g in gts]
     res, excluded = evaluate_detections(dets, gts, "2007")
-    assert res["voc2007/det/mAP"] == pytest.approx(100.0)
+    assert res["voc07/det/mAP"] == pytest.approx(100.0)
     assert len(res) - 1 + len(excluded) == 20
     assert all(v == pytest.approx(100.0) for v in res.values())
 
@@ -134,9 +134,9 @@ def test_fit_and_test_tiny(voc: Path, tmp_path: Path) -> None:
     trainer.fit(task, datamodule=dm)
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
     trainer.test(task, datamodule=dm, verbose=False)
-    m = task.results["voc2007/det/mAP"]
+    m = task.results["voc07/det/mAP"]
     assert 0.0 <= m <= 100.0
-    assert all(k.startswith("voc2007/det/") for k in task.results)
+    assert all(k.startswith("voc07/det/") for k in task.results)
 
 
 def test_l_trunk_one_step() -> None:

@@ -38,7 +38,7 @@ from typing import Any, Literal, NamedTuple, Union
 
 import numpy as np
 
-__all__ = ["AP_MODES", "Detections", "GroundTruth", "average_precision", "box_iou_voc", "confusion_matrix",
+__all__ = ["voc_prefix", "AP_MODES", "Detections", "GroundTruth", "average_precision", "box_iou_voc", "confusion_matrix",
            "detection_ap", "detection_map", "mean_average_precision", "mean_iou", "per_class_iou",
            "pixel_accuracy", "precision_recall_points"]
 
@@ -485,3 +485,8 @@ def pixel_accuracy(confusion: Any) -> float:
     cm = _check_confusion(confusion, "pixel_accuracy")
     total = cm.sum()
     return float(np.trace(cm) / total) if total > 0 else float("nan")
+
+
+def voc_prefix(year: str | int) -> str:
+    """Metric namespace of a VOC year: "2007" -> "voc07" (``voc07/cls_fc6/mAP``, ``voc12/seg/mIoU``)."""
+    return f"voc{str(year)[-2:]}"

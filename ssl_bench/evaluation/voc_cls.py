@@ -47,7 +47,7 @@ from torchvision.transforms import v2 as T
 
 from ssl_bench.data.images import SkipCounter
 from ssl_bench.data.voc import VOC_CLASSES, VOCClassification, collate_voc, read_image_set, voc_root
-from ssl_bench.evaluation.metrics import mean_average_precision
+from ssl_bench.evaluation.metrics import mean_average_precision, voc_prefix
 from ssl_bench.models.inputs import trunk_input
 from ssl_bench.pretext import common
 
@@ -240,7 +240,7 @@ class VOCClassificationTask(pl.LightningModule):
                 raise TypeError(f"finetune: the trunk has no {attr!r}")
         self.trunk, self.train_from, self.num_classes, self.year = trunk, train_from, int(num_classes), str(year)
         self.input_space = trunk.input_space
-        self.prefix = f"voc{self.year}/cls_{'fc6' if train_from == 'fc6' else 'all'}"
+        self.prefix = f"{voc_prefix(self.year)}/cls_{'fc6' if train_from == 'fc6' else 'all'}"
         self.class_names = (tuple(VOC_CLASSES) if self.num_classes == len(VOC_CLASSES)
                             else tuple(f"class{i}" for i in range(self.num_classes)))
         self.fc8 = nn.Linear(trunk.out_channels, self.num_classes)

@@ -56,6 +56,7 @@ from ssl_bench.data.images import DECODE_ERRORS, SkipCounter, decode_rgb
 from ssl_bench.data.voc import VOC_CLASSES, parse_annotation, read_image_set, voc_root
 from ssl_bench.models.inputs import trunk_input
 from ssl_bench.pretext.common import check_finite, configure_optimizers
+from ssl_bench.evaluation.metrics import voc_prefix
 
 __all__ = ["VOCDetectionDataset", "VOCDetectionData", "VOCDetectionTask", "collate_detection",
            "hflip_detection", "evaluate_detections", "TrunkBackbone", "box_head"]
@@ -334,7 +335,7 @@ class VOCDetectionTask(pl.LightningModule):
 
     @property
     def prefix(self) -> str:
-        return f"voc{self.year}/det"
+        return f"{voc_prefix(self.year)}/det"
 
     def _inputs(self, images: Sequence[Tensor]) -> list[Tensor]:
         return [trunk_input(img[None].to(self.device), self.input_space)[0] for img in images]
@@ -479,7 +480,7 @@ def evaluate_detections(detections: Sequence[Mapping[str, Any]], ground_truths: 
     Returns ({"voc{year}/det/mAP": %, "voc{year}/det/AP/<class>": %}, excluded classes): classes
     without a non-difficult GT box have undefined AP and are left out of both.
     """
-    prefix = f"voc{year}/det"
+    prefix = f"{voc_prefix(year)}/det"
     use07 = str(year) == "2007"
     gt_per_class: list[dict[Hashable, tuple[np.ndarray, np.ndarray]]] = [{} for _ in VOC_CLASSES]
     for g in ground_truths:

@@ -1,0 +1,147 @@
+"""The transfer run: prepare a trunk's weights, fine-tune it on a PASCAL VOC task, write results.json.
+
+``ssl-bench finetune task=voc_cls|voc_det|voc_seg checkpoint=PATH voc_root=DIR`` (or ``init=...`` for
+the untrained rows, ``voc_root=synthetic`` for the generated VOC-format tree). Weight preparation
+(method.md 1.6) follows the authors: batch norm absorbed into the convolutions, Krähenbühl rescaling,
+fc6/fc7 as fully connected layers for the detector, and the gray/color input modes.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torchvision.transforms.functional as TF
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from ssl_bench.data.images import DECODE_ERRORS, decode_rgb
+from ssl_bench.data.voc import read_image_set, voc_root, write_synthetic_voc
+from ssl_bench.evaluation.metrics import voc_prefix
+from ssl_bench.models.checkpoint import check_state_dict, read_checkpoint
+from ssl_bench.models.inputs import trunk_input
+from ssl_bench.models.transfer import fc_layers, load_suite_trunk, prepare_for_transfer
+from ssl_bench.pretrain import build_loggers, resolve_resume
+from ssl_bench.results import write_results
+
+PROTOCOL = "PASCAL VOC fine-tuning: cls 10-crop (fc6-8 / all), Faster R-CNN det (RPN proposals), FCN-32s seg"
+
+
+def resolve_voc(cfg: DictConfig) -> Path:
+    """The VOC<year> folder of the task: a real VOCdevkit, or the synthetic tree (generated once)."""
+    year = str(cfg.task.year)
+    if str(cfg.voc_root) == "synthetic":
+        s = cfg.synthetic_voc
+        out = Path(cfg.paths.data_dir) / f"voc_synthetic_n{s.num_trainval}_{s.num_test}_px{s.image_size}_seed{s.seed}"
+        return write_synthetic_voc(out, s.num_trainval, s.num_test, s.image_size, s.seed, year=year)
+    return voc_root(cfg.voc_root, year)
+
+
+def rescale_images(voc: Path, cfg: DictConfig, space: str) -> torch.Tensor:
+    """The first ``finetune.rescale_images`` train images, resized and centre-cropped, as network input
+    for the Krähenbühl statistics (no labels are read)."""
+    task = "Segmentation" if cfg.task.name == "voc_seg" else "Main"
+    ids = read_image_set(voc, cfg.task.year, cfg.task.datamodule.train_split, task)
+    size = int(cfg.finetune.rescale_size)
+    images = []
+    for image_id in ids:
+        path = voc / "JPEGImages" / f"{image_id}.jpg"
+        try:
+            img = decode_rgb(path)
+        except DECODE_ERRORS:
+            continue
+        images.append(TF.center_crop(TF.resize(img, size, antialias=True), size))
+        if len(images) >= cfg.finetune.rescale_images:
+            break
+    if not images:
+        raise FileNotFoundError(f"{voc}/JPEGImages: no decodable image for the rescaling statistics")
+    return trunk_input(torch.stack(images), space)
+
+
+def load_source(cfg: DictConfig, voc: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """(prepared trunk, description): from a suite checkpoint, or an untrained init (init group)."""
+    if cfg.get("checkpoint"):
+        trunk, meta = load_suite_trunk(cfg.checkpoint)
+        method = "/".join(str(p) for p in (meta.get("pretext"), meta.get("variant")) if p)
+        source = str(cfg.checkpoint)
+    elif cfg.get("init"):
+        torch.manual_seed(cfg.seed)
+        trunk = instantiate(cfg.backbone)
+        initialiser = instantiate(cfg.init)
+        if getattr(initialiser, "num_images", 0):
+            initialiser(trunk, rescale_images(voc, cfg, trunk.input_space))
+        method, source, meta = f"{initialiser.name}/{trunk.input_space}", f"init={initialiser.name}", {}
+    else:
+        raise ValueError("finetune: give checkpoint=PATH (a suite checkpoint) or init=gaussian|kraehenbuehl")
+    f = cfg.finetune
+    images = rescale_images(voc, cfg, trunk.input_space) if f.rescale else None
+    prepared = prepare_for_transfer(trunk, f.mode, absorb_bn=f.absorb_bn, rescale_images=images)
+    return prepared, {"method": method, "source": source, "input_space": prepared.input_space,
+                      "mode": f.mode, "absorb_bn": bool(f.absorb_bn), "rescaled": bool(f.rescale),
+                      "trunk": getattr(trunk, "config", {}), "pretrain_meta": meta}
+
+
+def build_task(cfg: DictConfig, trunk: torch.nn.Module) -> pl.LightningModule:
+    extra: dict[str, Any] = {}
+    if cfg.task.name == "voc_det":
+        extra["fc6"], extra["fc7"] = fc_layers(getattr(trunk, "trunk", trunk))
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    return instantiate(cfg.task.module, trunk=trunk, optimizer=instantiate(cfg.optimizer),
+                       scheduler=scheduler, **extra)
+
+
+def task_key(cfg: DictConfig) -> str:
+    """The leaderboard's column of this run: voc_cls_fc6, voc_cls_all, voc_det, voc_seg."""
+    if cfg.task.name == "voc_cls":
+        return "voc_cls_fc6" if cfg.task.module.train_from == "fc6" else "voc_cls_all"
+    return str(cfg.task.name)
+
+
+def finetune(cfg: DictConfig) -> dict[str, Any]:
+    """Run one fine-tuning job; returns the results.json record."""
+    started, t0 = datetime.now(timezone.utc), time.perf_counter()
+    out_dir = Path(cfg.paths.output_dir)
+    pl.seed_everything(cfg.seed, workers=True)
+    voc = resolve_voc(cfg)
+    trunk, desc = load_source(cfg, voc)
+    dm = instantiate(cfg.task.datamodule, root=str(voc))
+    model = build_task(cfg, trunk)
+    ckpt_dir = out_dir / "checkpoints"
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:07d}", save_last=True, save_top_k=1,
+                                 monitor=None, every_n_train_steps=cfg.save_every_n_train_steps,
+                                 save_on_train_epoch_end=True, auto_insert_metric_name=False)
+    loggers = build_loggers(cfg)
+    trainer = instantiate(cfg.trainer, default_root_dir=str(out_dir), precision=cfg.precision,
+                          callbacks=[checkpoint], logger=loggers)
+    resume = resolve_resume(cfg.ckpt_path, out_dir)
+    if resume:
+        check_state_dict(model, read_checkpoint(resume)["state_dict"], resume)
+    t_fit = time.perf_counter()
+    trainer.fit(model, datamodule=dm, ckpt_path=resume)
+    fit_s = time.perf_counter() - t_fit
+    t_test = time.perf_counter()
+    trainer.test(model, datamodule=dm, verbose=False)
+    test_s = time.perf_counter() - t_test
+    key = task_key(cfg)
+    metrics = {k: float(v) for k, v in model.results.items()}
+    prefix = f"{voc_prefix(cfg.task.year)}/{key.removeprefix('voc_')}"
+    metrics[f"{prefix}/fit_s"], metrics[f"{prefix}/test_s"] = fit_s, test_s
+    record = {
+        "kind": "finetune", "task": key, "method": desc["method"], "status": "completed",
+        "protocol": f"{PROTOCOL}; {desc['mode']} input" + ("; rescaled (Krähenbühl) †" if desc["rescaled"] else ""),
+        "metrics": metrics, "trunk": desc,
+        "dataset": {"name": "PASCAL VOC" + (" (synthetic)" if str(cfg.voc_root) == "synthetic" else ""),
+                    "root": str(voc), "year": str(cfg.task.year),
+                    "skipped_images": int(getattr(getattr(model, "skips", None), "count", 0))},
+        "checkpoint": str((ckpt_dir / "last.ckpt").relative_to(out_dir)),
+        "seed": cfg.seed, "started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
+        "wall_time_s": time.perf_counter() - t0, "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    if trainer.is_global_zero:
+        write_results(out_dir / "results.json", record)
+    return record
