@@ -102,6 +102,9 @@ def test_sbd_adds_ids_outside_voc_val(voc, tmp_path):
     assert np.array_equal(ds[0][1].numpy(), read_mask(voc / "SegmentationClass" / f"{train[0]}.png"))
     with pytest.raises(ValueError, match="train"):
         VOCSegmentationDataset(voc, "2012", "val", sbd_root=sbd)
+    scipy.io.savemat(sbd / "cls" / f"{new[2]}.mat", {"other": np.zeros((2, 2))})
+    with pytest.raises(ValueError, match=rf"{new[2]}\.mat.*GTcls"):
+        ds[len(train) + 2]
     (sbd / "img" / f"{new[1]}.jpg").unlink()
     with pytest.raises(FileNotFoundError, match=rf"img[/\\]{new[1]}\.jpg"):
         VOCSegmentationDataset(voc, "2012", "train", sbd_root=sbd)
@@ -255,10 +258,10 @@ def test_perfect_predictor_gives_miou_100_and_ignores_void(voc, tmp_path):
     task = _Oracle(truth)
     _trainer(tmp_path).test(task, datamodule=data)
     r = task.results
-    assert r["voc2012/seg/mIoU"] == pytest.approx(100.0) and r["voc2012/seg/pixel_acc"] == pytest.approx(100.0)
+    assert r["voc12/seg/mIoU"] == pytest.approx(100.0) and r["voc12/seg/pixel_acc"] == pytest.approx(100.0)
     present = np.unique(np.concatenate([m.numpy().ravel() for m in truth.values()]))
     for c, name in enumerate(SEG_CLASSES):
-        iou = r[f"voc2012/seg/IoU/{name}"]
+        iou = r[f"voc12/seg/IoU/{name}"]
         assert iou == pytest.approx(100.0) if c in present else np.isnan(iou)
     assert task.confusion.sum() == sum(int((m != IGNORE_INDEX).sum()) for m in truth.values())
     assert np.count_nonzero(task.confusion - np.diag(np.diag(task.confusion))) == 0
@@ -277,7 +280,7 @@ def test_short_fit_and_test_on_synthetic_voc(voc, tmp_path):
     trainer = _trainer(tmp_path, max_epochs=2, log_every_n_steps=1)
     with pytest.warns(UserWarning, match="skipping unreadable image"):
         trainer.fit(task, datamodule=data)
-    loss = trainer.callback_metrics["voc2012/seg/loss"]
+    loss = trainer.callback_metrics["voc12/seg/loss"]
     assert torch.isfinite(loss)
     assert task.skips.count == 2                                   # once per epoch
     moved = task.model.score.weight.abs().sum()
@@ -285,8 +288,8 @@ def test_short_fit_and_test_on_synthetic_voc(voc, tmp_path):
     assert torch.equal(task.model.upscore.weight, bilinear_kernel(21, 32))
     out = trainer.test(task, datamodule=data)
     r = task.results
-    assert 0.0 <= r["voc2012/seg/mIoU"] <= 100.0 and 0.0 <= r["voc2012/seg/pixel_acc"] <= 100.0
+    assert 0.0 <= r["voc12/seg/mIoU"] <= 100.0 and 0.0 <= r["voc12/seg/pixel_acc"] <= 100.0
     assert len([k for k in r if "/IoU/" in k]) == 21
-    assert out[0]["voc2012/seg/mIoU"] == pytest.approx(r["voc2012/seg/mIoU"])
+    assert out[0]["voc12/seg/mIoU"] == pytest.approx(r["voc12/seg/mIoU"])
     ds = VOCSegmentationDataset(voc, "2012", "val")
     assert task.confusion.sum() == sum(int((ds[i][1] != IGNORE_INDEX).sum()) for i in range(len(ds)))

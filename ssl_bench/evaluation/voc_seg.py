@@ -86,7 +86,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ssl_bench.data.images import DECODE_ERRORS, SkipCounter, decode_rgb
 from ssl_bench.data.voc import VOC_CLASSES, read_image_set, voc_root
-from ssl_bench.evaluation.metrics import confusion_matrix, mean_iou, per_class_iou, pixel_accuracy
+from ssl_bench.evaluation.metrics import confusion_matrix, mean_iou, per_class_iou, pixel_accuracy, voc_prefix
 from ssl_bench.models.inputs import RGB_MEAN, trunk_input
 from ssl_bench.pretext.common import check_finite, configure_optimizers
 
@@ -434,11 +434,11 @@ class VOCSegmentationTask(pl.LightningModule):
         optimizer, scheduler: partial factories (schedulers step per iteration).
         num_classes: 21.
         learn_upsampling: see :class:`FCN32s`.
-        year: used in the metric names ``voc{year}/seg/...``.
+        year: the metric namespace ``voc_prefix(year)/seg/...`` ("2012" -> ``voc12/seg/...``).
         dropout: FCN's drop7 on fc7.
     Batches: {"image": uint8 N x 3 x H x W, "mask": uint8/int64 N x H x W, "skipped": [paths]}.
-    Logs ``voc{year}/seg/loss``; after the test, ``results`` = {``voc{year}/seg/mIoU``,
-    ``voc{year}/seg/pixel_acc``, ``voc{year}/seg/IoU/<class>``} in %, and ``confusion`` (int64 C x C,
+    Logs ``voc12/seg/loss`` (for year 2012); after the test, ``results`` = {``voc12/seg/mIoU``,
+    ``voc12/seg/pixel_acc``, ``voc12/seg/IoU/<class>``} in %, and ``confusion`` (int64 C x C,
     rows = target, columns = prediction).
     """
 
@@ -449,7 +449,7 @@ class VOCSegmentationTask(pl.LightningModule):
         self.model = FCN32s(trunk, num_classes, learn_upsampling=learn_upsampling, dropout=dropout)
         self.input_space = self.model.input_space
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.num_classes, self.prefix = num_classes, f"voc{year}/seg"
+        self.num_classes, self.prefix = num_classes, f"{voc_prefix(year)}/seg"
         self.class_names = SEG_CLASSES if num_classes == NUM_CLASSES else tuple(str(c) for c in range(num_classes))
         self.skips = SkipCounter()
         self.confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
