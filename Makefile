@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(PY) bench/probe.py
 	$(PY) bench/svm_parallel.py
 	$(PY) bench/pretexts.py
+	$(PY) bench/voc_tasks.py
 
 clean:
 	rm -rf $(VENV) outputs multirun .cache

@@ -33,7 +33,7 @@ def composed(overrides: list[str], primary: str = "pretrain"):
 
 def test_groups_are_all_covered():
     assert {"data", "backbone", "pretext", "loss", "optimizer", "scheduler", "trainer", "logger", "paths",
-            "probe", "init"} <= set(GROUPS)
+            "probe", "init", "task"} <= set(GROUPS)
     assert {"colorization", "context_prediction", "context_encoder", "supervised"} <= {
         f.stem for f in (CONF / "pretext").glob("*.yaml")}
     assert {"demo", "colorization_full", "colorization_class", "colorization_l2"} <= set(EXPERIMENTS)
@@ -46,8 +46,11 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
         extra = ["scheduler.boundaries=[10]", "scheduler.values=[1.0,0.1]"]
     if (group, option) == ("probe", "svm_voc07"):
         extra = ["probe.voc_root=synthetic"]
-    primary = "probe_run" if group == "probe" else "pretrain"
-    cfg = composed([f"{group}={option}", *paths(tmp_path), *extra], primary)
+    primary = {"probe": "probe_run", "task": "finetune"}.get(group, "pretrain")
+    if group == "task":
+        extra = ["voc_root=synthetic"]
+    where = paths(tmp_path) if group != "task" else paths(tmp_path)[:-1]  # finetune has no data group
+    cfg = composed([f"{group}={option}", *where, *extra], primary)
     node = cfg[group]
     if group == "probe":
         from ssl_bench.evaluation.probes import RESIZE_MODES
@@ -84,6 +87,10 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
     elif group == "loss" and option.startswith("default_"):
         # colorization's default loss is the rebalanced classification; other pretexts have none
         assert bool(node) == (option == "default_colorization")
+    elif group == "task":
+        from hydra.utils import get_class
+        assert node.name == option and get_class(node.module._target_) and get_class(node.datamodule._target_)
+        assert node.module.year == node.datamodule.year == {"voc_seg": "2012"}.get(option, "2007")
     elif group == "init":
         init = instantiate(node)
         assert init.name in ("gaussian", "kraehenbuehl")
