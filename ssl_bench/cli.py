@@ -4,8 +4,14 @@
     ssl-bench probe [hydra overrides]           per-layer probes of a frozen trunk (checkpoint=... or init=gaussian|kraehenbuehl)
     ssl-bench finetune task=voc_cls|voc_det|voc_seg checkpoint=... voc_root=...   PASCAL VOC transfer
     ssl-bench prepare-weights CHECKPOINT --out PATH [--mode ...]   absorb BN, rescale, colour branch
+    ssl-bench colorize IMAGE_OR_DIR... checkpoint=CKPT [decode=annealed_mean T=0.38] [--out DIR]
+    ssl-bench evaluate-colorization checkpoint=CKPT [classifier=CKPT] [data=...]   AuC raw/rebal, classifier top-1
+    ssl-bench gallery --data DIR [--l2 CKPT] [--class CKPT] [--full CKPT] [--out DIR]
+    ssl-bench prior-figure --data DIR | --checkpoint CKPT [--out prior.png]
+    ssl-bench turing-test --checkpoint CKPT --data DIR [--port 8765]   real-vs-fake page (and: turing-test results --db F)
     ssl-bench leaderboard DIR... [--out DIR]    gather results.json files into one table
-    ssl-bench demo [hydra overrides]            the embedded default: synthetic data, every pretext, probes
+    ssl-bench benchmark [preset=demo|smoke] [overrides]   pretrain -> probes -> VOC -> leaderboard, resumable
+    ssl-bench demo [overrides]                  = ssl-bench benchmark preset=demo (the embedded default)
     ssl-bench data synthetic --out DIR [...]    write the synthetic ImageFolder tree
 """
 
@@ -81,14 +87,6 @@ def _probe_task(cfg: Any) -> Any:
     return record
 
 
-# The demo's pretraining runs (experiment presets on the synthetic set) and its untrained rows.
-DEMO_PRETRAIN = {"colorization": "demo", "context_prediction": "demo_context_prediction",
-                 "context_encoder": "demo_context_encoder", "supervised": "demo_supervised"}
-DEMO_INITS = {"gaussian_L": ["init=gaussian"],
-              "gaussian_rgb": ["init=gaussian", "backbone.input_space=rgb"],
-              "kraehenbuehl_rgb": ["init=kraehenbuehl", "backbone.input_space=rgb"]}
-
-
 def _finetune_task(cfg: Any) -> Any:
     from ssl_bench.finetune import finetune
     record = finetune(cfg)
@@ -98,33 +96,32 @@ def _finetune_task(cfg: Any) -> Any:
     return record
 
 
-def _demo(overrides: Sequence[str]) -> None:
-    """The embedded default end to end: synthetic data; colorization, context prediction, context
-    encoder and supervised pretraining; linear probes of those trunks and of Gaussian (L, RGB) and
-    Krähenbühl (RGB) inits; the leaderboard. ``overrides`` apply to every pretraining run."""
-    import time
-    from datetime import datetime
+def _colorization_eval_task(cfg: Any) -> Any:
+    from ssl_bench.evaluation.colorization_quality import run_colorization_eval
+    record = run_colorization_eval(cfg)
+    m = record["metrics"]
+    print("ssl-bench: " + record["method"] + ": " + ", ".join(
+        f"{k} {m[k]:.1f}" for k in ("color/auc_raw", "color/auc_rebal", "color/classifier_top1") if k in m))
+    print(f"ssl-bench: results written to {cfg.paths.output_dir}/results.json")
+    return record
 
-    from ssl_bench.evaluation.leaderboard import leaderboard_main
-    root = Path("outputs") / "demo" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    stages: dict[str, float] = {}
-    probes = dict(DEMO_INITS)
-    for name, experiment in DEMO_PRETRAIN.items():
-        t0 = time.perf_counter()
-        run_hydra("pretrain", _pretrain_task, [f"experiment={experiment}",
-                                               f"hydra.run.dir={root}/pretrain_{name}", *overrides],
-                  "ssl-bench demo")
-        stages[f"pretrain {name}"] = time.perf_counter() - t0
-        probes[name] = [f"checkpoint={root}/pretrain_{name}/checkpoints/last.ckpt"]
-    for name, args in probes.items():
-        t0 = time.perf_counter()
-        run_hydra("probe_run", _probe_task, [*args, f"hydra.run.dir={root}/probe_{name}"], "ssl-bench probe")
-        stages[f"probe {name}"] = time.perf_counter() - t0
-    code = leaderboard_main([str(root), "--out", str(root)])
-    print("ssl-bench: demo stages (wall s): " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()))
-    print(f"ssl-bench: demo finished in {root}")
-    if code:
-        sys.exit(code)
+
+def _benchmark(overrides: Sequence[str]) -> None:
+    """``ssl-bench benchmark [overrides]``: compose conf/benchmark.yaml, then run each stage as its own
+    Hydra job (pretrain, probe_run, finetune), skipping stages that already finished."""
+    from hydra.errors import HydraException
+
+    from ssl_bench.benchmark import compose, run_benchmark
+    tasks = {"pretrain": _pretrain_task, "probe_run": _probe_task, "finetune": _finetune_task}
+    try:
+        cfg = compose("benchmark", overrides)
+        summary = run_benchmark(cfg, lambda name, args: run_hydra(name, tasks[name], args, f"ssl-bench {name}"))
+    except (HydraException, *_user_errors()) as e:
+        if os.environ.get("SSL_BENCH_DEBUG"):
+            raise
+        _fail(_root_cause(e))
+    if summary["failures"]:
+        sys.exit(1)
 
 
 def _data(argv: Sequence[str]) -> None:
@@ -168,11 +165,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif cmd == "prepare-weights":
         from ssl_bench.models.transfer import prepare_weights_main
         sys.exit(prepare_weights_main(rest))
+    elif cmd == "turing-test":
+        from ssl_bench.evaluation.turing_test import turing_test_main
+        sys.exit(turing_test_main(rest))
+    elif cmd == "gallery":
+        from ssl_bench.evaluation.gallery import gallery_main
+        sys.exit(gallery_main(rest))
+    elif cmd == "prior-figure":
+        from ssl_bench.evaluation.gallery import prior_figure_main
+        sys.exit(prior_figure_main(rest))
+    elif cmd == "colorize":
+        from ssl_bench.colorize import colorize_main
+        sys.exit(colorize_main(rest))
+    elif cmd == "evaluate-colorization":
+        run_hydra("colorization_eval", _colorization_eval_task, rest, "ssl-bench evaluate-colorization")
     elif cmd == "leaderboard":
         from ssl_bench.evaluation.leaderboard import leaderboard_main
         sys.exit(leaderboard_main(rest))
-    elif cmd == "demo":
-        _demo(rest)
+    elif cmd in ("benchmark", "demo"):
+        _benchmark(rest)
     elif cmd == "data":
         _data(rest)
     else:
