@@ -56,34 +56,65 @@ def completed(stage_dir: Path) -> bool:
         return False
 
 
-class Pipeline:
-    """Runs stages through a ``runner(config_name, overrides)`` (the CLI's Hydra launcher)."""
+class Stage:
+    """One planned stage: its Hydra config, overrides, folder, and the stage it reads from."""
 
-    def __init__(self, out_dir: Path, runner: Callable[[str, list[str]], None]) -> None:
-        self.out_dir, self.runner = out_dir, runner
-        self.times: dict[str, float] = {}
-        self.failures: dict[str, str] = {}
+    def __init__(self, name: str, config_name: str, overrides: list[str], out_dir: Path,
+                 upstream: "Stage | None" = None) -> None:
+        self.name, self.config_name, self.overrides, self.upstream = name, config_name, overrides, upstream
+        # composing now also checks every override before anything runs
+        self.key = stage_key(compose(config_name, overrides), upstream.key if upstream else "")
+        self.dir = out_dir / f"{name}-{self.key}"
 
-    def stage(self, name: str, config_name: str, overrides: list[str], upstream: str = "") -> tuple[Path, str] | None:
-        """Run one stage unless its results exist; None when it (or its upstream) failed."""
-        key = stage_key(compose(config_name, overrides), upstream)
-        stage_dir = self.out_dir / f"{name}-{key}"
-        if completed(stage_dir):
-            print(f"ssl-bench: benchmark: {name} done before ({stage_dir}); skipped")
-            return stage_dir, key
+
+def plan(cfg: DictConfig) -> list[Stage]:
+    """Every stage of the benchmark, in run order; raises on any bad method or override."""
+    out = Path(cfg.out_dir)
+    stages: list[Stage] = []
+    for method in cfg.methods:
+        preset = cfg.method_presets[method]
+        pre: Stage | None = None
+        if preset.kind == "pretrain":
+            pre = Stage(f"{method}/pretrain", "pretrain", [*cfg.pretrain_overrides, *preset.overrides], out)
+            stages.append(pre)
+            source = [f"checkpoint={pre.dir / 'checkpoints' / 'last.ckpt'}"]
+        else:
+            source = list(preset.overrides)
+        for probe in cfg.probes:
+            stages.append(Stage(f"{method}/probe_{probe}", "probe_run",
+                                [*source, f"probe={probe}", *cfg.probe_overrides], out, pre))
+        for task in cfg.get("voc_tasks") or []:
+            if task not in cfg.voc_task_presets:
+                raise ValueError(f"benchmark.voc_tasks: unknown task {task!r}; valid: {sorted(cfg.voc_task_presets)}")
+            stages.append(Stage(f"{method}/{task}", "finetune",
+                                [*source, *cfg.voc_task_presets[task], *cfg.finetune_overrides], out, pre))
+    return stages
+
+
+def run_stages(stages: list[Stage], runner: Callable[[str, list[str]], None]) -> tuple[dict, dict]:
+    """Run each stage unless its results exist; a failure is recorded and its dependants skipped."""
+    times: dict[str, float] = {}
+    failures: dict[str, str] = {}
+    for stage in stages:
+        if stage.upstream is not None and stage.upstream.name in failures:
+            failures[stage.name] = f"not run: {stage.upstream.name} failed"
+            continue
+        if completed(stage.dir):
+            print(f"ssl-bench: benchmark: {stage.name} done before ({stage.dir}); skipped")
+            continue
         t0 = time.perf_counter()
         try:
-            self.runner(config_name, [*overrides, f"hydra.run.dir={stage_dir}"])
+            runner(stage.config_name, [*stage.overrides, f"hydra.run.dir={stage.dir}"])
         except (Exception, SystemExit) as e:  # one failed stage must not stop the others
-            reason = f"{type(e).__name__}: {e}"
-            self.failures[name] = reason
-            stage_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(stage_dir / "failed.json", json.dumps(
-                {"stage": name, "reason": reason, "traceback": traceback.format_exc()}, indent=2))
-            print(f"ssl-bench: benchmark: {name} failed ({reason}); going on")
-            return None
-        self.times[name] = time.perf_counter() - t0
-        return stage_dir, key
+            failures[stage.name] = f"{type(e).__name__}: {e}"
+            stage.dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(stage.dir / "failed.json", json.dumps(
+                {"stage": stage.name, "reason": failures[stage.name], "traceback": traceback.format_exc()},
+                indent=2))
+            print(f"ssl-bench: benchmark: {stage.name} failed ({failures[stage.name]}); going on")
+            continue
+        times[stage.name] = time.perf_counter() - t0
+    return times, failures
 
 
 def validate(cfg: DictConfig) -> None:
@@ -103,33 +134,15 @@ def validate(cfg: DictConfig) -> None:
 def run_benchmark(cfg: DictConfig, runner: Callable[[str, list[str]], None]) -> dict[str, Any]:
     """The pipeline for ``cfg.methods``; returns {"out_dir", "times", "failures"}."""
     validate(cfg)
+    stages = plan(cfg)
     out = Path(cfg.out_dir)
-    pipe = Pipeline(out, runner)
-    for method in cfg.methods:
-        preset = cfg.method_presets[method]
-        source: list[str]
-        upstream = ""
-        if preset.kind == "pretrain":
-            done = pipe.stage(f"{method}/pretrain", "pretrain", [*cfg.pretrain_overrides, *preset.overrides])
-            if done is None:
-                continue
-            source, upstream = [f"checkpoint={done[0] / 'checkpoints' / 'last.ckpt'}"], done[1]
-        else:
-            source = list(preset.overrides)
-        for probe in cfg.probes:
-            pipe.stage(f"{method}/probe_{probe}", "probe_run",
-                       [*source, f"probe={probe}", *cfg.probe_overrides], upstream)
-        for task in cfg.get("voc_tasks") or []:
-            task_args = list(cfg.voc_task_presets[task])
-            init = [a for a in source if a.startswith(("init=", "backbone."))]
-            pipe.stage(f"{method}/{task}", "finetune",
-                       [*(source if not init else init), *task_args, *cfg.finetune_overrides], upstream)
+    times, failures = run_stages(stages, runner)
     from ssl_bench.evaluation.leaderboard import leaderboard_main
     leaderboard_main([str(out), "--out", str(out)])
-    summary = {"out_dir": str(out), "times": pipe.times, "failures": pipe.failures}
+    summary = {"out_dir": str(out), "times": times, "failures": failures}
     atomic_write_text(out / "benchmark_summary.json", json.dumps(summary, indent=2))
-    print("ssl-bench: benchmark stages (wall s): " + ", ".join(f"{k} {v:.0f}" for k, v in pipe.times.items()))
-    if pipe.failures:
-        print("ssl-bench: benchmark: failed stages: " + "; ".join(f"{k}: {v}" for k, v in pipe.failures.items()))
+    print("ssl-bench: benchmark stages (wall s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
+    if failures:
+        print("ssl-bench: benchmark: failed stages: " + "; ".join(f"{k}: {v}" for k, v in failures.items()))
     print(f"ssl-bench: benchmark finished in {out}")
     return summary

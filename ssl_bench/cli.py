@@ -52,8 +52,12 @@ def _fail(e: BaseException) -> None:
     sys.exit(2)
 
 
-def run_hydra(config_name: str, task: Callable[[Any], Any], overrides: Sequence[str], prog: str) -> None:
-    """Run ``task(cfg)`` as a Hydra app (so -m, sweeps and launchers work) on conf/<config_name>.yaml."""
+def run_hydra(config_name: str, task: Callable[[Any], Any], overrides: Sequence[str], prog: str,
+              errors: list[BaseException] | None = None) -> None:
+    """Run ``task(cfg)`` as a Hydra app (so -m, sweeps and launchers work) on conf/<config_name>.yaml.
+
+    errors: when given, the task's exception is appended to it (Hydra itself reports only an exit code).
+    """
     import hydra
 
     def guarded(cfg: Any) -> Any:
@@ -61,6 +65,8 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], overrides: Sequence[
             return task(cfg)
         except Exception as e:  # only user errors are shortened; the rest keeps its traceback
             cause = _root_cause(e)
+            if errors is not None:
+                errors.append(cause)
             if isinstance(cause, _user_errors()) and not os.environ.get("SSL_BENCH_DEBUG"):
                 _fail(cause)
             raise
@@ -115,7 +121,15 @@ def _benchmark(overrides: Sequence[str]) -> None:
     tasks = {"pretrain": _pretrain_task, "probe_run": _probe_task, "finetune": _finetune_task}
     try:
         cfg = compose("benchmark", overrides)
-        summary = run_benchmark(cfg, lambda name, args: run_hydra(name, tasks[name], args, f"ssl-bench {name}"))
+
+        def stage(name: str, args: list[str]) -> None:
+            errors: list[BaseException] = []
+            try:
+                run_hydra(name, tasks[name], args, f"ssl-bench {name}", errors)
+            except SystemExit as e:  # Hydra turns the task's error into an exit code: name the error
+                if e.code:
+                    raise (errors[-1] if errors else RuntimeError(f"exit code {e.code}")) from None
+        summary = run_benchmark(cfg, stage)
     except (HydraException, *_user_errors()) as e:
         if os.environ.get("SSL_BENCH_DEBUG"):
             raise

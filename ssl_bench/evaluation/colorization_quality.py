@@ -404,7 +404,7 @@ def run_colorization_eval(cfg: Any) -> dict[str, Any]:
     classifier_text = (f"; classifier top-1: {cdesc['kind']} ({cdesc['num_classes']} classes)"
                        if cdesc else "; no classifier")
     record = {
-        "kind": "colorization_eval", "method": method, "status": "completed",
+        "kind": "colorization_eval", "task": "auc_classifier", "method": method, "status": "completed",
         "protocol": f"{PROTOCOL} ({dm.crop_size} px); decoding: {decoding}{classifier_text}",
         "metrics": metrics,
         "checkpoint": str(cfg.checkpoint), "trunk": meta,

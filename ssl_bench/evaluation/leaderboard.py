@@ -104,7 +104,7 @@ SECTIONS: tuple[SectionSpec, ...] = (
                 (Column("auc_raw", "AuC raw", "color/auc_raw"),
                  Column("auc_rebal", "AuC rebal", "color/auc_rebal"),
                  Column("classifier_top1", "Classifier top-1", "color/classifier_top1"),
-                 Column("amt_real", "AMT labelled real")), False, "%"),
+                 Column("amt_real", "Real-vs-fake labelled real", "color/amt_real")), False, "%"),
 )
 SECTION_BY_KEY: Mapping[str, SectionSpec] = {s.key: s for s in SECTIONS}
 

@@ -719,7 +719,7 @@ def turing_results_main(argv: Sequence[str]) -> int:
                "color/amt_raters": len(s["raters_kept"]), "color/amt_raters_excluded": len(s["raters_excluded"]),
                "color/amt_trials": s["trials"], "color/amt_sentinel_trials": s["sentinel_trials"],
                "color/amt_sentinel_accuracy": s["sentinel_accuracy"]}
-    record = {"kind": "colorization_eval", "method": method, "status": "completed", "protocol": "turing_test",
+    record = {"kind": "colorization_eval", "task": "turing_test", "method": method, "status": "completed", "protocol": "turing_test",
               "metrics": metrics,
               "dataset": {"name": "turing_test", "root": meta.get("data")},
               "checkpoint": meta.get("checkpoint"),

@@ -1,0 +1,61 @@
+"""ssl-bench benchmark: the smoke preset of the demo pipeline end to end, stage skipping on re-run,
+bad methods refused before anything starts, and a failed stage recorded without stopping the rest."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.fixture
+def outputs(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSL_BENCH_OUTPUTS", str(tmp_path / "out"))
+    monkeypatch.setenv("SSL_BENCH_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("SSL_BENCH_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "out" / "benchmark"
+
+
+SMOKE = ["preset=smoke", "methods=[colorization_full,supervised,gaussian_rgb]"]
+
+
+def test_smoke_pipeline_runs_every_stage_then_skips_them(outputs, run_cli, capsys):
+    assert run_cli("benchmark", *SMOKE) == 0
+    root = outputs / "smoke"
+    summary = json.loads((root / "benchmark_summary.json").read_text())
+    assert not summary["failures"]
+    ran = set(summary["times"])
+    assert {"colorization_full/pretrain", "colorization_full/probe_linear", "colorization_full/voc_cls_fc6",
+            "supervised/pretrain", "gaussian_rgb/probe_linear", "gaussian_rgb/voc_cls_fc6"} <= ran
+    for f in ("leaderboard.md", "leaderboard.csv", "leaderboard.html", "leaderboard_layers.png"):
+        assert (root / f).is_file()
+    table = (root / "leaderboard.md").read_text()
+    assert "colorization/full" in table and "gaussian/rgb" in table and "Cls fc6-8" in table
+    capsys.readouterr()
+    # the same command again: every stage's results exist, nothing runs
+    assert run_cli("benchmark", *SMOKE) == 0
+    assert json.loads((root / "benchmark_summary.json").read_text())["times"] == {}
+    assert capsys.readouterr().out.count("skipped") == len(ran)
+    # a new stage (VOC classification with all layers) runs; the finished ones stay skipped
+    assert run_cli("benchmark", *SMOKE, "voc_tasks=[voc_cls_fc6,voc_cls_all]") == 0
+    again = set(json.loads((root / "benchmark_summary.json").read_text())["times"])
+    assert again == {"colorization_full/voc_cls_all", "supervised/voc_cls_all", "gaussian_rgb/voc_cls_all"}
+
+
+def test_unknown_method_is_refused_before_anything_runs(outputs, run_cli, capsys):
+    assert run_cli("benchmark", "preset=smoke", "methods=[colorization_full,jigsaw]") == 2
+    err = capsys.readouterr().err
+    assert "jigsaw" in err and "context_prediction" in err  # the valid ones are listed
+    assert not outputs.exists()
+
+
+def test_failed_stage_is_recorded_and_the_rest_goes_on(outputs, run_cli, tmp_path):
+    broken = "+method_presets.broken={kind:pretrain,overrides:['pretext=supervised','data.layout=nowhere']}"
+    assert run_cli("benchmark", "preset=smoke", "methods=[broken,gaussian_rgb]", "voc_tasks=[]", broken) == 1
+    root = outputs / "smoke"
+    summary = json.loads((root / "benchmark_summary.json").read_text())
+    assert "broken/pretrain" in summary["failures"] and "nowhere" in summary["failures"]["broken/pretrain"]
+    assert summary["failures"]["broken/probe_linear"].startswith("not run")
+    assert "gaussian_rgb/probe_linear" in summary["times"]
+    failed = list(root.glob("broken/pretrain-*/failed.json"))
+    assert failed and "nowhere" in json.loads(failed[0].read_text())["reason"]
