@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 import warnings
 
 import torch
@@ -30,25 +28,7 @@ from ssl_bench.pretext.context_prediction import ContextPredictionPretext
 from ssl_bench.pretext.masks import input_hole, loss_weights, make_masks
 from ssl_bench.pretext.patches import drop_color, pixelate, sample_patch_pairs
 from ssl_bench.pretext.supervised import SupervisedPretext
-
-
-def images(n: int, size: int, seed: int = 0) -> torch.Tensor:
-    """Smooth random colour fields, uint8 N x 3 x size x size."""
-    g = torch.Generator().manual_seed(seed)
-    low = torch.rand(n, 3, 6, 6, generator=g)
-    x = torch.nn.functional.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)
-    return (x.clamp(0, 1) * 255).to(torch.uint8)
-
-
-def timeit(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+from train_step import images, timeit  # bench/ is on sys.path when run as a script
 
 
 def adam(p):

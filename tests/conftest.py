@@ -35,6 +35,16 @@ def tiny_overrides(data_root: Path, out_dir: Path, cache: Path) -> list[str]:
     ]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors on a shared CPU: intra-op threads cost far more than they save."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def run_cli(monkeypatch):
     """Call ``ssl-bench`` in-process; returns the exit code (0 when it returns normally)."""
@@ -48,3 +58,22 @@ def run_cli(monkeypatch):
             return int(e.code or 0)
         return 0
     return run
+
+
+POOL_AFTER = {"conv1": "pool1", "conv2": "pool2", "conv5": "pool5"}
+
+
+def pre_activations(trunk, x):
+    """Each AlexNet layer's conv output (before BN/ReLU), from the previous block's (pooled) output:
+    computed through the public forward_features, independently of any hook-based code under test."""
+    import torch
+    from ssl_bench.models.alexnet import LAYERS
+    with torch.no_grad():
+        feats = trunk.forward_features(x, LAYERS)
+        out = {}
+        for i, name in enumerate(LAYERS):
+            inp = x if i == 0 else feats[LAYERS[i - 1]]
+            if i and LAYERS[i - 1] in POOL_AFTER:
+                inp = getattr(trunk, POOL_AFTER[LAYERS[i - 1]])(inp)
+            out[name] = getattr(trunk, name)[0](inp)
+    return out

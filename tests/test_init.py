@@ -16,16 +16,10 @@ from ssl_bench.models.init import (
     kraehenbuehl_init, layer_patches, rescale_units, spherical_kmeans,
 )
 
-POOL_AFTER = {"conv1": "pool1", "conv2": "pool2", "conv5": "pool5"}
+from conftest import pre_activations  # noqa: E402  (shared by the trunk tests)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: on a shared CPU, intra-op threads cost far more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def images(n: int = 32, size: int = 64, seed: int = 0) -> torch.Tensor:
@@ -43,21 +37,10 @@ def net(batch_norm: bool = True, seed: int = 0) -> nn.Module:
     return alexnet_small(input_space="rgb", batch_norm=batch_norm)
 
 
-@torch.no_grad()
 def conv_outputs(trunk, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Each layer's pre-activation output, from its conv applied to the previous block's pooled output.
-
-    Independent of the hook machinery in ssl_bench.models.init: uses AlexNet.forward_features.
-    """
+    """Each layer's pre-activation output in eval mode (independent of ssl_bench.models.init's hooks)."""
     trunk.eval()
-    feats = trunk.forward_features(x, LAYERS)
-    out = {}
-    for i, name in enumerate(LAYERS):
-        inp = x if i == 0 else feats[LAYERS[i - 1]]
-        if i and LAYERS[i - 1] in POOL_AFTER:
-            inp = getattr(trunk, POOL_AFTER[LAYERS[i - 1]])(inp)
-        out[name] = getattr(trunk, name)[0](inp)
-    return out
+    return pre_activations(trunk, x)
 
 
 def unit_stats(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,17 +23,11 @@ from ssl_bench.models.transfer import (
     prepare_for_transfer, prepare_weights_main, rescale_for_transfer, save_prepared,
 )
 
-POOL_AFTER = {"conv1": "pool1", "conv2": "pool2", "conv5": "pool5"}
+from conftest import pre_activations  # noqa: E402  (shared by the trunk tests)
 TINY = dict(widths=(16, 32, 48, 48, 32), fc_channels=64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on a shared CPU: intra-op threads cost more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def l_images(n: int = 8, size: int = 64, seed: int = 0) -> torch.Tensor:
@@ -76,19 +70,6 @@ def trained_looking(seed: int = 0, **kwargs) -> AlexNet:
 def rel_close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-4) -> bool:
     scale = max(a.abs().max().item(), b.abs().max().item(), 1e-12)
     return (a - b).abs().max().item() <= tol * scale
-
-
-@torch.no_grad()
-def pre_activations(trunk: AlexNet, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Each layer's conv output (before BN/ReLU), from the previous block's (pooled) output."""
-    feats = trunk.forward_features(x, LAYERS)
-    out = {}
-    for i, name in enumerate(LAYERS):
-        inp = x if i == 0 else feats[LAYERS[i - 1]]
-        if i and LAYERS[i - 1] in POOL_AFTER:
-            inp = getattr(trunk, POOL_AFTER[LAYERS[i - 1]])(inp)
-        out[name] = getattr(trunk, name)[0](inp)
-    return out
 
 
 def has_bn(module: nn.Module) -> bool:
