@@ -46,12 +46,13 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
         extra = ["scheduler.boundaries=[10]", "scheduler.values=[1.0,0.1]"]
     if (group, option) == ("probe", "svm_voc07"):
         extra = ["probe.voc_root=synthetic"]
-    primary = {"probe": "probe_run", "task": "finetune"}.get(group, "pretrain")
+    primary = {"probe": "probe_run", "task": "finetune", "preset": "benchmark"}.get(group, "pretrain")
     if group == "task":
         extra = ["voc_root=synthetic"]
-    where = paths(tmp_path) if group != "task" else paths(tmp_path)[:-1]  # finetune has no data group
+    where = {"task": paths(tmp_path)[:-1],  # finetune has no data group
+             "preset": []}.get(group, paths(tmp_path))  # benchmark composes its stages itself
     cfg = composed([f"{group}={option}", *where, *extra], primary)
-    node = cfg[group]
+    node = cfg[group] if group in cfg else cfg  # presets are global (package _global_)
     if group == "probe":
         from ssl_bench.evaluation.probes import RESIZE_MODES
         from ssl_bench.models.alexnet import LAYERS
@@ -87,6 +88,10 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
     elif group == "loss" and option.startswith("default_"):
         # colorization's default loss is the rebalanced classification; other pretexts have none
         assert bool(node) == (option == "default_colorization")
+    elif group == "preset":
+        from ssl_bench.benchmark import validate
+        validate(cfg)  # every method known, with a valid kind
+        assert cfg.preset_name == option and "colorization_full" in cfg.methods
     elif group == "task":
         from hydra.utils import get_class
         assert node.name == option and get_class(node.module._target_) and get_class(node.datamodule._target_)

@@ -387,7 +387,7 @@ def test_browser_end_to_end(tmp_path, data_dir, colorization_ckpt):
         assert len(rows) == trials
         assert proc.poll() is None
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         try:
             out, _ = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:

@@ -606,14 +606,17 @@ def turing_test_main(argv: Sequence[str]) -> int:
 
         def stop(signum: int, frame: Any) -> None:
             raise KeyboardInterrupt
-        old = signal.signal(signal.SIGTERM, stop) if threading.current_thread() is threading.main_thread() else None
+        # both signals explicitly: a process started in the background inherits SIGINT as ignored
+        signals = (signal.SIGTERM, signal.SIGINT)
+        main = threading.current_thread() is threading.main_thread()
+        old = {sig: signal.signal(sig, stop) for sig in signals} if main else {}
         try:
             httpd.serve_forever()
         except KeyboardInterrupt:
             pass
         finally:
-            if old is not None:
-                signal.signal(signal.SIGTERM, old)
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
         n = app.db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
         print(f"{PROG}: stopped; {n} answer(s) in {db}", flush=True)
         return 0
