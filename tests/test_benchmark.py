@@ -59,3 +59,6 @@ def test_failed_stage_is_recorded_and_the_rest_goes_on(outputs, run_cli, tmp_pat
     assert "gaussian_rgb/probe_linear" in summary["times"]
     failed = list(root.glob("broken/pretrain-*/failed.json"))
     assert failed and "nowhere" in json.loads(failed[0].read_text())["reason"]
+    # the leaderboard renders what ran and lists the missing stage with its reason
+    table = (root / "leaderboard.md").read_text()
+    assert "gaussian/rgb" in table and "broken/pretrain failed" in table and "nowhere" in table

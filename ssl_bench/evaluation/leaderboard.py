@@ -236,6 +236,9 @@ def collect(dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
     return out
 
 
+FAILED_NAME = "failed.json"  # written by ssl_bench.benchmark for a stage that raised
+
+
 def _find_results(root: Path) -> list[Path]:
     found: list[Path] = []
 
@@ -246,7 +249,17 @@ def _find_results(root: Path) -> list[Path]:
         subdirs.sort()  # deterministic order, so tables and warnings do not shuffle between runs
         if RESULTS_NAME in files:
             found.append(Path(here) / RESULTS_NAME)
+        elif FAILED_NAME in files:  # a benchmark stage that failed: say which cells are missing and why
+            _warn(_failure_text(Path(here) / FAILED_NAME))
     return found
+
+
+def _failure_text(path: Path) -> str:
+    try:
+        failed = json.loads(path.read_text(encoding="utf-8"))
+        return f"{path.parent}: stage {failed.get('stage', '?')} failed ({failed.get('reason', 'no reason recorded')}); its cells are missing"
+    except (OSError, ValueError, AttributeError) as e:
+        return f"{path.parent}: a stage failed (unreadable {FAILED_NAME}: {e}); its cells are missing"
 
 
 def _load(path: Path) -> dict[str, Any] | None:
