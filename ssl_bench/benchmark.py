@@ -60,24 +60,32 @@ class Stage:
     """One planned stage: its Hydra config, overrides, folder, and the stage it reads from."""
 
     def __init__(self, name: str, config_name: str, overrides: list[str], out_dir: Path,
-                 upstream: "Stage | None" = None) -> None:
+                 upstream: "Stage | None" = None, also_reads: "Stage | None" = None) -> None:
         self.name, self.config_name, self.overrides, self.upstream = name, config_name, overrides, upstream
         # composing now also checks every override before anything runs
-        self.key = stage_key(compose(config_name, overrides), upstream.key if upstream else "")
+        self.config = compose(config_name, overrides)
+        inputs = "+".join(s.key for s in (upstream, also_reads) if s is not None)
+        self.key = stage_key(self.config, inputs)
         self.dir = out_dir / f"{name}-{self.key}"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.dir / "checkpoints" / "last.ckpt"
 
 
 def plan(cfg: DictConfig) -> list[Stage]:
     """Every stage of the benchmark, in run order; raises on any bad method or override."""
     out = Path(cfg.out_dir)
     stages: list[Stage] = []
+    pretrained: dict[str, Stage] = {}
     for method in cfg.methods:
         preset = cfg.method_presets[method]
         pre: Stage | None = None
         if preset.kind == "pretrain":
             pre = Stage(f"{method}/pretrain", "pretrain", [*cfg.pretrain_overrides, *preset.overrides], out)
             stages.append(pre)
-            source = [f"checkpoint={pre.dir / 'checkpoints' / 'last.ckpt'}"]
+            pretrained[method] = pre
+            source = [f"checkpoint={pre.checkpoint}"]
         else:
             source = list(preset.overrides)
         for probe in cfg.probes:
@@ -88,7 +96,20 @@ def plan(cfg: DictConfig) -> list[Stage]:
                 raise ValueError(f"benchmark.voc_tasks: unknown task {task!r}; valid: {sorted(cfg.voc_task_presets)}")
             stages.append(Stage(f"{method}/{task}", "finetune",
                                 [*source, *cfg.voc_task_presets[task], *cfg.finetune_overrides], out, pre))
+    if cfg.get("colorization_eval"):
+        stages += colorization_stages(cfg, pretrained, out)
     return stages
+
+
+def colorization_stages(cfg: DictConfig, pretrained: dict[str, Stage], out: Path) -> list[Stage]:
+    """AuC and classifier top-1 of every colorization trunk; the classifier is the benchmark's own
+    supervised trunk when the method list has one (trained on the same data's colour images)."""
+    classifier = next((st for st in pretrained.values()
+                       if st.config.pretext._target_.endswith("SupervisedPretext")), None)
+    extra = [f"classifier={classifier.checkpoint}"] if classifier else []
+    return [Stage(f"{method}/colorization_eval", "colorization_eval",
+                  [f"checkpoint={pre.checkpoint}", *extra, *cfg.colorization_eval_overrides], out, pre, classifier)
+            for method, pre in pretrained.items() if pre.config.pretext._target_.endswith("ColorizationPretext")]
 
 
 def run_stages(stages: list[Stage], runner: Callable[[str, list[str]], None]) -> tuple[dict, dict]:

@@ -118,7 +118,8 @@ def _benchmark(overrides: Sequence[str]) -> None:
     from hydra.errors import HydraException
 
     from ssl_bench.benchmark import compose, run_benchmark
-    tasks = {"pretrain": _pretrain_task, "probe_run": _probe_task, "finetune": _finetune_task}
+    tasks = {"pretrain": _pretrain_task, "probe_run": _probe_task, "finetune": _finetune_task,
+             "colorization_eval": _colorization_eval_task}
     try:
         cfg = compose("benchmark", overrides)
 

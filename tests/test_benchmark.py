@@ -26,11 +26,15 @@ def test_smoke_pipeline_runs_every_stage_then_skips_them(outputs, run_cli, capsy
     assert not summary["failures"]
     ran = set(summary["times"])
     assert {"colorization_full/pretrain", "colorization_full/probe_linear", "colorization_full/voc_cls_fc6",
-            "supervised/pretrain", "gaussian_rgb/probe_linear", "gaussian_rgb/voc_cls_fc6"} <= ran
+            "supervised/pretrain", "gaussian_rgb/probe_linear", "gaussian_rgb/voc_cls_fc6",
+            "colorization_full/colorization_eval"} <= ran
     for f in ("leaderboard.md", "leaderboard.csv", "leaderboard.html", "leaderboard_layers.png"):
         assert (root / f).is_file()
     table = (root / "leaderboard.md").read_text()
     assert "colorization/full" in table and "gaussian/rgb" in table and "Cls fc6-8" in table
+    assert "AuC raw" in table  # colorization quality, with the benchmark's supervised trunk as classifier
+    evals = list(root.glob("colorization_full/colorization_eval-*/results.json"))
+    assert evals and "color/classifier_top1" in json.loads(evals[0].read_text())["metrics"]
     capsys.readouterr()
     # the same command again: every stage's results exist, nothing runs
     assert run_cli("benchmark", *SMOKE) == 0
