@@ -28,6 +28,7 @@ from ssl_bench.models.inputs import trunk_input
 from ssl_bench.models.transfer import fc_layers, load_suite_trunk, prepare_for_transfer
 from ssl_bench.pretrain import build_loggers, resolve_resume
 from ssl_bench.results import write_results
+from ssl_bench.tracking import finish_run
 
 PROTOCOL = "PASCAL VOC fine-tuning: cls 10-crop (fc6-8 / all), Faster R-CNN det (RPN proposals), FCN-32s seg"
 
@@ -144,4 +145,5 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         write_results(out_dir / "results.json", record)
+    finish_run(loggers, record, out_dir / "results.json")
     return record

@@ -18,6 +18,7 @@ from ssl_bench.models.inputs import trunk_input
 from ssl_bench.pretext.colorization import dataset_prior
 from ssl_bench.pretext.common import NonFiniteLossError
 from ssl_bench.results import write_results
+from ssl_bench.tracking import finish_run, wandb_run_kwargs
 
 
 def resolve_resume(ckpt_path: str | None, out_dir: Path) -> str | None:
@@ -66,7 +67,10 @@ def build_model(cfg: DictConfig, dm: Any, fresh: bool = True) -> pl.LightningMod
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:
-    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    """The configured loggers; a W&B one gets a run id stable per output folder (see ssl_bench.tracking)."""
+    out_dir = cfg.paths.output_dir
+    return [instantiate(c, **wandb_run_kwargs(c, out_dir)) for c in (cfg.get("logger") or {}).values()
+            if c is not None]
 
 
 def pretrain(cfg: DictConfig) -> dict[str, Any]:
@@ -121,9 +125,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         write_results(out_dir / "results.json", record)
-    for logger in loggers:
-        if hasattr(logger, "experiment") and hasattr(logger.experiment, "finish"):
-            logger.experiment.finish()
+    finish_run(loggers, record, out_dir / "results.json")
     return record
 
 

@@ -30,6 +30,7 @@ from ssl_bench.models.inputs import trunk_input
 from ssl_bench.models.checkpoint import CheckpointMismatchError, check_state_dict, read_checkpoint
 from ssl_bench.optim import piecewise_constant
 from ssl_bench.results import write_results
+from ssl_bench.tracking import finish_run, wandb_run_kwargs
 
 # the paper's probe schedule: lr x0.1 at 40k, 80k, 120k of 140k iterations, scaled to the run
 PAPER_STEPS = ([40_000, 80_000, 120_000], [1.0, 0.1, 0.01, 0.001], 140_000)
@@ -206,7 +207,8 @@ def run_probe(cfg: DictConfig) -> dict[str, Any]:
         test_x, test_y = features.get("val", dm.loader(dm.val_samples, False, bs), len(dm.val_samples))
     metrics: dict[str, Any] = {}
     extra: dict[str, Any] = {"feature_dims": dims}
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    loggers = [instantiate(c, **wandb_run_kwargs(c, out_dir)) for c in (cfg.get("logger") or {}).values()
+               if c is not None]
 
     if cfg.probe.kind == "knn":
         for layer in cfg.probe.layers:
@@ -250,4 +252,5 @@ def run_probe(cfg: DictConfig) -> dict[str, Any]:
         "wall_time_s": time.perf_counter() - t0, "config": OmegaConf.to_container(cfg, resolve=True),
     }
     write_results(out_dir / "results.json", record)
+    finish_run(loggers, record, out_dir / "results.json")
     return record
