@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
@@ -19,6 +21,39 @@ from ssl_bench.pretext.colorization import dataset_prior
 from ssl_bench.pretext.common import NonFiniteLossError
 from ssl_bench.results import write_results
 from ssl_bench.tracking import finish_run, wandb_run_kwargs
+
+
+class RngState(pl.Callback):
+    """Saves the Python, NumPy and torch RNG states in every checkpoint and puts them back when a
+    resumed run starts training (after the sanity check, which draws from the RNG too), so that a run
+    resumed from an epoch-end checkpoint draws the same data order and augmentations as an
+    uninterrupted one. (Final weights still differ slightly: bit-identical resume is not reached yet.)"""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        # plain types and tensors only: Lightning reads checkpoints with torch.load(weights_only=True)
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+                 "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.pending = state_dict
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.pending is None:
+            return
+        random.setstate(self.pending["python"])
+        name, keys, pos, has_gauss, cached = self.pending["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(self.pending["torch"])
+        if "cuda" in self.pending and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(self.pending["cuda"])
+        self.pending = None
 
 
 def resolve_resume(ckpt_path: str | None, out_dir: Path) -> str | None:
@@ -90,9 +125,11 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
                                  save_on_train_epoch_end=True, auto_insert_metric_name=False)
     loggers = build_loggers(cfg)
     trainer = instantiate(cfg.trainer, default_root_dir=str(out_dir), precision=cfg.precision,
-                          callbacks=[checkpoint, LearningRateMonitor("step")], logger=loggers)
+                          callbacks=[checkpoint, LearningRateMonitor("step"), RngState()], logger=loggers)
     if resume:
         check_state_dict(model, read_checkpoint(resume)["state_dict"], resume)
+    # re-seed after the preparation: a cached prior or a skipped init must not shift the data order
+    pl.seed_everything(cfg.seed, workers=True)
     try:
         trainer.fit(model, datamodule=dm, ckpt_path=resume)
     except NonFiniteLossError as e:
