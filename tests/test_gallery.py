@@ -12,7 +12,7 @@ from PIL import Image
 
 from ssl_bench import color
 from ssl_bench.evaluation import gallery
-from ssl_bench.evaluation.gallery import (gallery_main, grey_input, prior_and_weights, prior_figure_main,
+from ssl_bench.evaluation.gallery import (gallery_main, prior_and_weights, prior_figure_main,
                                           prior_from_weights)
 from ssl_bench.models.alexnet import alexnet_small
 from ssl_bench.pretext.colorization import ColorizationPretext, ColorObjective
@@ -162,18 +162,6 @@ def test_gallery_bad_input(images_dir, checkpoints, tmp_path, capsys):
     assert gallery_main(["--data", str(images_dir), "--l2", str(tmp_path / "nope.ckpt")]) == 2
     assert "nope.ckpt" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
-
-
-def test_fallback_colorize_keeps_L_and_decodes(checkpoints):
-    model = gallery._load_colorizer_fallback(checkpoints["full"])
-    assert not model.training and model.objective.rebalance
-    assert model.checkpoint_meta["variant"] == "full"
-    img = torch.from_numpy(_image(5, 64, 80)).permute(2, 0, 1).contiguous()
-    rgb, lab = gallery._colorize_fallback(model, img, "annealed_mean", 0.38)
-    assert rgb.dtype == torch.uint8 and rgb.shape == (3, 64, 80) and lab.shape == (3, 64, 80)
-    assert torch.allclose(lab[:1], color.l_from_uint8(img[None])[0])
-    g = grey_input(img)
-    assert (g[0] == g[1]).all() and (g[1] == g[2]).all()
 
 
 def _weights_ok(data) -> None:

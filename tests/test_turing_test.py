@@ -210,28 +210,6 @@ def test_prepare_images_skips_unreadable_and_writes_256px_pngs(tmp_path, data_di
     assert json.loads((cache / "manifest.json").read_text())["colorizer"]
 
 
-def test_internal_colorizer_fallback_matches_the_suite_colorizer(tmp_path, colorization_ckpt, monkeypatch):
-    """_colorize_files switches to ColorizationPretext.colorize when ssl_bench.colorize is absent."""
-    import ssl_bench
-    rng = np.random.default_rng(1)
-    crops = [rng.integers(0, 256, (256, 256, 3), dtype=np.uint8) for _ in range(2)]
-    backends = []
-    for tag in ("suite", "internal"):
-        if tag == "internal":
-            monkeypatch.delattr(ssl_bench, "colorize", raising=False)
-            monkeypatch.setitem(sys.modules, "ssl_bench.colorize", None)  # import fails
-        backends.append(tt._colorize_files(colorization_ckpt, [(c, tmp_path / f"{tag}{i}.png")
-                                                                for i, c in enumerate(crops)]))
-    assert backends[1] == "ColorizationPretext.colorize"
-    for i in range(2):
-        a = np.asarray(Image.open(tmp_path / f"suite{i}.png")).astype(int)
-        b = np.asarray(Image.open(tmp_path / f"internal{i}.png")).astype(int)
-        assert a.shape == b.shape == (256, 256, 3) and np.abs(a - b).mean() < 2.0
-
-
-# --------------------------------------------------------------------------- HTTP API and answer log
-
-
 def test_api_stores_each_answer_at_once_and_rows_survive_a_stop(tmp_path):
     srv = Running(tmp_path, trials=10, sentinel_fraction=0.2, seconds=0.5)
     try:

@@ -125,72 +125,16 @@ def _resolve_images(sources: Sequence[str | Path]) -> tuple[list[Path], str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _colorize_module() -> Any | None:
-    import importlib
-    try:
-        return importlib.import_module("ssl_bench.colorize")
-    except ModuleNotFoundError as e:
-        if e.name != "ssl_bench.colorize":  # a missing dependency of the module is a real error
-            raise
-        return None
-
-
 def _colorizer(checkpoint: str | Path) -> Any:
-    """A ColorizationPretext in eval mode rebuilt from a suite checkpoint."""
-    mod = _colorize_module()
-    if mod is not None and hasattr(mod, "load_colorizer"):
-        if torch.cuda.is_available():
-            return mod.load_colorizer(checkpoint, device="cuda")
-        return mod.load_colorizer(checkpoint)
-    return _load_colorizer_fallback(checkpoint)
+    """A ColorizationPretext in eval mode rebuilt from a suite checkpoint (on the GPU when there is one)."""
+    from ssl_bench.colorize import load_colorizer
+    return load_colorizer(checkpoint, device="cuda" if torch.cuda.is_available() else None)
 
 
 def _colorize(model: Any, img: Tensor, decode: str, T: float) -> tuple[Any, Any]:
     """(predicted sRGB uint8, Lab) of one uint8 3 x H x W image."""
-    mod = _colorize_module()
-    if mod is not None and hasattr(mod, "colorize_image"):
-        return mod.colorize_image(model, img, decode=decode, T=T)
-    return _colorize_fallback(model, img, decode, T)
-
-
-def _load_colorizer_fallback(checkpoint: str | Path) -> Any:
-    from ssl_bench.models.alexnet import AlexNet
-    from ssl_bench.models.checkpoint import CheckpointMismatchError, check_state_dict, read_checkpoint
-    from ssl_bench.pretext.colorization import ColorizationPretext, ColorObjective
-
-    ckpt = read_checkpoint(checkpoint)
-    meta = ckpt.get("ssl_bench")
-    if not meta or "trunk" not in meta:
-        raise CheckpointMismatchError(f"checkpoint {checkpoint} was not written by ssl_bench "
-                                      "(no 'ssl_bench' entry with the trunk's configuration)")
-    if meta.get("pretext") != "colorization":
-        raise CheckpointMismatchError(f"checkpoint {checkpoint} is a {meta.get('pretext')!r} checkpoint; "
-                                      "the gallery needs a colorization checkpoint")
-    variant = meta.get("variant")
-    objective = ColorObjective(kind="regression" if variant == "l2" else "classification",
-                               rebalance=variant == "full")
-    # a placeholder prior: the stored bin_weights buffer replaces what it gives
-    prior = torch.full((color.NUM_BINS,), 1.0 / color.NUM_BINS) if objective.rebalance else None
-    model = ColorizationPretext(AlexNet(**meta["trunk"]), objective, optimizer=lambda p: None,
-                                prior=prior, ab_stride=int(meta.get("ab_stride", 8)), channels_last=False)
-    state = ckpt.get("state_dict", {})
-    check_state_dict(model, state, str(checkpoint))
-    model.load_state_dict(state)
-    return model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-
-
-@torch.no_grad()
-def _colorize_fallback(model: Any, img: Tensor, decode: str, T: float) -> tuple[Tensor, Tensor]:
-    """L at full resolution, predicted ab decoded at the ab grid and upsampled bilinearly."""
-    import torch.nn.functional as F
-    device = next(model.parameters()).device
-    out, _, L = model(img[None].to(device))
-    out = out.float()
-    ab = out if model.objective.kind == "regression" else color.decode(out, decode, T)
-    ab = F.interpolate(ab, size=L.shape[-2:], mode="bilinear", align_corners=False)
-    lab = torch.cat([L, ab], 1)
-    rgb = color.lab_to_rgb(lab)[0]
-    return rgb.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).cpu(), lab[0].cpu()
+    from ssl_bench.colorize import colorize_image
+    return colorize_image(model, img, decode=decode, T=T)
 
 
 def _method_name(model: Any, fallback: str) -> str:

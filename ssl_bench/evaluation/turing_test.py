@@ -227,50 +227,18 @@ def _method(meta: dict[str, Any]) -> str:
     return f"colorization/{meta['variant']}" if meta.get("variant") else "colorization"
 
 
-def _load_internal_colorizer(checkpoint: str | Path) -> Any:
-    """ColorizationPretext rebuilt from a suite checkpoint (trunk config, variant, ab stride in its meta)."""
-    from ssl_bench.models.alexnet import AlexNet
-    from ssl_bench.models.checkpoint import check_state_dict, read_checkpoint
-    from ssl_bench.pretext.colorization import ColorizationPretext, ColorObjective
-    ckpt = read_checkpoint(checkpoint)
-    meta = ckpt["ssl_bench"]
-    objective = ColorObjective(kind="regression" if meta.get("variant") == "l2" else "classification",
-                               rebalance=False)  # the rebalancing weights only matter for training
-    module = ColorizationPretext(AlexNet(**meta["trunk"]), objective, lambda p: None,
-                                 ab_stride=int(meta.get("ab_stride", 8)), channels_last=False)
-    state = ckpt.get("state_dict", {})
-    check_state_dict(module, state, str(checkpoint))
-    module.load_state_dict(state)
-    return module.eval()
-
-
 def _colorize_files(checkpoint: str | Path, items: Sequence[tuple[np.ndarray, Path]],
                     T: float = DEFAULT_T) -> str:
-    """Colorize each uint8 H x W x 3 crop and write the result as PNG at its path; returns the backend.
-
-    The one place that knows how to colorize: the suite's ``ssl_bench.colorize`` when it exists
-    (``load_colorizer(checkpoint)``, ``colorize_image(model, image_uint8, decode, T)``: annealed
-    mean at temperature T, the image's own L kept), otherwise ``ColorizationPretext.colorize`` on
-    the module rebuilt from the checkpoint (same decoding).
-    """
+    """Colorize each uint8 H x W x 3 crop with the suite's colorizer (annealed mean at temperature T,
+    the image's own L kept) and write the result as PNG at its path; returns the backend's name."""
     import torch
-    try:
-        from ssl_bench import colorize as suite  # type: ignore[attr-defined]
-    except ImportError:
-        suite = None
-    if suite is not None and hasattr(suite, "load_colorizer") and hasattr(suite, "colorize_image"):
-        model = suite.load_colorizer(checkpoint)
-        for img, path in items:  # colorize_image: uint8 3 x H x W -> (uint8 3 x H x W sRGB, Lab)
-            out = suite.colorize_image(model, torch.from_numpy(img).permute(2, 0, 1).contiguous(),
-                                       "annealed_mean", T)
-            _write_png(_to_uint8_hwc(out[0] if isinstance(out, tuple) else out), path)
-        return "ssl_bench.colorize"
-    module = _load_internal_colorizer(checkpoint)
-    with torch.no_grad():
-        for img, path in items:
-            x = torch.from_numpy(img).permute(2, 0, 1)[None].contiguous()
-            _write_png(_to_uint8_hwc(module.colorize(x, T)[0]), path)
-    return "ColorizationPretext.colorize"
+
+    from ssl_bench.colorize import colorize_image, load_colorizer
+    model = load_colorizer(checkpoint)
+    for img, path in items:
+        rgb, _ = colorize_image(model, torch.from_numpy(img).permute(2, 0, 1).contiguous(), "annealed_mean", T)
+        _write_png(_to_uint8_hwc(rgb), path)
+    return "ssl_bench.colorize"
 
 
 def prepare_images(data: str | Path, checkpoint: str | Path, cache_dir: str | Path, *,

@@ -56,7 +56,7 @@ from ssl_bench.data.images import DECODE_ERRORS, SkipCounter, decode_rgb
 from ssl_bench.data.voc import VOC_CLASSES, parse_annotation, read_image_set, voc_root
 from ssl_bench.models.inputs import trunk_input
 from ssl_bench.pretext.common import check_finite, configure_optimizers
-from ssl_bench.evaluation.metrics import voc_prefix
+from ssl_bench.evaluation.metrics import detection_ap, voc_prefix
 
 __all__ = ["VOCDetectionDataset", "VOCDetectionData", "VOCDetectionTask", "collate_detection",
            "hflip_detection", "evaluate_detections", "TrunkBackbone", "box_head"]
@@ -403,69 +403,12 @@ class VOCDetectionTask(pl.LightningModule):
 
 # ------------------------------------------------------------------------------------ evaluation
 
-def _devkit_ap(detections: Sequence[tuple[Hashable, float, Sequence[float]]],
-               ground_truths: Mapping[Hashable, tuple[np.ndarray, np.ndarray]], iou_threshold: float = 0.5,
-               use_07_metric: bool = True) -> float:
-    """Own devkit-faithful AP of one class (fallback when ``metrics.detection_ap`` is unavailable).
-
-    Same rules as ``VOCevaldet.m``: descending score (stable), match to the max-IoU GT box of the
-    image (inclusive +1 IoU), IoU > threshold: difficult -> ignored, first match -> TP, later -> FP
-    (duplicate); else FP.  11-point AP (recall >= t decided in integers) or the area under the
-    interpolated curve.  nan when there is no non-difficult GT box.
-    """
-    npos = int(sum(int((~np.asarray(d, dtype=bool)).sum()) for _, d in ground_truths.values()))
-    if npos == 0:
-        return float("nan")
-    if not detections:
-        return 0.0
-    scores = np.array([float(s) for _, s, _ in detections])
-    order = np.argsort(-scores, kind="stable")
-    used = {img: np.zeros(len(np.asarray(d)), dtype=bool) for img, (_, d) in ground_truths.items()}
-    tp = np.zeros(len(order), dtype=np.int64)
-    fp = np.zeros(len(order), dtype=np.int64)
-    for r, i in enumerate(order):
-        img, _, box = detections[i]
-        gt = ground_truths.get(img)
-        b = np.asarray(box, dtype=np.float64)
-        g = np.asarray(gt[0], dtype=np.float64).reshape(-1, 4) if gt is not None else np.zeros((0, 4))
-        if g.shape[0] == 0:
-            fp[r] = 1
-            continue
-        iw = np.clip(np.minimum(g[:, 2], b[2]) - np.maximum(g[:, 0], b[0]) + 1.0, 0, None)
-        ih = np.clip(np.minimum(g[:, 3], b[3]) - np.maximum(g[:, 1], b[1]) + 1.0, 0, None)
-        inter = iw * ih
-        union = ((b[2] - b[0] + 1.0) * (b[3] - b[1] + 1.0)
-                 + (g[:, 2] - g[:, 0] + 1.0) * (g[:, 3] - g[:, 1] + 1.0) - inter)
-        ov = inter / union
-        j = int(np.argmax(ov))
-        if ov[j] > iou_threshold:
-            if np.asarray(gt[1], dtype=bool)[j]:
-                continue
-            if not used[img][j]:
-                tp[r], used[img][j] = 1, True
-            else:
-                fp[r] = 1
-        else:
-            fp[r] = 1
-    ctp, cfp = np.cumsum(tp), np.cumsum(fp)
-    prec = ctp / np.maximum(ctp + cfp, np.finfo(np.float64).eps)
-    if use_07_metric:
-        return float(sum((prec[10 * ctp >= k * npos].max() if (10 * ctp >= k * npos).any() else 0.0)
-                         for k in range(11)) / 11.0)
-    interp = np.maximum.accumulate(prec[::-1])[::-1]
-    return float(np.sum(interp[tp == 1]) / npos)
-
-
 def _class_ap(detections: Sequence[tuple[Hashable, float, Sequence[float]]],
               ground_truths: Mapping[Hashable, tuple[np.ndarray, np.ndarray]], use_07_metric: bool = True
               ) -> float:
     """AP in [0, 1] (nan without non-difficult GT) of ONE class at IoU > 0.5: the single switch
     point of the evaluation.  detections: (image_id, score, inclusive box) triples; ground_truths:
     image_id -> (boxes M x 4 inclusive, difficult bool M).  Uses ``metrics.detection_ap``."""
-    try:
-        from ssl_bench.evaluation.metrics import detection_ap
-    except ImportError:  # pragma: no cover - metrics without detection support
-        return _devkit_ap(detections, ground_truths, 0.5, use_07_metric)
     return detection_ap(list(detections), ground_truths, iou_threshold=0.5, use_07_metric=use_07_metric)
 
 
