@@ -24,6 +24,7 @@ from ssl_bench.data.images import DECODE_ERRORS, decode_rgb
 from ssl_bench.data.voc import read_image_set, voc_root, write_synthetic_voc
 from ssl_bench.evaluation.metrics import voc_prefix
 from ssl_bench.models.checkpoint import check_state_dict, read_checkpoint
+from ssl_bench.models.init import apply_init
 from ssl_bench.models.inputs import trunk_input
 from ssl_bench.models.transfer import fc_layers, load_suite_trunk, prepare_for_transfer
 from ssl_bench.pretrain import build_loggers, resolve_resume
@@ -43,45 +44,48 @@ def resolve_voc(cfg: DictConfig) -> Path:
     return voc_root(cfg.voc_root, year)
 
 
-def rescale_images(voc: Path, cfg: DictConfig, space: str) -> torch.Tensor:
-    """The first ``finetune.rescale_images`` train images, resized and centre-cropped, as network input
-    for the Krähenbühl statistics (no labels are read)."""
+def train_images(voc: Path, cfg: DictConfig, n: int) -> torch.Tensor:
+    """The first ``n`` decodable images of the task's train split, resized and centre-cropped to
+    ``finetune.rescale_size``: uint8 n x 3 x S x S (statistics for Krähenbühl; no labels are read)."""
     task = "Segmentation" if cfg.task.name == "voc_seg" else "Main"
     ids = read_image_set(voc, cfg.task.year, cfg.task.datamodule.train_split, task)
     size = int(cfg.finetune.rescale_size)
     images = []
     for image_id in ids:
-        path = voc / "JPEGImages" / f"{image_id}.jpg"
         try:
-            img = decode_rgb(path)
+            img = decode_rgb(voc / "JPEGImages" / f"{image_id}.jpg")
         except DECODE_ERRORS:
             continue
         images.append(TF.center_crop(TF.resize(img, size, antialias=True), size))
-        if len(images) >= cfg.finetune.rescale_images:
+        if len(images) >= n:
             break
     if not images:
         raise FileNotFoundError(f"{voc}/JPEGImages: no decodable image for the rescaling statistics")
-    return trunk_input(torch.stack(images), space)
+    return torch.stack(images)
 
 
 def load_source(cfg: DictConfig, voc: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """(prepared trunk, description): from a suite checkpoint, or an untrained init (init group)."""
+    decoded: list[torch.Tensor] = []
+
+    def images(n: int) -> torch.Tensor:  # decoded once for the init and the rescaling
+        if len(decoded) < n:
+            decoded[:] = list(train_images(voc, cfg, n))
+        return torch.stack(decoded[:n])
+
     if cfg.get("checkpoint"):
         trunk, meta = load_suite_trunk(cfg.checkpoint)
-        method = "/".join(str(p) for p in (meta.get("pretext"), meta.get("variant")) if p)
-        source = str(cfg.checkpoint)
+        method, source = meta["method"], str(cfg.checkpoint)
     elif cfg.get("init"):
         torch.manual_seed(cfg.seed)
         trunk = instantiate(cfg.backbone)
-        initialiser = instantiate(cfg.init)
-        if getattr(initialiser, "num_images", 0):
-            initialiser(trunk, rescale_images(voc, cfg, trunk.input_space))
-        method, source, meta = f"{initialiser.name}/{trunk.input_space}", f"init={initialiser.name}", {}
+        name = apply_init(trunk, instantiate(cfg.init), images)["name"]
+        method, source, meta = f"{name}/{trunk.input_space}", f"init={name}", {}
     else:
         raise ValueError("finetune: give checkpoint=PATH (a suite checkpoint) or init=gaussian|kraehenbuehl")
     f = cfg.finetune
-    images = rescale_images(voc, cfg, trunk.input_space) if f.rescale else None
-    prepared = prepare_for_transfer(trunk, f.mode, absorb_bn=f.absorb_bn, rescale_images=images)
+    rescale = trunk_input(images(f.rescale_images), trunk.input_space) if f.rescale else None
+    prepared = prepare_for_transfer(trunk, f.mode, absorb_bn=f.absorb_bn, rescale_images=rescale)
     return prepared, {"method": method, "source": source, "input_space": prepared.input_space,
                       "mode": f.mode, "absorb_bn": bool(f.absorb_bn), "rescaled": bool(f.rescale),
                       "trunk": getattr(trunk, "config", {}), "pretrain_meta": meta}

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from ssl_bench.models.checkpoint import check_state_dict, read_checkpoint
-from ssl_bench.models.inputs import trunk_input
+from ssl_bench.models.init import apply_init
 from ssl_bench.pretext.colorization import dataset_prior
 from ssl_bench.pretext.common import NonFiniteLossError
 from ssl_bench.results import write_results
@@ -65,14 +65,6 @@ def resolve_resume(ckpt_path: str | None, out_dir: Path) -> str | None:
     return str(ckpt_path)
 
 
-def initialise(trunk: torch.nn.Module, init: Any, dm: Any) -> dict[str, Any]:
-    """Apply the ``init`` group (Gaussian = the trunk's own init; Krähenbühl needs real images)."""
-    if init is None or not getattr(init, "num_images", 0):
-        return {"name": getattr(init, "name", "gaussian")}
-    report = init(trunk, trunk_input(dm.first_train_images(init.num_images), trunk.input_space))
-    return {"name": init.name, **{k: v for k, v in report.items() if isinstance(v, (int, float, str))}}
-
-
 def build_model(cfg: DictConfig, dm: Any, fresh: bool = True) -> pl.LightningModule:
     """Instantiate trunk (initialised), the pretext's parts and the pretext module.
 
@@ -80,7 +72,7 @@ def build_model(cfg: DictConfig, dm: Any, fresh: bool = True) -> pl.LightningMod
     """
     trunk = instantiate(cfg.backbone)
     init = instantiate(cfg.init) if cfg.get("init") else None
-    trunk.init_report = (initialise(trunk, init, dm) if fresh else
+    trunk.init_report = (apply_init(trunk, init, dm.first_train_images) if fresh else
                          {"name": getattr(init, "name", "gaussian"), "restored": "weights from the checkpoint"})
     kwargs: dict[str, Any] = {"trunk": trunk, "optimizer": instantiate(cfg.optimizer),
                               "scheduler": instantiate(cfg.scheduler) if cfg.get("scheduler") else None}

@@ -57,6 +57,14 @@ def test_colorization_checkpoint_in_color_mode_and_leaderboard_row(tiny_data, tm
     assert {"cls_fc6", "cls_all", "seg"} <= set(voc.rows[0].cells)
 
 
+def test_kraehenbuehl_row_is_initialised_on_voc_train_images(tmp_path, run_cli):
+    out = tmp_path / "ft"
+    assert run_cli("finetune", "init=kraehenbuehl", "backbone.input_space=rgb", "init.num_images=6", *TINY,
+                   *finetune_args("voc_cls", out, tmp_path)) == 0
+    record = json.loads((out / "results.json").read_text())
+    assert record["method"] == "kraehenbuehl/rgb" and 0.0 <= record["metrics"][METRIC["voc_cls"]] <= 100.0
+
+
 def test_mode_that_does_not_match_the_trunk_is_a_clear_error(tiny_data, tmp_path, run_cli, capsys):
     pre = tmp_path / "pre"
     assert run_cli("pretrain", *tiny_overrides(tiny_data, pre, tmp_path / "cache"), "init=gaussian") == 0

@@ -26,8 +26,8 @@ from ssl_bench.evaluation.feature_cache import CachedFeatures, FeatureStore, cac
 from ssl_bench.evaluation.knn import knn_predict, topk_accuracy
 from ssl_bench.evaluation.probes import RESIZE_MODES, FeatureExtractor, LinearProbe, ProbeHeads
 from ssl_bench.models.alexnet import LAYERS, AlexNet
-from ssl_bench.models.inputs import trunk_input
-from ssl_bench.models.checkpoint import CheckpointMismatchError, check_state_dict, read_checkpoint
+from ssl_bench.models.init import apply_init
+from ssl_bench.models.transfer import load_suite_trunk
 from ssl_bench.optim import piecewise_constant
 from ssl_bench.results import write_results
 from ssl_bench.tracking import finish_run, wandb_run_kwargs
@@ -44,30 +44,21 @@ def load_trunk(checkpoint: str | None, init: DictConfig | None, backbone: DictCo
     (data-dependent, measured on the first train images of ``init_data``, a ``data`` group config).
     """
     if checkpoint:
-        ckpt = read_checkpoint(checkpoint)
-        meta = ckpt.get("ssl_bench")
-        if not meta or "trunk" not in meta:
-            raise CheckpointMismatchError(f"checkpoint {checkpoint} was not written by ssl_bench "
-                                          "(no 'ssl_bench' entry with the trunk's configuration)")
-        trunk = AlexNet(**meta["trunk"])
-        state = ckpt.get("state_dict", {})
-        check_state_dict(trunk, {k: v for k, v in state.items() if k.startswith("trunk.")}, checkpoint, "trunk.")
-        trunk.load_state_dict({k[len("trunk."):]: v for k, v in state.items() if k.startswith("trunk.")})
-        method = f"{meta['pretext']}/{meta['variant']}" if meta.get("variant") else meta["pretext"]
-        return trunk, {"method": method, "input_space": meta["input_space"], "source": str(checkpoint),
-                       "trunk": meta["trunk"]}
+        trunk, meta = load_suite_trunk(checkpoint)
+        return trunk, {k: meta[k] for k in ("method", "input_space", "source", "trunk")}
     if init:
         if backbone is None:
             raise ValueError("init=... needs a backbone config")
         torch.manual_seed(seed)
         trunk = instantiate(backbone)
         initialiser = instantiate(init)
-        if getattr(initialiser, "num_images", 0):  # data-dependent (Krähenbühl): no labels used
+
+        def first_images(n: int) -> torch.Tensor:  # data-dependent (Krähenbühl): no labels used
             dm = instantiate(init_data)
             dm.prepare_data()
             dm.setup("fit")
-            initialiser(trunk, trunk_input(dm.first_train_images(initialiser.num_images), trunk.input_space))
-        name = initialiser.name
+            return dm.first_train_images(n)
+        name = apply_init(trunk, initialiser, first_images)["name"]
         return trunk, {"method": f"{name}/{trunk.input_space}", "input_space": trunk.input_space,
                        "source": f"init={name}", "trunk": trunk.config}
     raise ValueError("probe: give checkpoint=PATH (a suite checkpoint) or init=gaussian|kraehenbuehl")

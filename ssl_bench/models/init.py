@@ -484,6 +484,20 @@ def kraehenbuehl_init(trunk: nn.Module, images: Tensor, kmeans: bool = False, ca
     return report
 
 
+def apply_init(trunk: nn.Module, initialiser: Any, images: Callable[[int], Tensor]) -> dict[str, Any]:
+    """Apply an ``init`` group object to ``trunk`` and return a short report.
+
+    Gaussian keeps the trunk's own init; data-dependent inits (``num_images`` > 0) get
+    ``images(n)``: the first n real images, uint8 n x 3 x H x W, fed as the trunk's input space.
+    Used by pretraining, the probe harness and fine-tuning alike.
+    """
+    from ssl_bench.models.inputs import trunk_input
+    if initialiser is None or not getattr(initialiser, "num_images", 0):
+        return {"name": getattr(initialiser, "name", "gaussian")}
+    report = initialiser(trunk, trunk_input(images(initialiser.num_images), trunk.input_space))
+    return {"name": initialiser.name, **{k: v for k, v in report.items() if isinstance(v, (int, float, str))}}
+
+
 class KraehenbuehlInit:
     """Hydra-instantiable Krähenbühl init (a plain class: Hydra would convert dataclass kwargs)."""
 
