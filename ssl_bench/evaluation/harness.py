@@ -18,10 +18,12 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
+from lightning_fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
 from ssl_bench.data.images import SkipCounter
+from ssl_bench.data.sharding import ShardedBatchSampler
 from ssl_bench.evaluation.feature_cache import CachedFeatures, FeatureStore, cache_key, trunk_fingerprint
 from ssl_bench.evaluation.knn import knn_predict, topk_accuracy
 from ssl_bench.evaluation.probes import RESIZE_MODES, FeatureExtractor, LinearProbe, ProbeHeads
@@ -135,11 +137,25 @@ class Features:
         return {k: np.concatenate(v) for k, v in feats.items()}, np.concatenate(labels)
 
 
+def _batches(ds: Any, batch_size: int, shuffle: bool, seed: int, drop_last: bool = False) -> ShardedBatchSampler:
+    """Seeded global batches, each split across DDP ranks (one process: the batches themselves)."""
+    base = RandomSampler(ds, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(ds)
+    return ShardedBatchSampler(BatchSampler(base, batch_size, drop_last=drop_last))
+
+
 def feature_loader(feats: dict[str, np.ndarray], labels: np.ndarray, batch_size: int, shuffle: bool,
                    indices: np.ndarray | None = None, seed: int = 0) -> DataLoader:
     ds = CachedFeatures(feats, labels, indices)
-    base = RandomSampler(ds, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(ds)
-    return DataLoader(ds, sampler=BatchSampler(base, batch_size, drop_last=False), batch_size=None)
+    return DataLoader(ds, sampler=_batches(ds, batch_size, shuffle, seed), batch_size=None)
+
+
+def image_loader(loader: DataLoader, shuffle: bool, seed: int) -> DataLoader:
+    """The datamodule's image loader with seeded, DDP-sharded batches (same dataset, workers, collate)."""
+    inner = loader.batch_sampler if loader.batch_size is not None else loader.sampler
+    ds = loader.dataset
+    return DataLoader(ds, batch_sampler=_batches(ds, inner.batch_size, shuffle, seed, inner.drop_last),
+                      num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+                      persistent_workers=loader.persistent_workers)
 
 
 def fit_heads(cfg: DictConfig, dims: dict[str, int], num_classes: int, train: DataLoader,
@@ -150,11 +166,13 @@ def fit_heads(cfg: DictConfig, dims: dict[str, int], num_classes: int, train: Da
     steps = cfg.probe.epochs * len(train)
     bounds, values, total = PAPER_STEPS
     scheduler = partial(piecewise_constant, boundaries=bounds, values=values, scale=steps / total)
+    pl.seed_everything(cfg.seed, workers=True)  # head init must not depend on a feature-cache hit or miss
     module = LinearProbe(ProbeHeads(dims, num_classes, list(cfg.probe.lr_grid)), instantiate(cfg.optimizer),
                          num_classes, scheduler=scheduler, extractor=extractor, val_names=tuple(vals))
     trainer = instantiate(cfg.trainer, max_epochs=cfg.probe.epochs, default_root_dir=str(out_dir),
                           logger=loggers or False, enable_checkpointing=False, num_sanity_val_steps=0,
-                          precision=cfg.precision, check_val_every_n_epoch=cfg.probe.epochs)
+                          precision=cfg.precision, check_val_every_n_epoch=cfg.probe.epochs,
+                          use_distributed_sampler=False)  # the loaders shard themselves, without padding
     trainer.fit(module, train_dataloaders=train, val_dataloaders=list(vals.values()))
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("probe/") and "loss" not in k}
 
@@ -218,8 +236,10 @@ def run_probe(cfg: DictConfig) -> dict[str, Any]:
             raw = fit_heads(cfg, dims, C, train, vals, None, out_dir, loggers)
         else:  # streaming: random crops and flips through the frozen trunk every step
             fit_s, hold_s = split_holdout(dm.train_samples, cfg.probe.holdout_fraction, cfg.seed)
-            vals = {"test": dm.loader(dm.val_samples, False, bs), "holdout": dm.loader(hold_s, False, bs)}
-            raw = fit_heads(cfg, dims, C, dm.loader(fit_s, True, bs), vals, extractor, out_dir, loggers)
+            vals = {"test": image_loader(dm.loader(dm.val_samples, False, bs), False, cfg.seed),
+                    "holdout": image_loader(dm.loader(hold_s, False, bs), False, cfg.seed)}
+            train = image_loader(dm.loader(fit_s, True, bs), True, cfg.seed)
+            raw = fit_heads(cfg, dims, C, train, vals, extractor, out_dir, loggers)
         final, chosen = select_on_holdout(raw, list(cfg.probe.layers), list(cfg.probe.lr_grid))
         metrics.update(final)
         extra["chosen_lr"] = chosen
@@ -242,6 +262,7 @@ def run_probe(cfg: DictConfig) -> dict[str, Any]:
         "seed": cfg.seed, "started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
         "wall_time_s": time.perf_counter() - t0, "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    write_results(out_dir / "results.json", record)
-    finish_run(loggers, record, out_dir / "results.json")
+    if rank_zero_only.rank == 0:  # DDP: every rank holds the same synced metrics; one writes them
+        write_results(out_dir / "results.json", record)
+        finish_run(loggers, record, out_dir / "results.json")
     return record

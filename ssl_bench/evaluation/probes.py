@@ -13,8 +13,11 @@ from typing import Any, Callable
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+import torch.distributed as dist
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
+
+from ssl_bench.data.sharding import rank_and_world
 
 from ssl_bench.models.inputs import trunk_input
 
@@ -81,6 +84,37 @@ class FeatureExtractor(nn.Module):
         return {k: v.shape[1] for k, v in self(probe).items()}
 
 
+class GlobalBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d whose training statistics are those of the global batch under DDP.
+
+    Each rank holds a strided part of the one-process batch (ShardedBatchSampler); summing counts,
+    sums and squared deviations over ranks gives the statistics one process would compute, so a DDP
+    probe trains the same heads. The probe's inputs are frozen features (no gradient), so the
+    statistics need no backward pass. One process, or eval mode: plain BatchNorm1d.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: float N x d (N may be 0 on a rank that got an empty part of the last batch)."""
+        _, world = rank_and_world()
+        if not self.training or world == 1:
+            return super().forward(x)
+        if x.requires_grad:
+            raise NotImplementedError("GlobalBatchNorm1d: statistics are reduced without gradient")
+        xd = x.double()
+        stats = torch.cat([xd.new_tensor([x.shape[0]]), xd.sum(0)])
+        dist.all_reduce(stats)
+        n, mean = stats[0], stats[1:] / stats[0]
+        sq = ((xd - mean) ** 2).sum(0)
+        dist.all_reduce(sq)
+        var = sq / n
+        with torch.no_grad():
+            m = self.momentum
+            self.running_mean.mul_(1 - m).add_(m * mean.to(self.running_mean.dtype))
+            self.running_var.mul_(1 - m).add_(m * (var * n / (n - 1)).to(self.running_var.dtype))
+            self.num_batches_tracked += 1
+        return ((xd - mean) / torch.sqrt(var + self.eps)).to(x.dtype)
+
+
 class ProbeHeads(nn.Module):
     """Per head: BatchNorm1d without affine, then a linear classifier.
 
@@ -97,7 +131,7 @@ class ProbeHeads(nn.Module):
         self.lr_of = {f"{k}@{lr:g}": float(lr) for k in dims for lr in lrs} if lrs else {}
         self.names = tuple(self.layer_of)
         # ModuleDict keys cannot hold "." (the learning rate), hence the index keys
-        self.heads = nn.ModuleList(nn.Sequential(nn.BatchNorm1d(dims[k], affine=False), nn.Linear(dims[k], num_classes))
+        self.heads = nn.ModuleList(nn.Sequential(GlobalBatchNorm1d(dims[k], affine=False), nn.Linear(dims[k], num_classes))
                                    for k in self.layer_of.values())
         self.index = {n: i for i, n in enumerate(self.names)}
         for head in self.heads:
@@ -145,11 +179,18 @@ class LinearProbe(pl.LightningModule):
         return self.extractor(batch["image"])
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
-        if batch["label"].numel() == 0:
+        _, world = rank_and_world()
+        n = batch["label"].new_tensor(batch["label"].shape[0], dtype=torch.float32)
+        if world == 1 and n == 0:
             return None
+        if world > 1:  # every rank must step (collectives); an empty part contributes zero
+            dist.all_reduce(n)
         logits = self.heads(self.features(batch))
-        loss = torch.stack([F.cross_entropy(v, batch["label"]) for v in logits.values()]).sum()
-        self.log("probe/train_loss", loss, prog_bar=True)
+        # summed over this rank's part / the global count, times world: DDP's gradient average then
+        # equals the one-process mean over the whole batch
+        loss = torch.stack([F.cross_entropy(v, batch["label"], reduction="sum") for v in logits.values()]).sum()
+        loss = loss / n * world
+        self.log("probe/train_loss", loss, prog_bar=True, batch_size=max(1, batch["label"].shape[0]))
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
