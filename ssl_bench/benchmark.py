@@ -7,6 +7,10 @@ from, so re-running the same command skips what already finished (a stage whose 
 "completed"), resumes a killed pretraining from its last checkpoint, and reruns a stage whose
 config changed in a new folder. A failed stage is recorded (``failed.json`` with the error) and the
 pipeline goes on with the other methods; the leaderboard lists what is missing and why.
+
+``logger=wandb`` makes every stage that has a logger a W&B run (named after the stage, in one
+group), then logs the leaderboard as one more run (job_type "leaderboard"); the logger choice is
+passed to the stages at run time and is not part of the stage hash, so switching it reruns nothing.
 """
 
 from __future__ import annotations
@@ -112,8 +116,39 @@ def colorization_stages(cfg: DictConfig, pretrained: dict[str, Stage], out: Path
             for method, pre in pretrained.items() if pre.config.pretext._target_.endswith("ColorizationPretext")]
 
 
-def run_stages(stages: list[Stage], runner: Callable[[str, list[str]], None]) -> tuple[dict, dict]:
-    """Run each stage unless its results exist; a failure is recorded and its dependants skipped."""
+def _wandb(cfg: DictConfig) -> DictConfig | None:
+    """The benchmark's W&B logger settings (``logger=wandb``), or None."""
+    logger = cfg.get("logger") or {}
+    return logger.get("wandb") if "wandb" in logger else None
+
+
+def wandb_group(cfg: DictConfig) -> str:
+    return _wandb(cfg).get("group") or f"benchmark-{cfg.get('preset_name') or Path(cfg.out_dir).name}"
+
+
+def log_overrides(cfg: DictConfig, stage: Stage) -> list[str]:
+    """Run-time logger overrides of a stage (not hashed): with ``logger=wandb`` the stage logs to
+    W&B too, with the benchmark's ``logger.wandb.*``, one group and the stage's name as run name.
+    Stages without a logger (colorization_eval) get none."""
+    if _wandb(cfg) is None or "logger" not in stage.config:
+        return []
+    from ssl_bench.tracking import stage_wandb_overrides
+    return stage_wandb_overrides(OmegaConf.to_container(_wandb(cfg), resolve=False),
+                                 group=wandb_group(cfg), name=stage.name)
+
+
+def leaderboard_args(cfg: DictConfig, out: Path) -> list[str]:
+    """``ssl-bench leaderboard`` arguments for the benchmark's folder (plus W&B with logger=wandb)."""
+    if _wandb(cfg) is None:
+        return [str(out), "--out", str(out)]
+    from ssl_bench.tracking import leaderboard_wandb_args
+    return [str(out), "--out", str(out), *leaderboard_wandb_args(_wandb(cfg), group=wandb_group(cfg))]
+
+
+def run_stages(stages: list[Stage], runner: Callable[[str, list[str]], None],
+               extra: Callable[[Stage], list[str]] = lambda stage: []) -> tuple[dict, dict]:
+    """Run each stage unless its results exist; a failure is recorded and its dependants skipped.
+    ``extra(stage)``: run-time overrides that are not part of the stage's hash (its loggers)."""
     times: dict[str, float] = {}
     failures: dict[str, str] = {}
     for stage in stages:
@@ -125,7 +160,7 @@ def run_stages(stages: list[Stage], runner: Callable[[str, list[str]], None]) ->
             continue
         t0 = time.perf_counter()
         try:
-            runner(stage.config_name, [*stage.overrides, f"hydra.run.dir={stage.dir}"])
+            runner(stage.config_name, [*stage.overrides, *extra(stage), f"hydra.run.dir={stage.dir}"])
         except (Exception, SystemExit) as e:  # one failed stage must not stop the others
             failures[stage.name] = f"{type(e).__name__}: {e}"
             stage.dir.mkdir(parents=True, exist_ok=True)
@@ -148,6 +183,8 @@ def validate(cfg: DictConfig) -> None:
         kind = known[m].get("kind")
         if kind not in KINDS:
             raise ValueError(f"benchmark method_presets.{m}.kind: expected one of {KINDS}, got {kind!r}")
+    if _wandb(cfg) is not None and not _wandb(cfg).get("project"):
+        raise ValueError("benchmark: logger=wandb needs logger.wandb.project")
     if not cfg.probes and not cfg.get("voc_tasks"):
         raise ValueError("benchmark: nothing to evaluate (probes and voc_tasks are both empty)")
 
@@ -157,9 +194,9 @@ def run_benchmark(cfg: DictConfig, runner: Callable[[str, list[str]], None]) -> 
     validate(cfg)
     stages = plan(cfg)
     out = Path(cfg.out_dir)
-    times, failures = run_stages(stages, runner)
+    times, failures = run_stages(stages, runner, lambda stage: log_overrides(cfg, stage))
     from ssl_bench.evaluation.leaderboard import leaderboard_main
-    leaderboard_main([str(out), "--out", str(out)])
+    leaderboard_main(leaderboard_args(cfg, out))
     summary = {"out_dir": str(out), "times": times, "failures": failures}
     atomic_write_text(out / "benchmark_summary.json", json.dumps(summary, indent=2))
     print("ssl-bench: benchmark stages (wall s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))

@@ -1,6 +1,8 @@
 """Leaderboard: every ``results.json`` under some folders, tabulated beside the published numbers.
 
     ssl-bench leaderboard DIR... [--out DIR] [--no-published]
+                          [--wandb-project P [--wandb-entity E] [--wandb-group G] [--wandb-tag T]...
+                           [--wandb-mode offline|online]]
 
 Runs are grouped by (data set, method, probe kind, protocol). Each cell is the mean and sample
 standard deviation (ddof=1) over the group's runs -- one per seed -- with its own n, because a
@@ -21,6 +23,12 @@ full ImageNet / VOC, usually not the data the measured rows come from.
 
 "Best layer" is the layer with the highest *mean* over seeds, not each seed's own best (which
 would be biased upward); a run's own ``best_layer`` is kept only as a CSV column.
+
+With ``--wandb-project`` the table also goes to Weights & Biases, as one run of its own (job_type
+"leaderboard", id derived from the output folder so that a re-run continues it): one W&B table per
+section (:func:`wandb_tables`: ``leaderboard/linear_probe``, ``leaderboard/knn_probe``,
+``leaderboard/voc07_svm``, ``leaderboard/voc``, ``leaderboard/colorization``, those present), the
+layer plot as an image (``leaderboard/layers``) and leaderboard.md / .csv / .html as an artifact.
 
 Files that cannot be used (malformed JSON, status other than "completed", unknown kind) are skipped
 with a :class:`ResultsWarning` naming the file; they never stop the table.
@@ -700,13 +708,69 @@ def render(table: Table, out_dir: str | Path) -> dict[str, Path]:
 
 
 # ----------------------------------------------------------------------------------------------
+# Weights & Biases
+
+WANDB_META = ["method", "suite_method", "probe", "data", "source", "n_runs"]
+
+
+def _wandb_key(section: str, probe: str) -> str:
+    if section == "probes":
+        return f"leaderboard/{probe}_probe"
+    return "leaderboard/" + {"svm": "voc07_svm", "color": "colorization"}.get(section, section)
+
+
+def wandb_tables(table: Table) -> dict[str, tuple[list[str], list[list[Any]]]]:
+    """{W&B key: (columns, rows)}: one table per section (the probes section split by probe kind).
+
+    Column names are those of the CSV (``<col>_mean`` / ``_std`` / ``_n``, ``best_layer``...), with
+    numbers as numbers (None where the CSV has an empty cell), so the two can be compared directly.
+    """
+    out: dict[str, tuple[list[str], list[list[Any]]]] = {}
+    for section in table.sections:
+        spec = section.spec
+        cols = list(WANDB_META)
+        for c in spec.columns:
+            cols += [f"{c.key}_mean", f"{c.key}_std", f"{c.key}_n"]
+        if spec.per_layer:
+            cols += ["best_layer", "best_mean"]
+        cols += ["protocol", "note", "citation"]
+        for row in section.rows:
+            values: list[Any] = [row.method, row.suite_method or "", row.probe, row.data,
+                                 "published" if row.published else "measured",
+                                 None if row.published else row.n_runs]
+            for c in spec.columns:
+                stat = row.cells.get(c.key)
+                values += ([None, None, None] if stat is None else
+                           [stat.mean, stat.std, None if stat.published else stat.n])
+            if spec.per_layer:
+                best = row.best()
+                values += [best[0], best[1].mean] if best else [None, None]
+            values += [row.protocol, row.note, row.citation]
+            out.setdefault(_wandb_key(spec.key, row.probe), (cols, []))[1].append(values)
+    return out
+
+
+def log_to_wandb(table: Table, paths: Mapping[str, Path], out_dir: Path, *, project: str,
+                 entity: str | None = None, group: str | None = None, tags: Sequence[str] = (),
+                 mode: str | None = None, dirs: Sequence[str | Path] = ()) -> str:
+    """The written leaderboard as a W&B run of its own (see :func:`ssl_bench.tracking.leaderboard_run`)."""
+    from ssl_bench.tracking import leaderboard_run
+    return leaderboard_run(
+        out_dir, wandb_tables(table), project=project, entity=entity, group=group, tags=tags, mode=mode,
+        image=paths.get("png"), files=[paths[f] for f in ("md", "csv", "html") if f in paths],
+        config={"dirs": [str(d) for d in dirs], "measured_rows": table.n_measured_rows})
+
+
+# ----------------------------------------------------------------------------------------------
 # command line
 
 
 def leaderboard_main(argv: list[str]) -> int:
-    """``ssl-bench leaderboard DIR... [--out DIR] [--no-published]``; returns the exit status.
+    """``ssl-bench leaderboard DIR... [--out DIR] [--no-published] [--wandb-project P ...]``; returns
+    the exit status.
 
-    0: table written; 1: nothing to tabulate; 2: usage error or a folder that does not exist.
+    0: table written (and logged to W&B when asked); 1: nothing to tabulate; 2: usage error or a
+    folder that does not exist; 3: table written, but logging it to W&B failed.
     """
     parser = argparse.ArgumentParser(prog=PROG, description=(
         "Tabulate every results.json under DIR (recursively) as mean ± std over seeds, beside the "
@@ -715,6 +779,15 @@ def leaderboard_main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for the outputs (default: the first DIR)")
     parser.add_argument("--no-published", action="store_true", help="leave out the published rows")
+    wb = parser.add_argument_group("Weights & Biases", "log the leaderboard as a W&B run of its own "
+                                   "(job_type leaderboard; the same --out folder continues the same run)")
+    wb.add_argument("--wandb-project", default=None, metavar="P", help="W&B project (enables W&B logging)")
+    wb.add_argument("--wandb-entity", default=None, metavar="E", help="W&B entity (user or team)")
+    wb.add_argument("--wandb-group", default=None, metavar="G", help="W&B run group")
+    wb.add_argument("--wandb-tag", dest="wandb_tags", action="append", default=[], metavar="T",
+                    help="a W&B run tag (repeat for more)")
+    wb.add_argument("--wandb-mode", choices=("online", "offline"), default=None,
+                    help="default: WANDB_MODE, else online unless the W&B host is unreachable (then offline)")
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help or a usage error: report as a status, do not exit the caller
@@ -753,6 +826,15 @@ def leaderboard_main(argv: list[str]) -> int:
     print(to_markdown(table))
     for path in paths.values():
         print(f"{PROG}: wrote {path}")
+    if args.wandb_project:
+        try:
+            run_id = log_to_wandb(table, paths, Path(out_dir), project=args.wandb_project,
+                                  entity=args.wandb_entity, group=args.wandb_group, tags=args.wandb_tags,
+                                  mode=args.wandb_mode, dirs=args.dirs)
+        except Exception as e:  # the files are written; say what did not happen
+            print(f"{PROG}: error: logging to W&B failed ({type(e).__name__}: {e})", file=sys.stderr)
+            return 3
+        print(f"{PROG}: logged to W&B project {args.wandb_project}, run {run_id} (job_type leaderboard)")
     return 0
 
 
