@@ -13,6 +13,7 @@ Schema (version 1)::
       "samples": ["samples/final.png", ...],
       "seed": int, "wall_time_s": float, "started": ISO-8601, "finished": ISO-8601,
       "git_commit": str | null, "package_version": str, "torch_version": str, "device": str,
+      "versions": {"python", "torch", "torchvision", "pytorch-lightning", "hydra-core", ...},
       "config": {...}                      # the fully resolved Hydra config
     }
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import tempfile
 from pathlib import Path
@@ -46,10 +48,22 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def versions() -> dict[str, str | None]:
+    """Versions of the interpreter and of the packages a result depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("torch", "torchvision", "pytorch-lightning", "hydra-core", "numpy", "scikit-learn", "wandb"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def environment() -> dict[str, Any]:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     return {"git_commit": git_commit(), "package_version": ssl_bench.__version__,
-            "torch_version": torch.__version__, "device": device}
+            "torch_version": torch.__version__, "device": device, "versions": versions()}
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

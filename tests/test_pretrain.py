@@ -32,6 +32,8 @@ def test_one_epoch_writes_checkpoint_results_and_samples(tiny_data, tmp_path, ru
     assert len(res["dataset"]["fingerprint"]) == 20 and res["dataset"]["skipped_images"] == 0
     assert res["config"]["data"]["root"] == str(tiny_data) and res["seed"] == 0
     assert res["package_version"] and res["wall_time_s"] > 0
+    import pytorch_lightning
+    assert res["versions"]["pytorch-lightning"] == pytorch_lightning.__version__  # provenance
     ckpt = torch.load(out / res["checkpoint"], map_location="cpu", weights_only=False)
     assert ckpt["ssl_bench"]["input_space"] == "L" and ckpt["ssl_bench"]["trunk"]["widths"] == [16, 32, 48, 48, 32]
     assert "final" in " ".join(res["samples"])
