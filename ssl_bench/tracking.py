@@ -120,11 +120,13 @@ def offline_unless_reachable(where: str | Path | None = None, probe=None) -> boo
 
 
 def wandb_experiments(loggers: Iterable[Any]) -> list[Any]:
-    """The W&B run objects among Lightning loggers (duck-typed: ``.experiment`` with log and finish)."""
+    """The W&B run objects among Lightning loggers (WandbLogger, or anything named like it)."""
     runs = []
     for logger in loggers or []:
+        if "Wandb" not in type(logger).__name__:
+            continue
         exp = getattr(logger, "experiment", None)
-        if type(exp).__name__ == "DummyExperiment":  # a non-zero rank: nothing to log
+        if "DummyExperiment" in type(exp).__name__:  # a non-zero DDP rank: nothing to log
             continue
         if exp is not None and hasattr(exp, "log") and hasattr(exp, "finish"):
             runs.append(exp)
