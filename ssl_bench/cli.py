@@ -13,6 +13,8 @@
     ssl-bench benchmark [preset=demo|smoke] [overrides]   pretrain -> probes -> VOC -> leaderboard, resumable
     ssl-bench demo [overrides]                  = ssl-bench benchmark preset=demo (the embedded default)
     ssl-bench data synthetic --out DIR [...]    write the synthetic ImageFolder tree
+    ssl-bench data cache --root DIR --out CACHE [--split train|val|both] [--size S] [--workers N] [--overwrite]
+                                                decode once into a memory-mapped uint8 cache (data.decoded_cache=CACHE)
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ def _fail(e: BaseException) -> None:
     sys.exit(2)
 
 
+_JOB_ENV = "SSL_BENCH_HYDRA_JOB"
+_PROGRAM: list[str | None] = [None]
+
+
 def run_hydra(config_name: str, task: Callable[[Any], Any], overrides: Sequence[str], prog: str,
               errors: list[BaseException] | None = None) -> None:
     """Run ``task(cfg)`` as a Hydra app (so -m, sweeps and launchers work) on conf/<config_name>.yaml.
@@ -71,14 +77,24 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], overrides: Sequence[
                 _fail(cause)
             raise
 
-    sys.argv = [prog, *overrides]
+    # Lightning's DDP launcher re-runs sys.argv for the other local ranks: keep the real program in
+    # argv[0] and name the job in the environment, which main() reads back in those processes
+    os.environ[_JOB_ENV] = config_name
+    sys.argv = [_PROGRAM[0] or prog, *overrides]
     hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(guarded)()
+
+
+def _say(message: str) -> None:
+    """Print once per job: DDP workers other than global rank 0 stay quiet."""
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+    if rank_zero_only.rank == 0:
+        print(message)
 
 
 def _pretrain_task(cfg: Any) -> Any:
     from ssl_bench.pretrain import pretrain
     record = pretrain(cfg)
-    print(f"ssl-bench: results written to {cfg.paths.output_dir}/results.json")
+    _say(f"ssl-bench: results written to {cfg.paths.output_dir}/results.json")
     return record
 
 
@@ -87,9 +103,9 @@ def _probe_task(cfg: Any) -> Any:
     record = run_probe(cfg)
     m = record["metrics"]
     layers = [k.split("/")[1] for k in m if k.endswith("/top1") and k.split("/")[1].startswith("conv")]
-    print("ssl-bench: " + record["method"] + " " + record["probe"] + " top-1: " +
+    _say("ssl-bench: " + record["method"] + " " + record["probe"] + " top-1: " +
           ", ".join(f"{l} {m[f'probe/{l}/top1']:.1f}" for l in layers))
-    print(f"ssl-bench: results written to {cfg.paths.output_dir}/results.json")
+    _say(f"ssl-bench: results written to {cfg.paths.output_dir}/results.json")
     return record
 
 
@@ -97,8 +113,8 @@ def _finetune_task(cfg: Any) -> Any:
     from ssl_bench.finetune import finetune
     record = finetune(cfg)
     shown = {k: v for k, v in record["metrics"].items() if k.endswith(("/mAP", "/mIoU", "/mAP_area"))}
-    print(f"ssl-bench: {record['method']} {record['task']}: " + ", ".join(f"{k} {v:.1f}" for k, v in shown.items()))
-    print(f"ssl-bench: results written to {cfg.paths.output_dir}/results.json")
+    _say(f"ssl-bench: {record['method']} {record['task']}: " + ", ".join(f"{k} {v:.1f}" for k, v in shown.items()))
+    _say(f"ssl-bench: results written to {cfg.paths.output_dir}/results.json")
     return record
 
 
@@ -106,10 +122,15 @@ def _colorization_eval_task(cfg: Any) -> Any:
     from ssl_bench.evaluation.colorization_quality import run_colorization_eval
     record = run_colorization_eval(cfg)
     m = record["metrics"]
-    print("ssl-bench: " + record["method"] + ": " + ", ".join(
+    _say("ssl-bench: " + record["method"] + ": " + ", ".join(
         f"{k} {m[k]:.1f}" for k in ("color/auc_raw", "color/auc_rebal", "color/classifier_top1") if k in m))
-    print(f"ssl-bench: results written to {cfg.paths.output_dir}/results.json")
+    _say(f"ssl-bench: results written to {cfg.paths.output_dir}/results.json")
     return record
+
+
+HYDRA_TASKS: dict[str, Callable[[Any], Any]] = {
+    "pretrain": _pretrain_task, "probe_run": _probe_task, "finetune": _finetune_task,
+    "colorization_eval": _colorization_eval_task}
 
 
 def _benchmark(overrides: Sequence[str]) -> None:
@@ -118,8 +139,7 @@ def _benchmark(overrides: Sequence[str]) -> None:
     from hydra.errors import HydraException
 
     from ssl_bench.benchmark import compose, run_benchmark
-    tasks = {"pretrain": _pretrain_task, "probe_run": _probe_task, "finetune": _finetune_task,
-             "colorization_eval": _colorization_eval_task}
+    tasks = HYDRA_TASKS
     try:
         cfg = compose("benchmark", overrides)
 
@@ -140,6 +160,8 @@ def _benchmark(overrides: Sequence[str]) -> None:
 
 
 def _data(argv: Sequence[str]) -> None:
+    import json
+
     from ssl_bench.data.synthetic import SyntheticSpec, generate
     p = argparse.ArgumentParser(prog="ssl-bench data", description="Data preparation commands.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -154,7 +176,42 @@ def _data(argv: Sequence[str]) -> None:
     s.add_argument("--format", choices=("jpeg", "png"), default=d.image_format)
     s.add_argument("--workers", type=int, default=None)
     s.add_argument("--overwrite", action="store_true")
+    c = sub.add_parser("cache", help="decode a dataset once into a memory-mapped uint8 cache (data.decoded_cache)")
+    c.add_argument("--root", required=True, help="data root (data.root)")
+    c.add_argument("--out", required=True, help="cache folder (data.decoded_cache); splits go to OUT/train, OUT/val")
+    c.add_argument("--split", choices=("train", "val", "both"), default="both")
+    c.add_argument("--size", type=int, default=None,
+                   help="short side -> S, centre crop S x S (= data.load_size; default: the first image's "
+                        "native short side, as data.load_size=null)")
+    c.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes")
+    c.add_argument("--layout", choices=("imagefolder", "folder"), default="imagefolder", help="data.layout")
+    c.add_argument("--val-fraction", type=float, default=0.02, help="data.val_fraction (layout=folder)")
+    c.add_argument("--seed", type=int, default=0, help="seed (layout=folder train/val split)")
+    c.add_argument("--max-train-images", type=int, default=None, help="data.max_train_images")
+    c.add_argument("--overwrite", action="store_true", help="rebuild an existing cache")
     a = p.parse_args(argv)
+    if a.cmd == "cache":
+        from ssl_bench.data.datamodule import ImageDataModule
+        from ssl_bench.data.decoded_cache import build_cache, native_size
+        from ssl_bench.data.images import DataLayoutError
+        try:
+            dm = ImageDataModule(a.root, layout=a.layout, crop_size=1, load_size=a.size, val_fraction=a.val_fraction,
+                                 max_train_images=a.max_train_images, seed=a.seed)
+            dm.setup()
+            size = a.size or native_size([q for q, _ in dm.train_samples])
+            for split in (("train", "val") if a.split == "both" else (a.split,)):
+                out = build_cache(Path(a.out) / split, dm.train_samples if split == "train" else dm.val_samples,
+                                  dm.root, size, split=split, classes=dm.classes, workers=a.workers,
+                                  overwrite=a.overwrite, progress=True)
+                meta = json.loads((out / "meta.json").read_text())
+                print(f"ssl-bench: {split}: {meta['n']} images of {size} x {size} px in {out}"
+                      + (f"; {meta['num_skipped']} unreadable file(s) skipped (listed in meta.json)"
+                         if meta["num_skipped"] else ""))
+        except (ValueError, FileExistsError, DataLayoutError) as e:
+            _fail(e)
+        print(f"ssl-bench: use it with data.root={dm.root} data.decoded_cache={Path(a.out).expanduser()}"
+              + (f" data.load_size={a.size}" if a.size else " data.load_size=null"))
+        return
     spec = SyntheticSpec(num_classes=a.classes, train_per_class=a.train_per_class,
                          val_per_class=a.val_per_class, image_size=a.size, seed=a.seed,
                          image_format=a.format)
@@ -166,7 +223,14 @@ def _data(argv: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    if argv is None:
+        _PROGRAM[0] = sys.argv[0]
     argv = list(sys.argv[1:] if argv is None else argv)
+    job = os.environ.get(_JOB_ENV)
+    if job in HYDRA_TASKS and os.environ.get("LOCAL_RANK") and (not argv or "=" in argv[0]):
+        # a DDP worker started by Lightning with the parent's overrides only (see run_hydra)
+        run_hydra(job, HYDRA_TASKS[job], argv, f"ssl-bench {job}")
+        return
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return

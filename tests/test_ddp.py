@@ -76,3 +76,23 @@ def test_probe_on_two_gloo_processes_equals_one_process(tmp_path):
     for k, v in two["all_heads"].items():
         n = 50 if "/test/" in k else 10
         assert Fraction(round(v * n / 100, 4)).denominator == 1, (k, v)
+
+
+@pytest.mark.slow
+def test_pretraining_on_two_gloo_processes(tiny_data, tmp_path):
+    """DDP pretraining: each rank takes its half of every epoch (the datamodule shards, Lightning's
+    sampler is off), one rank writes results and samples."""
+    from conftest import tiny_overrides
+    out = tmp_path / "run"
+    args = [a for a in tiny_overrides(tiny_data, out, tmp_path / "cache") if not a.startswith("trainer.max_epochs")]
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
+    env.pop("LOCAL_RANK", None)
+    done = subprocess.run([sys.executable, "-m", "ssl_bench.cli", "pretrain", *args, "trainer.max_epochs=2",
+                           "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    # 80 train images: 40 per rank, batches of 16 with the last partial one dropped -> 2 steps per epoch
+    assert res["metrics"]["pretrain/steps"] == 4 and res["config"]["trainer"]["devices"] == 2
+    assert (out / "samples" / "final.png").is_file() and (out / "train_ddp_process_1.log").exists()
+    assert done.stdout.count("results written") == 1

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
+import pytest
 import torch
 
 from conftest import tiny_overrides
@@ -37,3 +43,52 @@ def test_same_seed_gives_identical_pretraining(tiny_data, tmp_path, run_cli):
                        "trainer.deterministic=true") == 0
         states.append(torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"])
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def _pretrain_cmd(data, out, cache, workers: int) -> list[str]:
+    args = [a for a in tiny_overrides(data, out, cache) if not a.startswith(("data.num_workers", "trainer.max_epochs"))]
+    return [sys.executable, "-m", "ssl_bench.cli", "pretrain", *args, f"data.num_workers={workers}",
+            "trainer.max_epochs=3", "trainer.deterministic=true", "init=gaussian", "pretext.sample_every_n_steps=0"]
+
+
+def _step_of(path) -> int:
+    return int(path.stem[4:]) if path.stem.startswith("step") and path.stem[4:].isdigit() else -1
+
+
+ENV = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_data, tmp_path_factory):
+    whole = tmp_path_factory.mktemp("whole") / "run"
+    subprocess.run(_pretrain_cmd(tiny_data, whole, whole.parent / "cache", 0), env=ENV, check=True,
+                   capture_output=True, timeout=600)
+    return whole
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_run_resumes_to_the_uninterrupted_result(sig, tiny_data, uninterrupted, tmp_path):
+    """Kill a pretraining in the middle of an epoch, run the same command again: the final weights,
+    batch-norm statistics and metrics equal those of a run that was never interrupted. The resumed
+    run uses another number of loader workers: batches depend on (seed, epoch, position) only."""
+    env, whole, cut = ENV, uninterrupted, tmp_path / "cut"
+    proc = subprocess.Popen(_pretrain_cmd(tiny_data, cut, tmp_path / "c2", 0), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while max((_step_of(p) for p in (cut / "checkpoints").glob("step*.ckpt")), default=-1) < 7:  # epoch 2 of 3
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.005)
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    assert not (cut / "results.json").exists(), "killed before the end"
+    killed_at = torch.load(cut / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
+    assert 5 < killed_at < 15, killed_at  # in epoch 2 or 3 of 3 (5 steps each)
+    subprocess.run(_pretrain_cmd(tiny_data, cut, tmp_path / "c2", 1), env=env, check=True,
+                   capture_output=True, timeout=600)
+    a = torch.load(whole / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    b = torch.load(cut / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert a["global_step"] == b["global_step"] == 15
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    ma, mb = metrics(whole), metrics(cut)
+    assert {k: ma[k] for k in ma if "images_per_s" not in k} == {k: mb[k] for k in mb if "images_per_s" not in k}

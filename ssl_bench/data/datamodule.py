@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.trainer.states import TrainerStatus
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
+from ssl_bench.data.decoded_cache import (DecodedImages, EncodedImages, build_cache, check_cache,
+                                          collate_encoded, decode_on_device, first, native_size,
+                                          random_crop_flip)
+from ssl_bench.data.resumable import EpochBatchSampler, ResumableLoader
+from ssl_bench.data.sharding import ShardedBatchSampler
 from ssl_bench.data.images import (DataLayoutError, ImageDataset, collate_skip, eval_transform,
                                    fingerprint, image_folder_samples, list_images, train_transform)
 from ssl_bench.data.synthetic import SyntheticSpec, generate
@@ -25,12 +32,22 @@ class ImageDataModule(pl.LightningDataModule):
         load_size: resize the short side to this before cropping (None = keep).
         synthetic: when given, ``prepare_data`` generates this synthetic set into ``root`` first.
         max_train_images: use a fixed random subset of the train split (for quick runs).
+        decoded_cache: folder of pre-decoded uint8 copies of the splits (``<folder>/train``,
+            ``<folder>/val``; see `ssl_bench.data.decoded_cache`), built by ``prepare_data`` when
+            missing. Train batches then come from the cache at load_size (or native size) and are
+            randomly cropped and flipped in `on_after_batch_transfer`, i.e. on the accelerator.
+            None = decode the image files in loader workers.
+        decode: "cpu" = loader workers decode the files (PIL); "device" = the train/val loaders hand
+            over the file bytes and `on_after_batch_transfer` decodes each batch where the model runs
+            (``torchvision.io.decode_jpeg``, nvJPEG on CUDA), then resizes and crops there. Loaders used
+            outside the trainer (init statistics, the colour prior) still decode on the CPU.
     """
 
     def __init__(self, root: str, layout: str = "imagefolder", crop_size: int = 176,
                  load_size: int | None = 256, batch_size: int = 80, num_workers: int = 2,
                  val_fraction: float = 0.02, max_train_images: int | None = None,
-                 synthetic: SyntheticSpec | None = None, seed: int = 0) -> None:
+                 synthetic: SyntheticSpec | None = None, seed: int = 0,
+                 decoded_cache: str | None = None, decode: str = "cpu") -> None:
         super().__init__()
         if layout not in ("imagefolder", "folder"):
             raise ValueError(f"data.layout: expected 'imagefolder' or 'folder', got {layout!r}")
@@ -43,12 +60,53 @@ class ImageDataModule(pl.LightningDataModule):
         self.train_samples: list[tuple[Path, int]] = []
         self.val_samples: list[tuple[Path, int]] = []
         self._fingerprint: str | None = None
+        self.decoded_cache = Path(decoded_cache).expanduser() if decoded_cache else None
+        if decode not in ("cpu", "device"):
+            raise ValueError(f"data.decode: expected 'cpu' or 'device', got {decode!r}")
+        if decode == "device" and self.decoded_cache is not None:
+            raise ValueError("data.decode=device decodes the image files; it cannot be combined with "
+                             "data.decoded_cache (already decoded): set one of them")
+        self.decode = decode
+        self._cache_meta: dict[str, dict] = {}
+        self._train_loader: ResumableLoader | None = None
+        self._resume_at: list[int] | None = None
+        self._cache_size: int | None = None
 
     def prepare_data(self) -> None:
         if self.synthetic is not None:
             generate(self.root, self.synthetic)
+        if self.decoded_cache is not None:
+            self._discover()
+            for split in ("train", "val"):
+                if not (self.decoded_cache / split).exists():
+                    build_cache(self.decoded_cache / split, self._samples(split), self.root, self.cache_size,
+                                split=split, classes=self.classes, workers=self.num_workers, progress=True)
 
     def setup(self, stage: str | None = None) -> None:
+        self._discover()
+        if self.decoded_cache is not None and not self._cache_meta:
+            for split in ("train", "val"):
+                fp = self.fingerprint if split == "train" else None
+                self._cache_meta[split] = check_cache(self.decoded_cache / split, self._samples(split), self.root,
+                                                      self.cache_size, dataset_fingerprint=fp)
+
+    def _samples(self, split: str) -> list[tuple[Path, int]]:
+        return self.train_samples if split == "train" else self.val_samples
+
+    @property
+    def cache_size(self) -> int:
+        """Side of the decoded cache's images: data.load_size, or the native short side when null."""
+        if self._cache_size is None:
+            self._discover()
+            size = self.load_size or native_size([p for p, _ in self.train_samples])
+            if size < self.crop_size:
+                raise ValueError(f"data.decoded_cache: images of {size} px (data.load_size, or the native size "
+                                 f"when null) are smaller than data.crop_size={self.crop_size}")
+            self._cache_size = size
+        return self._cache_size
+
+    def _discover(self) -> None:
+        """Find the train/val samples (once)."""
         if self.train_samples:
             return
         if self.layout == "imagefolder":
@@ -86,7 +144,7 @@ class ImageDataModule(pl.LightningDataModule):
     def fingerprint(self) -> str:
         """Identity of the train split (one stat per file, so computed once)."""
         if self._fingerprint is None:
-            self.setup()
+            self._discover()
             self._fingerprint = fingerprint([p for p, _ in self.train_samples], self.root)
         return self._fingerprint
 
@@ -99,17 +157,95 @@ class ImageDataModule(pl.LightningDataModule):
                           num_workers=self.num_workers, collate_fn=collate_skip,
                           persistent_workers=self.num_workers > 0)
 
+    def cached_loader(self, split: str, train: bool, batch_size: int | None = None) -> DataLoader:
+        """Loader over a split's decoded cache: train = shuffled S x S images (crop + flip come later,
+        see `on_after_batch_transfer`), else centre crops done in the reader."""
+        self.setup()
+        bs = batch_size or self.batch_size
+        ds = DecodedImages(self.decoded_cache / split, crop=None if train else self.crop_size,
+                           meta=self._cache_meta[split])
+        return DataLoader(ds, batch_size=bs, shuffle=train, drop_last=train and len(ds) > bs,
+                          num_workers=self.num_workers, collate_fn=first,
+                          persistent_workers=self.num_workers > 0)
+
+    def encoded_loader(self, split: str, train: bool) -> DataLoader:
+        """Loader of file bytes (data.decode=device): decoding happens in `on_after_batch_transfer`."""
+        self._discover()
+        samples = self._samples(split)
+        return DataLoader(EncodedImages(samples), batch_size=self.batch_size, shuffle=train,
+                          drop_last=train and len(samples) > self.batch_size, num_workers=self.num_workers,
+                          collate_fn=collate_encoded, persistent_workers=self.num_workers > 0)
+
+    def _split_loader(self, split: str, train: bool, batch_size: int | None = None) -> DataLoader:
+        if self.decoded_cache is not None:
+            return self.cached_loader(split, train, batch_size)
+        return self.loader(self._samples(split), train=train, batch_size=batch_size)
+
+    def _decode_on_device(self) -> bool:
+        """data.decode=device, and a trainer is running (it calls `on_after_batch_transfer`): other
+        callers of the loaders (final samples after fit) get decoded images."""
+        trainer = getattr(self, "trainer", None)
+        return (self.decode == "device" and trainer is not None
+                and trainer.state.status == TrainerStatus.RUNNING)
+
+    def _trainer_dataset(self, split: str, train: bool) -> tuple[Dataset, Any]:
+        """(dataset, collate_fn) of a split for the trainer's loaders, on this module's data path."""
+        self.setup()
+        samples = self._samples(split)
+        if self._decode_on_device():
+            return EncodedImages(samples), collate_encoded
+        if self.decoded_cache is not None:
+            return DecodedImages(self.decoded_cache / split, crop=None if train else self.crop_size,
+                                 meta=self._cache_meta[split]), first
+        t = train_transform if train else eval_transform
+        return ImageDataset(samples, t(self.crop_size, self.load_size)), collate_skip
+
     def train_dataloader(self) -> DataLoader:
-        return self.loader(self.train_samples, train=True)
+        """Shuffled batches that depend only on (seed, epoch, position) and resume mid-epoch exactly
+        (`ssl_bench.data.resumable`); under DDP each rank takes its share (the trainer runs with
+        ``use_distributed_sampler=False``)."""
+        ds, collate = self._trainer_dataset("train", train=True)
+        drop_last = len(ds) > self.batch_size
+        sampler = EpochBatchSampler(len(ds), self.batch_size, drop_last, self.seed)
+        loader = ResumableLoader(ds, sampler, num_workers=self.num_workers, collate_fn=collate,
+                                 persistent_workers=self.num_workers > 0)
+        if self._resume_at is not None:
+            loader.resume_at(*self._resume_at)
+            self._resume_at = None
+        self._train_loader = loader
+        return loader
 
     def val_dataloader(self) -> DataLoader:
-        return self.loader(self.val_samples, train=False)
+        """In order; under DDP each rank takes a strided part of every batch (no sample twice)."""
+        ds, collate = self._trainer_dataset("val", train=False)
+        batches = ShardedBatchSampler(BatchSampler(SequentialSampler(ds), self.batch_size, drop_last=False))
+        return DataLoader(ds, batch_sampler=batches, num_workers=self.num_workers, collate_fn=collate,
+                          persistent_workers=self.num_workers > 0)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: where the train loader stands, [epoch, batches delivered]."""
+        return {"train_progress": list(self._train_loader.progress)} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume_at = state_dict.get("train_progress")
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Cached train batches arrive as uint8 S x S: random crop + flip them here, on the device;
+        encoded batches (data.decode=device) are decoded, resized and cropped here."""
+        trainer = getattr(self, "trainer", None)
+        training = trainer is not None and trainer.training
+        if isinstance(batch, dict) and "encoded" in batch:
+            t = train_transform if training else eval_transform
+            return decode_on_device(batch, t(self.crop_size, self.load_size))
+        if self.decoded_cache is not None and training:
+            batch["image"] = random_crop_flip(batch["image"], self.crop_size)
+        return batch
 
     def first_train_images(self, n: int) -> torch.Tensor:
         """The first ``n`` decodable train images, centre-cropped: uint8 n x 3 x crop x crop
         (data-dependent initialisation measures statistics on them)."""
         chunks, count = [], 0
-        for batch in self.loader(self.train_samples, train=False, batch_size=min(n, self.batch_size)):
+        for batch in self._split_loader("train", train=False, batch_size=min(n, self.batch_size)):
             chunks.append(batch["image"])
             count += batch["image"].shape[0]
             if count >= n:
@@ -120,4 +256,4 @@ class ImageDataModule(pl.LightningDataModule):
 
     def eval_train_dataloader(self) -> DataLoader:
         """Train split with the deterministic eval transform (priors, feature extraction)."""
-        return self.loader(self.train_samples, train=False)
+        return self._split_loader("train", train=False)
