@@ -77,6 +77,25 @@ class Stage:
         return self.dir / "checkpoints" / "last.ckpt"
 
 
+def shared_decoded(cfg: DictConfig, config_name: str, overrides: list[str]) -> list[str]:
+    """With ``decoded_cache_dir`` set, the stage reads its image data set from one decoded uint8 copy
+    per (data set, load size) under that folder, built by the first stage that needs it and read by
+    every later one (pretraining epochs, Krähenbühl statistics, probe features, colorization metrics)
+    instead of decoding the JPEGs again. Overrides to add to the stage (none for VOC stages)."""
+    root = cfg.get("decoded_cache_dir")
+    if not root:
+        return list(overrides)
+    data = compose(config_name, overrides).get("data")
+    if data is None or not str(data.get("_target_", "")).endswith("ImageDataModule"):
+        return list(overrides)
+    # keyed by the data config as written (root, synthetic spec, sizes): resolving data.root would
+    # need Hydra's run-time values, which exist only inside the stage's own run
+    spec = {k: v for k, v in OmegaConf.to_container(data, resolve=False).items()
+            if k not in ("batch_size", "num_workers", "decoded_cache", "decode")}
+    tag = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return [*overrides, f"data.decoded_cache={Path(root) / f'data-{tag}'}"]
+
+
 def plan(cfg: DictConfig) -> list[Stage]:
     """Every stage of the benchmark, in run order; raises on any bad method or override."""
     out = Path(cfg.out_dir)
@@ -86,7 +105,8 @@ def plan(cfg: DictConfig) -> list[Stage]:
         preset = cfg.method_presets[method]
         pre: Stage | None = None
         if preset.kind == "pretrain":
-            pre = Stage(f"{method}/pretrain", "pretrain", [*cfg.pretrain_overrides, *preset.overrides], out)
+            pre = Stage(f"{method}/pretrain", "pretrain",
+                        shared_decoded(cfg, "pretrain", [*cfg.pretrain_overrides, *preset.overrides]), out)
             stages.append(pre)
             pretrained[method] = pre
             source = [f"checkpoint={pre.checkpoint}"]
@@ -94,7 +114,8 @@ def plan(cfg: DictConfig) -> list[Stage]:
             source = list(preset.overrides)
         for probe in cfg.probes:
             stages.append(Stage(f"{method}/probe_{probe}", "probe_run",
-                                [*source, f"probe={probe}", *cfg.probe_overrides], out, pre))
+                                shared_decoded(cfg, "probe_run", [*source, f"probe={probe}", *cfg.probe_overrides]),
+                                out, pre))
         for task in cfg.get("voc_tasks") or []:
             if task not in cfg.voc_task_presets:
                 raise ValueError(f"benchmark.voc_tasks: unknown task {task!r}; valid: {sorted(cfg.voc_task_presets)}")
@@ -112,7 +133,9 @@ def colorization_stages(cfg: DictConfig, pretrained: dict[str, Stage], out: Path
                        if st.config.pretext._target_.endswith("SupervisedPretext")), None)
     extra = [f"classifier={classifier.checkpoint}"] if classifier else []
     return [Stage(f"{method}/colorization_eval", "colorization_eval",
-                  [f"checkpoint={pre.checkpoint}", *extra, *cfg.colorization_eval_overrides], out, pre, classifier)
+                  shared_decoded(cfg, "colorization_eval",
+                                 [f"checkpoint={pre.checkpoint}", *extra, *cfg.colorization_eval_overrides]),
+                  out, pre, classifier)
             for method, pre in pretrained.items() if pre.config.pretext._target_.endswith("ColorizationPretext")]
 
 

@@ -35,6 +35,13 @@ def test_smoke_pipeline_runs_every_stage_then_skips_them(outputs, run_cli, capsy
     assert "AuC raw" in table  # colorization quality, with the benchmark's supervised trunk as classifier
     evals = list(root.glob("colorization_full/colorization_eval-*/results.json"))
     assert evals and "color/classifier_top1" in json.loads(evals[0].read_text())["metrics"]
+    # one decoded copy of the data set, read by every image stage (no stage decodes the JPEGs again)
+    (decoded,) = (root / "decoded").iterdir()
+    assert json.loads((decoded / "train" / "meta.json").read_text())["n"] > 0
+    image_stages = [p for p in root.glob("*/*/results.json") if "voc_" not in p.parent.name]
+    assert len(image_stages) >= 6
+    for p in image_stages:
+        assert json.loads(p.read_text())["config"]["data"]["decoded_cache"] == str(decoded), p
     capsys.readouterr()
     # the same command again: every stage's results exist, nothing runs
     assert run_cli("benchmark", *SMOKE) == 0

@@ -176,7 +176,7 @@ class ImageDataModule(pl.LightningDataModule):
                           drop_last=train and len(samples) > self.batch_size, num_workers=self.num_workers,
                           collate_fn=collate_encoded, persistent_workers=self.num_workers > 0)
 
-    def _split_loader(self, split: str, train: bool, batch_size: int | None = None) -> DataLoader:
+    def split_loader(self, split: str, train: bool, batch_size: int | None = None) -> DataLoader:
         if self.decoded_cache is not None:
             return self.cached_loader(split, train, batch_size)
         return self.loader(self._samples(split), train=train, batch_size=batch_size)
@@ -245,7 +245,7 @@ class ImageDataModule(pl.LightningDataModule):
         """The first ``n`` decodable train images, centre-cropped: uint8 n x 3 x crop x crop
         (data-dependent initialisation measures statistics on them)."""
         chunks, count = [], 0
-        for batch in self._split_loader("train", train=False, batch_size=min(n, self.batch_size)):
+        for batch in self.split_loader("train", train=False, batch_size=min(n, self.batch_size)):
             chunks.append(batch["image"])
             count += batch["image"].shape[0]
             if count >= n:
@@ -256,4 +256,4 @@ class ImageDataModule(pl.LightningDataModule):
 
     def eval_train_dataloader(self) -> DataLoader:
         """Train split with the deterministic eval transform (priors, feature extraction)."""
-        return self._split_loader("train", train=False)
+        return self.split_loader("train", train=False)

@@ -212,8 +212,9 @@ def run_probe(cfg: DictConfig) -> dict[str, Any]:
     bs = cfg.probe.batch_size
     C = dm.num_classes
     if cfg.probe.cache or cfg.probe.kind == "knn":  # streaming linear probes never need stored features
-        train_x, train_y = features.get("train", dm.loader(dm.train_samples, False, bs), len(dm.train_samples))
-        test_x, test_y = features.get("val", dm.loader(dm.val_samples, False, bs), len(dm.val_samples))
+        # through the datamodule's data path: the benchmark's shared decoded cache when it has one
+        train_x, train_y = features.get("train", dm.split_loader("train", False, bs), len(dm.train_samples))
+        test_x, test_y = features.get("val", dm.split_loader("val", False, bs), len(dm.val_samples))
     metrics: dict[str, Any] = {}
     extra: dict[str, Any] = {"feature_dims": dims}
     loggers = [instantiate(c, **wandb_run_kwargs(c, out_dir)) for c in (cfg.get("logger") or {}).values()
