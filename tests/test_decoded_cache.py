@@ -222,14 +222,14 @@ def test_random_crop_flip_equals_per_sample_slicing():
 def test_pretraining_through_the_cache(tiny_data, tmp_path, run_cli, monkeypatch):
     import ssl_bench.data.datamodule as datamodule
     shapes = []
-    real = datamodule.random_crop_flip
+    real = datamodule.crop_flip  # the train loader's per-sample seeds give the offsets
 
-    def spy(images, crop, generator=None):
-        out = real(images, crop, generator)
+    def spy(images, top, left, flip, crop):
+        out = real(images, top, left, flip, crop)
         shapes.append((tuple(images.shape), tuple(out.shape)))
         return out
 
-    monkeypatch.setattr(datamodule, "random_crop_flip", spy)
+    monkeypatch.setattr(datamodule, "crop_flip", spy)
     out = tmp_path / "run"
     cache = tmp_path / "decoded"
     code = run_cli("pretrain", *tiny_overrides(tiny_data, out, tmp_path / "cache"), f"data.decoded_cache={cache}")

@@ -45,10 +45,11 @@ def test_same_seed_gives_identical_pretraining(tiny_data, tmp_path, run_cli):
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 
-def _pretrain_cmd(data, out, cache, workers: int) -> list[str]:
+def _pretrain_cmd(data, out, cache, workers: int, decoded: str) -> list[str]:
     args = [a for a in tiny_overrides(data, out, cache) if not a.startswith(("data.num_workers", "trainer.max_epochs"))]
     return [sys.executable, "-m", "ssl_bench.cli", "pretrain", *args, f"data.num_workers={workers}",
-            "trainer.max_epochs=3", "trainer.deterministic=true", "init=gaussian", "pretext.sample_every_n_steps=0"]
+            "trainer.max_epochs=3", "trainer.deterministic=true", "init=gaussian", "pretext.sample_every_n_steps=0",
+            f"data.decoded_cache={decoded}"]
 
 
 def _step_of(path) -> int:
@@ -60,20 +61,29 @@ ENV = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
 
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_data, tmp_path_factory):
-    whole = tmp_path_factory.mktemp("whole") / "run"
-    subprocess.run(_pretrain_cmd(tiny_data, whole, whole.parent / "cache", 0), env=ENV, check=True,
-                   capture_output=True, timeout=600)
-    return whole
+    """The never-interrupted run, per data path (JPEG files, or the decoded cache)."""
+    runs = {}
+
+    def run(path: str):
+        if path not in runs:
+            whole = tmp_path_factory.mktemp("whole") / "run"
+            decoded = "null" if path == "files" else str(whole.parent / "decoded")
+            subprocess.run(_pretrain_cmd(tiny_data, whole, whole.parent / "cache", 0, decoded), env=ENV,
+                           check=True, capture_output=True, timeout=600)
+            runs[path] = whole
+        return runs[path]
+    return run
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_run_resumes_to_the_uninterrupted_result(sig, tiny_data, uninterrupted, tmp_path):
+@pytest.mark.parametrize("sig,path", [(signal.SIGKILL, "files"), (signal.SIGTERM, "cache")])
+def test_killed_run_resumes_to_the_uninterrupted_result(sig, path, tiny_data, uninterrupted, tmp_path):
     """Kill a pretraining in the middle of an epoch, run the same command again: the final weights,
     batch-norm statistics and metrics equal those of a run that was never interrupted. The resumed
     run uses another number of loader workers: batches depend on (seed, epoch, position) only."""
-    env, whole, cut = ENV, uninterrupted, tmp_path / "cut"
-    proc = subprocess.Popen(_pretrain_cmd(tiny_data, cut, tmp_path / "c2", 0), env=env,
+    env, whole, cut = ENV, uninterrupted(path), tmp_path / "cut"
+    decoded = "null" if path == "files" else str(tmp_path / "decoded")
+    proc = subprocess.Popen(_pretrain_cmd(tiny_data, cut, tmp_path / "c2", 0, decoded), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while max((_step_of(p) for p in (cut / "checkpoints").glob("step*.ckpt")), default=-1) < 7:  # epoch 2 of 3
@@ -84,7 +94,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(sig, tiny_data, uninterr
     assert not (cut / "results.json").exists(), "killed before the end"
     killed_at = torch.load(cut / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
     assert 5 < killed_at < 15, killed_at  # in epoch 2 or 3 of 3 (5 steps each)
-    subprocess.run(_pretrain_cmd(tiny_data, cut, tmp_path / "c2", 1), env=env, check=True,
+    subprocess.run(_pretrain_cmd(tiny_data, cut, tmp_path / "c2", 1, decoded), env=env, check=True,
                    capture_output=True, timeout=600)
     a = torch.load(whole / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     b = torch.load(cut / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

@@ -12,8 +12,8 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
 from ssl_bench.data.decoded_cache import (DecodedImages, EncodedImages, build_cache, check_cache,
-                                          collate_encoded, decode_on_device, first, native_size,
-                                          random_crop_flip)
+                                          collate_encoded, crop_flip, decode_on_device, first, native_size,
+                                          random_crop_flip, seeded_offsets)
 from ssl_bench.data.resumable import EpochBatchSampler, ResumableLoader
 from ssl_bench.data.sharding import ShardedBatchSampler
 from ssl_bench.data.images import (DataLayoutError, ImageDataset, collate_skip, eval_transform,
@@ -238,7 +238,12 @@ class ImageDataModule(pl.LightningDataModule):
             t = train_transform if training else eval_transform
             return decode_on_device(batch, t(self.crop_size, self.load_size))
         if self.decoded_cache is not None and training:
-            batch["image"] = random_crop_flip(batch["image"], self.crop_size)
+            images = batch["image"]
+            if "seeds" in batch:  # from the resumable train loader: one seed per sample
+                top, left, flip = seeded_offsets(batch.pop("seeds"), images.shape[-2], images.shape[-1], self.crop_size)
+                batch["image"] = crop_flip(images, top, left, flip, self.crop_size)
+            else:
+                batch["image"] = random_crop_flip(images, self.crop_size)
         return batch
 
     def first_train_images(self, n: int) -> torch.Tensor:

@@ -258,7 +258,9 @@ class DecodedImages(Dataset):
         pos = np.atleast_1d(np.asarray(positions, dtype=np.int64))
         rows = self.row_of[pos]
         skipped = [self.skipped_name[int(p)] for p in pos[rows < 0]]
-        rows = np.sort(rows[rows >= 0])  # sorted: sequential reads from the map
+        kept = pos[rows >= 0]
+        order = np.argsort(rows[rows >= 0], kind="stable")
+        rows, kept = rows[rows >= 0][order], kept[order]  # sorted: sequential reads from the map
         if self.crop is not None and self.crop < self.size:
             o = int(round((self.size - self.crop) / 2.0))  # torchvision CenterCrop's offset
             sl = slice(o, o + self.crop)
@@ -269,7 +271,8 @@ class DecodedImages(Dataset):
         else:
             side = self.crop or self.size
             images = torch.empty(0, 3, side, side, dtype=torch.uint8)
-        return {"image": images, "label": torch.from_numpy(self.labels[rows].astype(np.int64)), "skipped": skipped}
+        return {"image": images, "label": torch.from_numpy(self.labels[rows].astype(np.int64)), "skipped": skipped,
+                "index": torch.from_numpy(kept)}  # the dataset position of each returned image
 
 
 def first(batch: Any) -> Any:
@@ -303,6 +306,18 @@ def random_offsets(n: int, height: int, width: int, crop: int, generator: torch.
     top = torch.randint(0, height - crop + 1, (n,), generator=generator, device=dev)
     left = torch.randint(0, width - crop + 1, (n,), generator=generator, device=dev)
     flip = torch.rand(n, generator=generator, device=dev) < 0.5
+    return top, left, flip
+
+
+def seeded_offsets(seeds: Tensor, height: int, width: int, crop: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(top, left, flip) per sample from its own 63-bit seed (``ssl_bench.data.resumable.mix_seed``
+    output, uniform bits): the crop then depends on the sample's (seed, epoch, position) only, not
+    on any generator's history. seeds: int64 N."""
+    if crop > min(height, width):
+        raise ValueError(f"crop {crop} is larger than the {height} x {width} images")
+    top = seeds % (height - crop + 1)
+    left = (seeds >> 21) % (width - crop + 1)
+    flip = ((seeds >> 42) & 1).bool()
     return top, left, flip
 
 

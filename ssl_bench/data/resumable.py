@@ -93,8 +93,12 @@ class SeededDataset(Dataset):
 
     def __getitems__(self, items: list[tuple[int, int]]) -> Any:
         inner = getattr(self.dataset, "__getitems__", None)
-        if inner is not None:  # a batched reader (the decoded cache) draws nothing at random
-            return inner([index for index, _ in items])
+        if inner is not None:  # a batched reader (the decoded cache): its crops come later, on the
+            batch = inner([index for index, _ in items])  # accelerator, from these per-sample seeds
+            if isinstance(batch, dict) and "index" in batch:  # the reader may reorder and skip
+                seed_of = dict(items)
+                batch["seeds"] = torch.tensor([seed_of[i] for i in batch["index"].tolist()], dtype=torch.int64)
+            return batch
         return [self[item] for item in items]
 
 
