@@ -9,7 +9,7 @@
     ssl-bench gallery --data DIR [--l2 CKPT] [--class CKPT] [--full CKPT] [--out DIR]
     ssl-bench prior-figure --data DIR | --checkpoint CKPT [--out prior.png]
     ssl-bench turing-test --checkpoint CKPT --data DIR [--port 8765]   real-vs-fake page (and: turing-test results --db F)
-    ssl-bench leaderboard DIR... [--out DIR]    gather results.json files into one table
+    ssl-bench leaderboard DIR... [--out DIR] [--wandb-project P ...]   gather results.json files into one table (and a W&B run)
     ssl-bench benchmark [preset=demo|smoke] [overrides]   pretrain -> probes -> VOC -> leaderboard, resumable
     ssl-bench demo [overrides]                  = ssl-bench benchmark preset=demo (the embedded default)
     ssl-bench data synthetic --out DIR [...]    write the synthetic ImageFolder tree
