@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench bench-quick install clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,13 +22,12 @@ test: $(STAMP)
 	bash tests/browser_setup.sh
 	$(PY) -m pytest -q
 
+# every bench/ script, one table of ratios (logs and JSON in outputs/bench/)
 bench: $(STAMP)
-	$(PY) bench/targets.py
-	$(PY) bench/train_step.py
-	$(PY) bench/probe.py
-	$(PY) bench/svm_parallel.py
-	$(PY) bench/pretexts.py
-	$(PY) bench/voc_tasks.py
+	$(PY) bench/run_all.py
+
+bench-quick: $(STAMP)
+	$(PY) bench/run_all.py --quick
 
 clean:
 	rm -rf $(VENV) outputs multirun .cache

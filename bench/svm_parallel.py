@@ -163,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
             "speedup": ratio, "identical": identical,
             "available_parallelism": [avail_before, avail_after], "load_average_before": load_before, "mAP": seq["mAP"], "fits": seq["fits"],
             "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+            "rows": [{"benchmark": "svm_parallel", "case": f"VOC07 SVMs {n_train}x{dim}: n_jobs={args.jobs} vs one by one "
+                      f"(speed-up; available parallelism {avail:.2f}x; APs identical: {'yes' if identical else 'NO'})",
+                      "ours": par["seconds"], "reference": seq["seconds"], "unit": "s", "ratio": ratio,
+                      "target": ">= 1.8"}],
         }, indent=2) + "\n")
     if not identical:
         diff = [c for c in range(len(seq["ap"])) if seq["ap"][c] != par["ap"][c]

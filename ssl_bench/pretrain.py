@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import statistics
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,9 +26,11 @@ from ssl_bench.tracking import finish_run, wandb_run_kwargs
 
 class RngState(pl.Callback):
     """Saves the Python, NumPy and torch RNG states in every checkpoint and puts them back when a
-    resumed run starts training (after the sanity check, which draws from the RNG too), so that a run
-    resumed from an epoch-end checkpoint draws the same data order and augmentations as an
-    uninterrupted one. (Final weights still differ slightly: bit-identical resume is not reached yet.)"""
+    resumed run starts, so that it draws what the uninterrupted run drew from there on.
+
+    Lightning creates a resumed run's first train iterator (which draws the shuffling seed) right
+    after the sanity check and before ``on_train_start``, so the states go back at fit start and
+    again after the sanity check (which draws from the RNG too)."""
 
     def __init__(self) -> None:
         self.pending: dict[str, Any] | None = None
@@ -44,7 +47,7 @@ class RngState(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.pending = state_dict
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _restore(self) -> None:
         if self.pending is None:
             return
         random.setstate(self.pending["python"])
@@ -53,7 +56,51 @@ class RngState(pl.Callback):
         torch.set_rng_state(self.pending["torch"])
         if "cuda" in self.pending and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(self.pending["cuda"])
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore()
+
+    def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.pending = None
+
+
+class StepTimes(pl.Callback):
+    """Wall time of every training batch (forward, loss, backward, optimiser step): the first one
+    carries torch.compile's warm-up, the median of the others is the steady state."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.start = 0.0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self.times.append(time.perf_counter() - self.start)
+
+    def summary(self, enabled: bool) -> dict[str, Any]:
+        return {"enabled": enabled, "first_step_s": self.times[0] if self.times else None,
+                "steady_step_s": statistics.median(self.times[1:]) if len(self.times) > 1 else None}
+
+
+def compile_trunk(model: pl.LightningModule) -> None:
+    """compile=true: torch.compile (default mode) the trunk's forward_features, which every pretext's
+    trunk pass goes through; in place, so checkpoint keys stay the same. Fails at once, naming the
+    key, when inductor cannot build kernels here (no C++ compiler, broken toolchain)."""
+    try:
+        if not torch.cuda.is_available():
+            from torch._inductor.cpp_builder import get_cpp_compiler
+            get_cpp_compiler()
+        torch.compile(lambda x: x * 2 + 1)(torch.ones(2))
+    except Exception as e:
+        raise ValueError(f"compile=true: torch.compile's inductor backend does not work on this machine "
+                         f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
+                         "set compile=false") from e
+    model.trunk.forward_features = torch.compile(model.trunk.forward_features)
 
 
 def resolve_resume(ckpt_path: str | None, out_dir: Path) -> str | None:
@@ -110,14 +157,19 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     dm.setup("fit")
     resume = resolve_resume(cfg.ckpt_path, out_dir)
     model = build_model(cfg, dm, fresh=resume is None)
+    if cfg.get("compile"):
+        compile_trunk(model)
+    step_times = StepTimes()
     ckpt_dir = out_dir / "checkpoints"
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:07d}", save_last=True,
                                  save_top_k=1, monitor=None,
                                  every_n_train_steps=cfg.checkpoint.every_n_train_steps,
                                  save_on_train_epoch_end=True, auto_insert_metric_name=False)
     loggers = build_loggers(cfg)
+    # the datamodule's loaders shard themselves across DDP ranks (resumable train order, no padded val)
     trainer = instantiate(cfg.trainer, default_root_dir=str(out_dir), precision=cfg.precision,
-                          callbacks=[checkpoint, LearningRateMonitor("step"), RngState()], logger=loggers)
+                          use_distributed_sampler=False,
+                          callbacks=[checkpoint, LearningRateMonitor("step"), RngState(), step_times], logger=loggers)
     if resume:
         check_state_dict(model, read_checkpoint(resume)["state_dict"], resume)
     # re-seed after the preparation: a cached prior or a skipped init must not shift the data order
@@ -130,7 +182,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         raise NonFiniteLossError(f"{e}; training stopped ({kept})") from e
 
     samples = sorted(str(p.relative_to(out_dir)) for p in (out_dir / "samples").glob("*.png"))
-    final = final_samples(model, dm)
+    final = final_samples(model, dm) if trainer.is_global_zero else None  # one writer under DDP
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("pretrain/")}
     metrics["pretrain/steps"] = trainer.global_step
     metrics["pretrain/images_per_s"] = (trainer.global_step * dm.batch_size) / (time.perf_counter() - t0)
@@ -150,6 +202,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
         "wall_time_s": time.perf_counter() - t0,
+        "compile": step_times.summary(bool(cfg.get("compile"))),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     if trainer.is_global_zero:
