@@ -166,6 +166,29 @@ def test_interrupted_build_leaves_no_trusted_cache(tiny_data, tmp_path, monkeypa
         other.setup()
 
 
+def test_full_disk_is_an_error_naming_the_file_not_a_crash(tiny_data, tmp_path, monkeypatch):
+    """Both memmap writers (this cache and the probe feature cache) reserve their blocks first: a full
+    disk is an OSError naming the file (a sparse map would die of SIGBUS when the disk fills)."""
+    import errno
+    import os
+
+    from ssl_bench.evaluation.feature_cache import FeatureStore
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    samples, classes = image_folder_samples(tiny_data / "train", "root")
+    with pytest.raises(OSError, match=r"not enough disk space for .*images\.u8"):
+        dc.build_cache(tmp_path / "dc" / "train", samples, tiny_data, 64, classes=classes, progress=False)
+    assert list((tmp_path / "dc").iterdir()) == [], "nothing half-written left"
+    store = FeatureStore(tmp_path / "features", "key")
+    batches = [({"conv1": torch.ones(4, 8)}, torch.zeros(4, dtype=torch.int64))]
+    with pytest.raises(OSError, match=r"not enough disk space for .*conv1\.f16"):
+        store.write(batches, 4)
+    assert not store.layers() and list((tmp_path / "features").iterdir()) == []
+
+
 def test_mismatched_dataset_or_size_is_an_error_naming_the_folder(tiny_data, tmp_path):
     cache = tmp_path / "dc"
     dm = ImageDataModule(str(tiny_data), crop_size=56, load_size=None, num_workers=0, decoded_cache=str(cache))

@@ -98,6 +98,18 @@ def _decoded(paths: Sequence[Path], size: int, workers: int) -> Iterator[np.ndar
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def preallocated_memmap(path: Path, dtype: Any, shape: tuple[int, ...]) -> np.memmap:
+    """A writable memmap whose blocks are reserved on disk first: on a full disk this raises an
+    OSError naming the file, where writing through a sparse map would kill the process with SIGBUS."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    with open(path, "wb") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, max(nbytes, 1))
+        except OSError as e:
+            raise OSError(e.errno, f"not enough disk space for {path} ({nbytes / 2**20:.0f} MiB): {e.strerror}") from e
+    return np.memmap(path, dtype=dtype, mode="r+", shape=shape)
+
+
 def build_cache(out: str | Path, samples: Sequence[tuple[Path, int]], root: str | Path, size: int, *,
                 split: str = "train", classes: Sequence[str] = (), workers: int = 0,
                 overwrite: bool = False, progress: bool = True) -> Path:
@@ -119,7 +131,7 @@ def build_cache(out: str | Path, samples: Sequence[tuple[Path, int]], root: str 
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the cache is shared like the data
     try:
         from tqdm.auto import tqdm
-        mm = np.memmap(tmp / "images.u8", dtype=np.uint8, mode="w+", shape=(max(n_total, 1), 3, size, size))
+        mm = preallocated_memmap(tmp / "images.u8", np.uint8, (max(n_total, 1), 3, size, size))
         labels: list[int] = []
         skipped_files: list[str] = []
         skipped_indices: list[int] = []

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ssl_bench.data.decoded_cache import preallocated_memmap
+
 
 def trunk_fingerprint(trunk: nn.Module) -> str:
     """sha256 of every tensor of the state dict (weights and running statistics), in key order."""
@@ -74,7 +76,7 @@ class FeatureStore:
                     raise ValueError(f"feature cache: more samples than the {n} announced")
                 for k, v in feats.items():
                     if k not in maps:
-                        maps[k] = np.memmap(tmp / f"{k}.f16", dtype=np.float16, mode="w+", shape=(n, v.shape[1]))
+                        maps[k] = preallocated_memmap(tmp / f"{k}.f16", np.float16, (n, v.shape[1]))
                     maps[k][i:i + b] = v.detach().to(torch.float16).cpu().numpy()
                 labels.append(lab.cpu().numpy())
                 i += b
