@@ -74,3 +74,34 @@ def test_checkpoint_mismatch_lists_keys():
     with pytest.raises(CheckpointMismatchError) as e:
         check_state_dict(small, state, "x")
     assert "missing keys: fc7.0.bias" in str(e.value) and "unexpected keys: extra.weight" in str(e.value)
+
+
+def test_flop_count_equals_torch_flop_counter():
+    """count_flops (the MFU denominator of bench/gpu.py) against torch's own FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+    model = torch.nn.Sequential(alexnet(), torch.nn.Conv2d(4096, 313, 1))
+    x = torch.zeros(2, 1, 176, 176)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    assert count_flops(model, x) == counter.get_total_flops()
+
+
+@pytest.mark.slow
+def test_prepared_gpu_script_runs_on_cpu(tmp_path):
+    """bench/gpu.py is only run when a session is lent a GPU: its quick CPU mode keeps it from rotting."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu.py"
+    out = tmp_path / "gpu.json"
+    subprocess.run([sys.executable, str(script), "--quick", "--device", "cpu", "--json", str(out)],
+                   check=True, capture_output=True, timeout=600)
+    res = json.loads(out.read_text())
+    runs = {(r["run"], r["dtype"]) for r in res["rows"]}
+    assert len(runs) == 10 and all(r["samples_per_s"] > 0 and r["gflop_per_sample"] > 0 for r in res["rows"])
+    col = next(r for r in res["rows"] if r["run"] == "colorization b80")
+    # quick mode: crop 64; training FLOPs = 3 x the forward pass of trunk + 313-way head
+    fwd = count_flops(torch.nn.Sequential(alexnet(), torch.nn.Conv2d(4096, 313, 1)), torch.zeros(1, 1, 64, 64))
+    assert col["gflop_per_sample"] == pytest.approx(3 * fwd / 1e9)
