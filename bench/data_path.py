@@ -4,7 +4,7 @@ Data path (on generated synthetic JPEGs, the datamodule's own loaders, batch --b
   (a) files:  DataLoader workers decode each file, random crop + flip (the current path,
       data.decoded_cache=null), batches moved to --device;
   (b) cache:  batched reads from the pre-decoded memory-mapped uint8 cache (data.decoded_cache=DIR),
-      moved to --device, then `random_crop_flip` there (as ImageDataModule.on_after_batch_transfer);
+      moved to --device, then `crop_flip` at the seeded offsets there (as ImageDataModule.on_after_batch_transfer);
   (c) device decode: workers only read the file bytes; ``decode_jpeg`` decodes the batch on --device,
       then resize / crop / flip there (data.decode=device; with --device cpu this is the CPU decoder
       in the main process, not nvJPEG).
@@ -37,7 +37,7 @@ from pretexts import methods  # noqa: E402
 from train_step import timeit  # noqa: E402
 
 from ssl_bench.data.datamodule import ImageDataModule  # noqa: E402
-from ssl_bench.data.decoded_cache import decode_on_device, random_crop_flip  # noqa: E402
+from ssl_bench.data.decoded_cache import crop_flip, decode_on_device, seeded_offsets  # noqa: E402
 from ssl_bench.data.images import train_transform  # noqa: E402
 from ssl_bench.data.synthetic import SyntheticSpec, generate  # noqa: E402
 
@@ -51,8 +51,10 @@ def sync(device: str) -> None:
 
 def loader_rate(dm: ImageDataModule, device: str, passes: int, on_device: str = "") -> float:
     """images/s over ``passes`` epochs of the train loader, after one warm-up batch (worker start).
-    on_device: "crop" (cache: random_crop_flip), "decode" (data.decode=device) or "" (nothing)."""
-    loader = dm.encoded_loader("train", train=True) if on_device == "decode" else dm.train_dataloader()
+    on_device: "crop" (cache: crop_flip at the samples' seeded offsets), "decode" (data.decode=device) or "" (nothing)."""
+    if on_device == "decode":
+        dm._decode_on_device = lambda: True  # as while a trainer runs: the loader hands over file bytes
+    loader = dm.train_dataloader()
     transform = train_transform(dm.crop_size, dm.load_size)
     n, t0 = 0, None
     for _ in range(passes + 1):
@@ -62,8 +64,9 @@ def loader_rate(dm: ImageDataModule, device: str, passes: int, on_device: str = 
                 x = decode_on_device(batch, transform)["image"]
             else:
                 x = batch["image"].to(device, non_blocking=True)
-            if on_device == "crop":
-                x = random_crop_flip(x, dm.crop_size)
+            if on_device == "crop":  # as ImageDataModule.on_after_batch_transfer
+                top, left, flip = seeded_offsets(batch["seeds"].to(device), x.shape[-2], x.shape[-1], dm.crop_size)
+                x = crop_flip(x, top, left, flip, dm.crop_size)
             if t0 is None:  # the first batch pays for starting the workers
                 sync(device)
                 t0 = time.perf_counter()

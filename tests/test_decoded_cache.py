@@ -221,24 +221,26 @@ def brute_force(images: torch.Tensor, top, left, flip, crop: int) -> torch.Tenso
     return torch.stack(out)
 
 
-def test_random_crop_flip_equals_per_sample_slicing():
+def test_crop_flip_equals_per_sample_slicing():
+    from ssl_bench.data.resumable import mix_seed
     g = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (9, 3, 20, 23), dtype=torch.uint8, generator=g)
-    top, left, flip = dc.random_offsets(9, 20, 23, 11, torch.Generator().manual_seed(5))
-    assert torch.equal(dc.crop_flip(images, top, left, flip, 11), brute_force(images, top, left, flip, 11))
-    # the public function draws the same offsets from the same seed
-    out = dc.random_crop_flip(images, 11, torch.Generator().manual_seed(5))
+    seeds = torch.tensor([mix_seed(5, 0, p) for p in range(9)])
+    top, left, flip = dc.seeded_offsets(seeds, 20, 23, 11)
+    out = dc.crop_flip(images, top, left, flip, 11)
     assert out.dtype == torch.uint8 and out.shape == (9, 3, 11, 11)
     assert torch.equal(out, brute_force(images, top, left, flip, 11))
-    # edges reachable, both flips drawn, full-size crop = identity or mirror
-    top, left, flip = dc.random_offsets(2000, 20, 23, 11, torch.Generator().manual_seed(0))
+    # edges reachable, both flips drawn
+    top, left, flip = dc.seeded_offsets(torch.tensor([mix_seed(0, 0, p) for p in range(2000)]), 20, 23, 11)
     assert (top.min(), top.max(), left.min(), left.max()) == (0, 9, 0, 12) and 0.4 < flip.float().mean() < 0.6
     square = images[..., :20]  # a full-size crop is the image or its mirror
-    full = dc.random_crop_flip(square, 20, torch.Generator().manual_seed(2))
-    assert all(torch.equal(f, x) or torch.equal(f, x.flip(-1)) for f, x in zip(full, square))
+    t, l, f = dc.seeded_offsets(seeds, 20, 20, 20)
+    full = dc.crop_flip(square, t, l, f, 20)
+    assert all(torch.equal(a, x) or torch.equal(a, x.flip(-1)) for a, x in zip(full, square))
     with pytest.raises(ValueError, match="larger"):
-        dc.random_crop_flip(images, 21)
-    assert dc.random_crop_flip(images[:0], 11).shape == (0, 3, 11, 11)
+        dc.seeded_offsets(seeds, 20, 23, 21)
+    none = torch.zeros(0, dtype=torch.int64)
+    assert dc.crop_flip(images[:0], none, none, none.bool(), 11).shape == (0, 3, 11, 11)
 
 
 @pytest.mark.slow
@@ -297,16 +299,18 @@ def test_device_decode_matches_file_loader_on_cpu(tiny_data, tmp_path):
     ref = ImageDataModule(str(data), **kw)
     dev.setup()
     ref.setup()
-    raw = next(iter(dev.encoded_loader("val", train=False)))  # what a running trainer gets
+    dev._decode_on_device = lambda: True  # as while a trainer runs: the loaders hand over file bytes
+    raw = next(iter(dev.val_dataloader()))
     assert "encoded" in raw and len(raw["encoded"]) == 22
     got = dev.on_after_batch_transfer(raw, 0)  # no trainer: eval transform
     want = next(iter(ref.val_dataloader()))
     # same libjpeg-turbo decoder as PIL on the CPU: identical pixels (nvJPEG may differ by a level)
     assert torch.equal(got["image"], want["image"]) and torch.equal(got["label"], want["label"])
     assert got["skipped"] == want["skipped"] == [str(data / "val" / first_class / "broken.jpg")]
-    train = next(iter(dev.encoded_loader("train", train=True)))
+    train = next(iter(dev.train_dataloader()))
     assert dev.on_after_batch_transfer(train, 0)["image"].shape[1:] == (3, 40, 40)
     # without a running trainer (final samples after fit) the loaders decode on the CPU as before
+    del dev._decode_on_device
     assert torch.equal(next(iter(dev.val_dataloader()))["image"], want["image"])
 
 

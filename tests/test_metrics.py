@@ -477,16 +477,24 @@ def test_confusion_matrix_hand_worked() -> None:
                                   [[1, 1, 0], [0, 1, 0], [1, 0, 2]])
 
 
+def noisy_segmentation(seed: int, shape: tuple[int, ...], target_classes: int, pred_classes: int,
+                       void: float, correct: float) -> tuple[np.ndarray, np.ndarray]:
+    """Random label maps: target with a ``void`` fraction of 255s; pred = target where a coin with
+    p = ``correct`` says so, else a random class below ``pred_classes`` (also on void pixels)."""
+    rng = np.random.default_rng(seed)
+    target = rng.integers(0, target_classes, size=shape)
+    target[rng.random(shape) < void] = 255
+    pred = np.where(rng.random(shape) < correct, target % 255 % pred_classes, rng.integers(0, pred_classes, size=shape))
+    return target, pred
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_confusion_matrix_matches_sklearn_and_torchmetrics(seed: int) -> None:
     from sklearn.metrics import confusion_matrix as sk_confusion_matrix
     torch = pytest.importorskip("torch")
     tmf = pytest.importorskip("torchmetrics.functional.classification")
-    rng = np.random.default_rng(seed)
     c = 6
-    target = rng.integers(0, c, size=(2, 17, 23))
-    target[rng.random(target.shape) < 0.15] = 255
-    pred = np.where(rng.random(target.shape) < 0.5, target % 255 % c, rng.integers(0, c, size=target.shape))
+    target, pred = noisy_segmentation(seed, (2, 17, 23), c, c, void=0.15, correct=0.5)
     ours = confusion_matrix(torch.from_numpy(pred), torch.from_numpy(target), c)
     keep = target != 255
     np.testing.assert_array_equal(ours, sk_confusion_matrix(target[keep], pred[keep], labels=range(c)))
@@ -536,11 +544,9 @@ def test_iou_and_accuracy_hand_worked() -> None:
 def test_mean_iou_matches_torchmetrics_macro(seed: int) -> None:
     torch = pytest.importorskip("torch")
     tmc = pytest.importorskip("torchmetrics.classification")
-    rng = np.random.default_rng(seed)
     c = 8
-    target = rng.integers(0, 5, size=(3, 11, 13))           # classes 5..7 never in the target
-    target[rng.random(target.shape) < 0.1] = 255
-    pred = np.where(rng.random(target.shape) < 0.6, target % 255 % c, rng.integers(0, 6, size=target.shape))
+    # classes 5..7 never in the target
+    target, pred = noisy_segmentation(seed, (3, 11, 13), 5, 6, void=0.1, correct=0.6)
     # -> class 5 may be predicted (IoU 0), classes 6 and 7 absent from both.
     cm = confusion_matrix(pred, target, c)
     tp_, tt_ = torch.from_numpy(pred), torch.from_numpy(target)

@@ -13,7 +13,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSample
 
 from ssl_bench.data.decoded_cache import (DecodedImages, EncodedImages, build_cache, check_cache,
                                           collate_encoded, crop_flip, decode_on_device, first, native_size,
-                                          random_crop_flip, seeded_offsets)
+                                          seeded_offsets)
 from ssl_bench.data.resumable import EpochBatchSampler, ResumableLoader
 from ssl_bench.data.sharding import ShardedBatchSampler
 from ssl_bench.data.images import (DataLayoutError, ImageDataset, collate_skip, eval_transform,
@@ -157,29 +157,15 @@ class ImageDataModule(pl.LightningDataModule):
                           num_workers=self.num_workers, collate_fn=collate_skip,
                           persistent_workers=self.num_workers > 0)
 
-    def cached_loader(self, split: str, train: bool, batch_size: int | None = None) -> DataLoader:
-        """Loader over a split's decoded cache: train = shuffled S x S images (crop + flip come later,
-        see `on_after_batch_transfer`), else centre crops done in the reader."""
+    def split_loader(self, split: str, batch_size: int | None = None) -> DataLoader:
+        """A split in order, centre-cropped, on this module's data path (the decoded cache when there
+        is one, which crops in the reader): for statistics and feature extraction outside the trainer."""
+        if self.decoded_cache is None:
+            return self.loader(self._samples(split), train=False, batch_size=batch_size)
         self.setup()
-        bs = batch_size or self.batch_size
-        ds = DecodedImages(self.decoded_cache / split, crop=None if train else self.crop_size,
-                           meta=self._cache_meta[split])
-        return DataLoader(ds, batch_size=bs, shuffle=train, drop_last=train and len(ds) > bs,
-                          num_workers=self.num_workers, collate_fn=first,
-                          persistent_workers=self.num_workers > 0)
-
-    def encoded_loader(self, split: str, train: bool) -> DataLoader:
-        """Loader of file bytes (data.decode=device): decoding happens in `on_after_batch_transfer`."""
-        self._discover()
-        samples = self._samples(split)
-        return DataLoader(EncodedImages(samples), batch_size=self.batch_size, shuffle=train,
-                          drop_last=train and len(samples) > self.batch_size, num_workers=self.num_workers,
-                          collate_fn=collate_encoded, persistent_workers=self.num_workers > 0)
-
-    def split_loader(self, split: str, train: bool, batch_size: int | None = None) -> DataLoader:
-        if self.decoded_cache is not None:
-            return self.cached_loader(split, train, batch_size)
-        return self.loader(self._samples(split), train=train, batch_size=batch_size)
+        ds = DecodedImages(self.decoded_cache / split, crop=self.crop_size, meta=self._cache_meta[split])
+        return DataLoader(ds, batch_size=batch_size or self.batch_size, num_workers=self.num_workers,
+                          collate_fn=first, persistent_workers=self.num_workers > 0)
 
     def _decode_on_device(self) -> bool:
         """data.decode=device, and a trainer is running (it calls `on_after_batch_transfer`): other
@@ -237,20 +223,17 @@ class ImageDataModule(pl.LightningDataModule):
         if isinstance(batch, dict) and "encoded" in batch:
             t = train_transform if training else eval_transform
             return decode_on_device(batch, t(self.crop_size, self.load_size))
-        if self.decoded_cache is not None and training:
+        if self.decoded_cache is not None and training:  # offsets from the train loader's per-sample seeds
             images = batch["image"]
-            if "seeds" in batch:  # from the resumable train loader: one seed per sample
-                top, left, flip = seeded_offsets(batch.pop("seeds"), images.shape[-2], images.shape[-1], self.crop_size)
-                batch["image"] = crop_flip(images, top, left, flip, self.crop_size)
-            else:
-                batch["image"] = random_crop_flip(images, self.crop_size)
+            top, left, flip = seeded_offsets(batch.pop("seeds"), images.shape[-2], images.shape[-1], self.crop_size)
+            batch["image"] = crop_flip(images, top, left, flip, self.crop_size)
         return batch
 
     def first_train_images(self, n: int) -> torch.Tensor:
         """The first ``n`` decodable train images, centre-cropped: uint8 n x 3 x crop x crop
         (data-dependent initialisation measures statistics on them)."""
         chunks, count = [], 0
-        for batch in self.split_loader("train", train=False, batch_size=min(n, self.batch_size)):
+        for batch in self.split_loader("train", batch_size=min(n, self.batch_size)):
             chunks.append(batch["image"])
             count += batch["image"].shape[0]
             if count >= n:
@@ -261,4 +244,4 @@ class ImageDataModule(pl.LightningDataModule):
 
     def eval_train_dataloader(self) -> DataLoader:
         """Train split with the deterministic eval transform (priors, feature extraction)."""
-        return self.split_loader("train", train=False)
+        return self.split_loader("train")

@@ -13,7 +13,7 @@ Each image is decoded with `decode_rgb`, its short side resized to S (antialiase
 uint8 tensor, i.e. exactly what torchvision's ``Resize(S, antialias=True)`` in `train_transform`
 does), then centre-cropped to S x S.
 
-Deviation from the file path: the train-time random crop (see `random_crop_flip`) is taken from the
+Deviation from the file path: the train-time random crop (`crop_flip` at `seeded_offsets`) is taken from the
 central S x S square of each image, not from the full resized rectangle; eval centre crops are the same
 up to a one-pixel rounding of the offset. With ``data.load_size=null`` (the synthetic set), S is the
 short side of the first readable image (all synthetic images are square, so nothing is lost).
@@ -224,7 +224,7 @@ class DecodedImages(Dataset):
     match the file loader, and an unreadable file is reported in "skipped" once per epoch).
     ``ds[list_of_positions]`` (or ``__getitems__``, which a DataLoader with batch_size calls) returns
     {"image": uint8 B x 3 x H x W, "label": int64 B, "skipped": [paths]}: H = W = S (train: crop and
-    flip on the accelerator with `random_crop_flip`) or = ``crop`` (eval: centre crop in the reader).
+    flip on the accelerator with `crop_flip`) or = ``crop`` (eval: centre crop in the reader).
     Use either ``DataLoader(ds, batch_size=B, collate_fn=first)`` or
     ``DataLoader(ds, sampler=BatchSampler(...), batch_size=None)``.
     """
@@ -309,18 +309,6 @@ def crop_flip(images: Tensor, top: Tensor, left: Tensor, flip: Tensor, crop: int
                   rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def random_offsets(n: int, height: int, width: int, crop: int, generator: torch.Generator | None = None,
-                   device: torch.device | str | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """(top, left, flip) drawn uniformly as torchvision's RandomCrop + RandomHorizontalFlip(0.5) do."""
-    if crop > min(height, width):
-        raise ValueError(f"crop {crop} is larger than the {height} x {width} images")
-    dev = generator.device if generator is not None else device
-    top = torch.randint(0, height - crop + 1, (n,), generator=generator, device=dev)
-    left = torch.randint(0, width - crop + 1, (n,), generator=generator, device=dev)
-    flip = torch.rand(n, generator=generator, device=dev) < 0.5
-    return top, left, flip
-
-
 def seeded_offsets(seeds: Tensor, height: int, width: int, crop: int) -> tuple[Tensor, Tensor, Tensor]:
     """(top, left, flip) per sample from its own 63-bit seed (``ssl_bench.data.resumable.mix_seed``
     output, uniform bits): the crop then depends on the sample's (seed, epoch, position) only, not
@@ -331,14 +319,6 @@ def seeded_offsets(seeds: Tensor, height: int, width: int, crop: int) -> tuple[T
     left = (seeds >> 21) % (width - crop + 1)
     flip = ((seeds >> 42) & 1).bool()
     return top, left, flip
-
-
-def random_crop_flip(images: Tensor, crop: int, generator: torch.Generator | None = None) -> Tensor:
-    """uint8 N x 3 x S x S -> uint8 N x 3 x crop x crop: a random crop and a random horizontal flip per
-    sample, drawn from ``generator`` (None = the default generator of the images' device)."""
-    top, left, flip = random_offsets(images.shape[0], images.shape[-2], images.shape[-1], crop,
-                                     generator, images.device)
-    return crop_flip(images, top, left, flip, crop)
 
 
 # ----------------------------------------------------- data.decode=device: JPEG decoding on the device

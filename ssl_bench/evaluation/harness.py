@@ -213,8 +213,8 @@ def run_probe(cfg: DictConfig) -> dict[str, Any]:
     C = dm.num_classes
     if cfg.probe.cache or cfg.probe.kind == "knn":  # streaming linear probes never need stored features
         # through the datamodule's data path: the benchmark's shared decoded cache when it has one
-        train_x, train_y = features.get("train", dm.split_loader("train", False, bs), len(dm.train_samples))
-        test_x, test_y = features.get("val", dm.split_loader("val", False, bs), len(dm.val_samples))
+        train_x, train_y = features.get("train", dm.split_loader("train", bs), len(dm.train_samples))
+        test_x, test_y = features.get("val", dm.split_loader("val", bs), len(dm.val_samples))
     metrics: dict[str, Any] = {}
     extra: dict[str, Any] = {"feature_dims": dims}
     loggers = [instantiate(c, **wandb_run_kwargs(c, out_dir)) for c in (cfg.get("logger") or {}).values()
