@@ -88,10 +88,11 @@ def shared_decoded(cfg: DictConfig, config_name: str, overrides: list[str]) -> l
     data = compose(config_name, overrides).get("data")
     if data is None or not str(data.get("_target_", "")).endswith("ImageDataModule"):
         return list(overrides)
-    # keyed by the data config as written (root, synthetic spec, sizes): resolving data.root would
-    # need Hydra's run-time values, which exist only inside the stage's own run
+    # keyed by the data config as written (root, synthetic spec, load size), not by what is read out
+    # of the copy (the crop is taken at read time, so context prediction's 64 px crops share it with
+    # the others' 56 px); resolving data.root would need Hydra's run-time values
     spec = {k: v for k, v in OmegaConf.to_container(data, resolve=False).items()
-            if k not in ("batch_size", "num_workers", "decoded_cache", "decode")}
+            if k not in ("batch_size", "num_workers", "decoded_cache", "decode", "crop_size")}
     tag = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return [*overrides, f"data.decoded_cache={Path(root) / f'data-{tag}'}"]
 

@@ -73,3 +73,14 @@ def test_failed_stage_is_recorded_and_the_rest_goes_on(outputs, run_cli, tmp_pat
     # the leaderboard renders what ran and lists the missing stage with its reason
     table = (root / "leaderboard.md").read_text()
     assert "gaussian/rgb" in table and "broken/pretrain failed" in table and "nowhere" in table
+
+
+def test_demo_plan_shares_one_decoded_copy(outputs):
+    """Every image stage of the demo (context prediction crops 64 px, the others 56) reads the same
+    decoded copy: the crop is taken at read time, so it is not part of the copy's key."""
+    from ssl_bench.benchmark import compose, plan
+    stages = plan(compose("benchmark", ["preset=demo"]))
+    copies = {o for st in stages for o in st.overrides if o.startswith("data.decoded_cache=")}
+    crops = {st.config.data.crop_size for st in stages if "data" in st.config and "crop_size" in st.config.data}
+    assert len(copies) == 1 and crops == {56, 64}
+    assert sum(1 for st in stages if any(o in copies for o in st.overrides)) == 18  # 6 pretrain, 9 probes, 3 colour
