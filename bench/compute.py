@@ -35,9 +35,9 @@ from pathlib import Path
 
 import torch
 
-from ssl_bench.evaluation.probes import FeatureExtractor
+from ssl_bench.probe.heads import FeatureExtractor
 from ssl_bench.models.alexnet import CONV_LAYERS, alexnet, alexnet_small
-from ssl_bench.pretrain import compile_trunk
+from ssl_bench.runs.pretrain import compile_trunk
 from train_step import images, make_module, make_step  # bench/ is on sys.path when run as a script
 
 

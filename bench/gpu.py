@@ -36,7 +36,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a bare copy of the repo
 from ssl_bench import color  # noqa: E402
-from ssl_bench.losses import resize_to, soft_cross_entropy_map  # noqa: E402
+from ssl_bench.pretext.losses import resize_to, soft_cross_entropy_map  # noqa: E402
 from ssl_bench.models.alexnet import alexnet, count_flops  # noqa: E402
 from ssl_bench.models.inputs import trunk_input  # noqa: E402
 from ssl_bench.pretext.masks import center_mask, input_hole, loss_weights  # noqa: E402

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ssl_bench.evaluation.probes import FeatureExtractor, LinearProbe, ProbeHeads
+from ssl_bench.probe.heads import FeatureExtractor, LinearProbe, ProbeHeads
 from ssl_bench.models.alexnet import CONV_LAYERS, alexnet, alexnet_small
 
 

@@ -20,7 +20,7 @@ from contextlib import nullcontext
 import torch
 
 from ssl_bench import color
-from ssl_bench.losses import soft_cross_entropy
+from ssl_bench.pretext.losses import soft_cross_entropy
 from ssl_bench.models.alexnet import alexnet, alexnet_small
 from ssl_bench.pretext.colorization import ColorizationPretext, ColorObjective
 
@@ -70,7 +70,7 @@ def overhead(trunk_fn, batch: int, size: int, repeats: int, device: str) -> dict
         opt.step()
 
     def net_only():
-        from ssl_bench.losses import resize_to
+        from ssl_bench.pretext.losses import resize_to
         out = resize_to(m.head(m.trunk(x)), tuple(ab.shape[-2:]))
         loss = soft_cross_entropy(out, idx, w, pw)
         opt.zero_grad(set_to_none=True)

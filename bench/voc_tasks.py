@@ -20,10 +20,10 @@ from itertools import islice
 
 import torch
 
-from ssl_bench.data.voc import write_synthetic_voc
-from ssl_bench.evaluation.voc_cls import VOCClassificationData, VOCClassificationTask
-from ssl_bench.evaluation.voc_det import VOCDetectionData, VOCDetectionTask
-from ssl_bench.evaluation.voc_seg import VOCSegmentationData, VOCSegmentationTask
+from ssl_bench.data.voc_synthetic import write_synthetic_voc
+from ssl_bench.transfer.voc_cls import VOCClassificationData, VOCClassificationTask
+from ssl_bench.transfer.voc_det import VOCDetectionData, VOCDetectionTask
+from ssl_bench.transfer.voc_seg import VOCSegmentationData, VOCSegmentationTask
 from ssl_bench.models.alexnet import alexnet_small
 from ssl_bench.models.transfer import fc_layers, prepare_for_transfer
 

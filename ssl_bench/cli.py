@@ -27,8 +27,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 USAGE = __doc__
-# conf/ sits beside the package in the repository (the package is installed in editable mode)
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -66,6 +64,8 @@ def run_hydra(config_name: str, task: Callable[[Any], Any], overrides: Sequence[
     """
     import hydra
 
+    from ssl_bench.config import CONF_DIR
+
     def guarded(cfg: Any) -> Any:
         try:
             return task(cfg)
@@ -92,14 +92,14 @@ def _say(message: str) -> None:
 
 
 def _pretrain_task(cfg: Any) -> Any:
-    from ssl_bench.pretrain import pretrain
+    from ssl_bench.runs.pretrain import pretrain
     record = pretrain(cfg)
     _say(f"ssl-bench: results written to {cfg.paths.output_dir}/results.json")
     return record
 
 
 def _probe_task(cfg: Any) -> Any:
-    from ssl_bench.evaluation.harness import run_probe
+    from ssl_bench.runs.probe import run_probe
     record = run_probe(cfg)
     m = record["metrics"]
     layers = [k.split("/")[1] for k in m if k.endswith("/top1") and k.split("/")[1].startswith("conv")]
@@ -110,7 +110,7 @@ def _probe_task(cfg: Any) -> Any:
 
 
 def _finetune_task(cfg: Any) -> Any:
-    from ssl_bench.finetune import finetune
+    from ssl_bench.runs.finetune import finetune
     record = finetune(cfg)
     shown = {k: v for k, v in record["metrics"].items() if k.endswith(("/mAP", "/mIoU", "/mAP_area"))}
     _say(f"ssl-bench: {record['method']} {record['task']}: " + ", ".join(f"{k} {v:.1f}" for k, v in shown.items()))
@@ -119,7 +119,7 @@ def _finetune_task(cfg: Any) -> Any:
 
 
 def _colorization_eval_task(cfg: Any) -> Any:
-    from ssl_bench.evaluation.colorization_quality import run_colorization_eval
+    from ssl_bench.colorization.quality import run_colorization_eval
     record = run_colorization_eval(cfg)
     m = record["metrics"]
     _say("ssl-bench: " + record["method"] + ": " + ", ".join(
@@ -138,7 +138,8 @@ def _benchmark(overrides: Sequence[str]) -> None:
     Hydra job (pretrain, probe_run, finetune), skipping stages that already finished."""
     from hydra.errors import HydraException
 
-    from ssl_bench.benchmark import compose, run_benchmark
+    from ssl_bench.config import compose
+    from ssl_bench.runs.benchmark import run_benchmark
     tasks = HYDRA_TASKS
     try:
         cfg = compose("benchmark", overrides)
@@ -245,21 +246,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         from ssl_bench.models.transfer import prepare_weights_main
         sys.exit(prepare_weights_main(rest))
     elif cmd == "turing-test":
-        from ssl_bench.evaluation.turing_test import turing_test_main
+        from ssl_bench.colorization.study import turing_test_main
         sys.exit(turing_test_main(rest))
     elif cmd == "gallery":
-        from ssl_bench.evaluation.gallery import gallery_main
+        from ssl_bench.colorization.gallery import gallery_main
         sys.exit(gallery_main(rest))
     elif cmd == "prior-figure":
-        from ssl_bench.evaluation.gallery import prior_figure_main
+        from ssl_bench.colorization.gallery import prior_figure_main
         sys.exit(prior_figure_main(rest))
     elif cmd == "colorize":
-        from ssl_bench.colorize import colorize_main
+        from ssl_bench.colorization.colorize import colorize_main
         sys.exit(colorize_main(rest))
     elif cmd == "evaluate-colorization":
         run_hydra("colorization_eval", _colorization_eval_task, rest, "ssl-bench evaluate-colorization")
     elif cmd == "leaderboard":
-        from ssl_bench.evaluation.leaderboard import leaderboard_main
+        from ssl_bench.report.leaderboard import leaderboard_main
         sys.exit(leaderboard_main(rest))
     elif cmd in ("benchmark", "demo"):
         _benchmark(rest)

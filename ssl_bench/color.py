@@ -3,7 +3,7 @@
 Everything here is a pure function on tensors laid out as N x C x H x W. Constants are built on
 the device of the input (and cached per device and dtype), so the same code runs on CPU or GPU.
 
-Conventions (reference: ``method.md`` sections 1.1-1.5):
+Conventions (reference: docs/protocols.md §1.1-1.5):
 
 * Lab is CIE Lab with a D65 white and the 2 degree observer, with exactly the constants of
   ``skimage.color.rgb2lab`` (sRGB matrix, ``0.008856`` / ``7.787`` linear segment), so results
@@ -17,14 +17,13 @@ Conventions (reference: ``method.md`` sections 1.1-1.5):
 from __future__ import annotations
 
 import functools
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+from ssl_bench.io import atomic_writer
 
 __all__ = [
     "NUM_BINS",
@@ -112,7 +111,7 @@ def _l_table_np() -> tuple[np.ndarray, np.ndarray]:
 # The 313 bins and the grid tables for the nearest-bin search
 # ---------------------------------------------------------------------------------------------
 
-# (a, b_min, b_max) from method.md 1.2; the authors' bins, not a quantised sRGB gamut.
+# (a, b_min, b_max) from docs/protocols.md §1.2; the authors' bins, not a quantised sRGB gamut.
 _GAMUT_TABLE: tuple[tuple[int, int, int], ...] = (
     (-90, 50, 90),
     (-80, 20, 90),
@@ -810,21 +809,11 @@ def _load_prior(path: Path, sigma: float | None) -> Tensor:
 
 
 def _save_atomic(path: Path, prior: Tensor, sigma: float | None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory, so os.replace is a rename within one filesystem: readers see the old file
-    # or the new one, never half of one.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if path.suffix == ".npy":
-                np.save(fh, prior.numpy())
-            else:
-                torch.save({"prior": prior, "sigma": sigma}, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_writer(path) as fh:
+        if path.suffix == ".npy":
+            np.save(fh, prior.numpy())
+        else:
+            torch.save({"prior": prior, "sigma": sigma}, fh)
 
 
 def empirical_prior(

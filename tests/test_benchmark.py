@@ -78,7 +78,8 @@ def test_failed_stage_is_recorded_and_the_rest_goes_on(outputs, run_cli, tmp_pat
 def test_demo_plan_shares_one_decoded_copy(outputs):
     """Every image stage of the demo (context prediction crops 64 px, the others 56) reads the same
     decoded copy: the crop is taken at read time, so it is not part of the copy's key."""
-    from ssl_bench.benchmark import compose, plan
+    from ssl_bench.config import compose
+    from ssl_bench.runs.benchmark import plan
     stages = plan(compose("benchmark", ["preset=demo"]))
     copies = {o for st in stages for o in st.overrides if o.startswith("data.decoded_cache=")}
     crops = {st.config.data.crop_size for st in stages if "data" in st.config and "crop_size" in st.config.data}

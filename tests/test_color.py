@@ -1,8 +1,8 @@
 """Tests of ssl_bench.color against independent references.
 
-References: scikit-image's colour conversions, the published 313-bin table (method.md 1.2,
+References: scikit-image's colour conversions, the published 313-bin table (docs/protocols.md §1.2,
 hard-coded below), brute-force nearest neighbours over all 313 centres (numpy, float64), and the
-formulas of method.md 1.3-1.5 written out in numpy.
+formulas of docs/protocols.md §1.3-1.5 written out in numpy.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from skimage import color as skcolor
 
 from ssl_bench import color
 
-# Published table (method.md 1.2): a, b_min, b_max, count.
+# Published table (docs/protocols.md §1.2): a, b_min, b_max, count.
 PUBLISHED = [
     (-90, 50, 90, 5), (-80, 20, 90, 8), (-70, 0, 90, 10), (-60, -20, 90, 12),
     (-50, -30, 100, 14), (-40, -40, 100, 15), (-30, -50, 100, 16), (-20, -50, 100, 16),
@@ -58,7 +58,7 @@ def ref_knn(ab_flat: np.ndarray, k: int):
 
 
 def ref_dense(ab_flat: np.ndarray, k: int, sigma: float = 5.0):
-    """Dense P x 313 soft encoding (the formula of method.md 1.3) and a mask of near-tie pixels
+    """Dense P x 313 soft encoding (the formula of docs/protocols.md §1.3) and a mask of near-tie pixels
     (k-th and (k+1)-th bins equally near up to TIE_TOL but not exactly: either is correct).
 
     exp(-d^2 / (2 sigma^2)) / sum is evaluated as exp(-(d^2 - d0^2) / (2 sigma^2)) / sum, the
@@ -549,7 +549,7 @@ def test_annealed_mean_mean_and_mode():
     np.testing.assert_allclose(color.annealed_mean(logits, 1.0).numpy(), expect, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(color.decode_mean(logits).numpy(), expect, rtol=1e-10, atol=1e-10)
 
-    # f_T(z) = exp(log z / T) / sum exp(log z / T), then the expectation (method.md 1.5)
+    # f_T(z) = exp(log z / T) / sum exp(log z / T), then the expectation (docs/protocols.md §1.5)
     T = 0.38
     zt = np.exp(np.log(z) / T)
     zt /= zt.sum(1, keepdims=True)

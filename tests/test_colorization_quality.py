@@ -13,8 +13,8 @@ from hydra.utils import instantiate
 
 from conftest import CONF
 from ssl_bench import color
-from ssl_bench.colorize import load_colorizer, predict_ab
-from ssl_bench.evaluation.colorization_quality import (THRESHOLDS, AucAccumulator, RandomReference, auc,
+from ssl_bench.colorization.colorize import load_colorizer, predict_ab
+from ssl_bench.colorization.quality import (THRESHOLDS, AucAccumulator, RandomReference, auc,
                                                        auc_curve, classifier_top1, inverse_prior,
                                                        load_classifier, rebalanced_pixel_weights,
                                                        run_colorization_eval)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from ssl_bench import color
-from ssl_bench.colorize import colorize_image, colorize_main, load_colorizer, net_input_size
+from ssl_bench.colorization.colorize import colorize_image, colorize_main, load_colorizer, net_input_size
 from ssl_bench.models.alexnet import alexnet_small
 from ssl_bench.models.checkpoint import CheckpointMismatchError
 from ssl_bench.pretext.colorization import ColorizationPretext, ColorObjective

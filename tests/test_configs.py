@@ -54,10 +54,10 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
     cfg = composed([f"{group}={option}", *where, *extra], primary)
     node = cfg[group] if group in cfg else cfg  # presets are global (package _global_)
     if group == "probe":
-        from ssl_bench.evaluation.probes import RESIZE_MODES
+        from ssl_bench.probe.heads import RESIZE_MODES
         from ssl_bench.models.alexnet import LAYERS
         assert set(node.layers) <= set(LAYERS) and node.resize in RESIZE_MODES and node.kind == option
-        assert cfg.optimizer.momentum == 0.9 and cfg.optimizer.weight_decay == 5e-4  # method.md 3.1
+        assert cfg.optimizer.momentum == 0.9 and cfg.optimizer.weight_decay == 5e-4  # docs/protocols.md §3.1
     elif group == "paths":
         assert set(node) >= {"data_dir", "cache_dir", "log_dir", "output_dir"}
     elif group == "logger":
@@ -89,7 +89,7 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
         # colorization's default loss is the rebalanced classification; other pretexts have none
         assert bool(node) == (option == "default_colorization")
     elif group == "preset":
-        from ssl_bench.benchmark import validate
+        from ssl_bench.runs.benchmark import validate
         validate(cfg)  # every method known, with a valid kind
         assert cfg.preset_name == option and "colorization_full" in cfg.methods
     elif group == "task":

@@ -172,7 +172,7 @@ def test_full_disk_is_an_error_naming_the_file_not_a_crash(tiny_data, tmp_path, 
     import errno
     import os
 
-    from ssl_bench.evaluation.feature_cache import FeatureStore
+    from ssl_bench.probe.feature_cache import FeatureStore
 
     def no_space(fd, offset, length):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_overrides
-from ssl_bench.evaluation.leaderboard import build_table, collect
+from ssl_bench.report.leaderboard import build_table, collect
 
 TINY = ["backbone=alexnet_small", "backbone.widths=[16,32,48,48,32]", "backbone.fc_channels=64"]
 TASK_SIZES = {

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from ssl_bench import color
-from ssl_bench.evaluation import gallery
-from ssl_bench.evaluation.gallery import (gallery_main, prior_and_weights, prior_figure_main,
+from ssl_bench.colorization import gallery
+from ssl_bench.colorization.gallery import (gallery_main, prior_and_weights, prior_figure_main,
                                           prior_from_weights)
 from ssl_bench.models.alexnet import alexnet_small
 from ssl_bench.pretext.colorization import ColorizationPretext, ColorObjective

@@ -23,7 +23,7 @@ def _results(sweep: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_submitit_local_sweeps_feed_the_leaderboard(tiny_data, tmp_path, run_cli, monkeypatch):
-    from ssl_bench.evaluation.leaderboard import build_table, collect
+    from ssl_bench.report.leaderboard import build_table, collect
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # inherited by the submitit job processes
     root = tmp_path / "sweeps"
     over = [o for o in tiny_overrides(tiny_data, tmp_path / "x", tmp_path / "cache") if not o.startswith("hydra.run")]

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssl_bench.evaluation.leaderboard import (LAYERS, OUTPUT_NAMES, ResultsWarning, build_table, collect,
+from ssl_bench.report.leaderboard import (LAYERS, OUTPUT_NAMES, ResultsWarning, build_table, collect,
                                               csv_columns, leaderboard_main, render, to_markdown)
-from ssl_bench.evaluation.published import (PUBLISHED_COLOR, PUBLISHED_PROBES, PUBLISHED_VOC, key_matches)
+from ssl_bench.report.published import (PUBLISHED_COLOR, PUBLISHED_PROBES, PUBLISHED_VOC, key_matches)
 
-METHOD_MD = Path("/work/shared/reference/method.md")
+PROTOCOLS_MD = Path(__file__).resolve().parents[1] / "docs" / "protocols.md"
 
 # per-seed top-1 of two methods; the expected statistics below are worked out by hand
 COLOR = {  # colorization/full, seeds 0, 1, 2
@@ -185,7 +185,7 @@ def _md_table(text: str, heading: str, next_heading: str = "\n## ") -> list[list
 
 @pytest.mark.skipif(not METHOD_MD.is_file(), reason="reference method.md not available")
 def test_published_numbers_match_method_md():
-    """Every number of method.md section 4 tables, in order, is in published.py."""
+    """Every number of docs/protocols.md §4 tables, in order, is in published.py."""
     text = METHOD_MD.read_text()
 
     def numbers(heading: str) -> list[list[float | None]]:

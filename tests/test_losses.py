@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssl_bench.losses import dense_soft_cross_entropy, l2_regression, resize_to, soft_cross_entropy
-from ssl_bench.optim import PiecewiseConstant, piecewise_constant
+from ssl_bench.pretext.losses import dense_soft_cross_entropy, l2_regression, resize_to, soft_cross_entropy
+from ssl_bench.models.optim import PiecewiseConstant, piecewise_constant
 
 
 def random_soft_targets(n=2, q=313, k=10, h=3, w=4, seed=0):
@@ -51,7 +51,7 @@ def test_resize_to_target_grid():
 
 
 def test_piecewise_schedule_matches_paper_lrs():
-    # method.md 1.6: 3e-5 to 240k, 1e-5 to 300k, 3e-6 to 400k, 1e-6 after
+    # docs/protocols.md §1.6: 3e-5 to 240k, 1e-5 to 300k, 3e-6 to 400k, 1e-6 after
     opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=3e-5)
     sched = PiecewiseConstant([240_000, 300_000, 400_000], [1, 1 / 3, 0.1, 1 / 30])
     for step, lr in [(0, 3e-5), (239_999, 3e-5), (240_000, 1e-5), (350_000, 3e-6), (449_999, 1e-6)]:

@@ -1,4 +1,4 @@
-"""Tests for ssl_bench.evaluation.metrics: hand-worked APs, a brute-force reference, and scikit-learn.
+"""Tests for ssl_bench.metrics: hand-worked APs, a brute-force reference, and scikit-learn.
 
 Notation in the comments: a ranking is the label sequence sorted by decreasing score, "+" a
 positive and "-" a negative; after the k-th item, precision P = tp / k and recall R = tp / n_pos.
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from ssl_bench.evaluation.metrics import (
+from ssl_bench.metrics import (
     Detections,
     GroundTruth,
     average_precision,

@@ -35,7 +35,7 @@ def test_faithful_parameter_count_and_cost():
     }
     for name, n in by_hand.items():
         assert sum(p.numel() for p in getattr(net, name).parameters()) == n, name
-    # method.md 1.6: about 52 GFLOP per training image (forward + backward ~ 3x forward, fc8 included)
+    # docs/protocols.md §1.6: about 52 GFLOP per training image (forward + backward ~ 3x forward, fc8 included)
     fwd = count_flops(torch.nn.Sequential(net, torch.nn.Conv2d(4096, 313, 1)), torch.zeros(1, 1, 180, 180))
     assert 3 * fwd / 1e9 == pytest.approx(52, rel=0.05)
 

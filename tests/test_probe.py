@@ -14,10 +14,10 @@ from torch.utils.data import DataLoader
 
 from conftest import tiny_overrides
 from ssl_bench.data.images import SkipCounter
-from ssl_bench.evaluation.feature_cache import trunk_fingerprint
-from ssl_bench.evaluation.harness import Features, feature_loader, split_holdout
-from ssl_bench.evaluation.knn import knn_predict, topk_accuracy
-from ssl_bench.evaluation.probes import (AVGPOOL_GOYAL, BILINEAR_SIZES, FeatureExtractor, LinearProbe,
+from ssl_bench.probe.feature_cache import trunk_fingerprint
+from ssl_bench.runs.probe import Features, feature_loader, split_holdout
+from ssl_bench.probe.knn import knn_predict, topk_accuracy
+from ssl_bench.probe.heads import (AVGPOOL_GOYAL, BILINEAR_SIZES, FeatureExtractor, LinearProbe,
                                          ProbeHeads, resize_layer)
 from ssl_bench.models.alexnet import CONV_LAYERS, alexnet, alexnet_small
 

@@ -1,4 +1,4 @@
-"""Tests for the VOC07 SVM protocol (ssl_bench.evaluation.svm_voc07).
+"""Tests for the VOC07 SVM protocol (ssl_bench.probe.svm_voc07).
 
 References are independent re-implementations in the test: scikit-learn fits written out by hand
 (folds, LinearSVC, normalisation) and a brute-force AP over thresholds.
@@ -13,7 +13,7 @@ import pytest
 from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import LinearSVC
 
-from ssl_bench.evaluation.svm_voc07 import DEFAULT_COSTS, svm_voc07
+from ssl_bench.probe.svm_voc07 import DEFAULT_COSTS, svm_voc07
 
 SMALL_GRID = [1e-3, 0.1, 10.0]
 
@@ -222,7 +222,7 @@ def test_csr_input_gives_bit_identical_models() -> None:
     from the dense array, so the models are equal bit for bit, with and without exact zeros."""
     import scipy.sparse as sp
 
-    from ssl_bench.evaluation.svm_voc07 import l2_normalise, make_svm
+    from ssl_bench.probe.svm_voc07 import l2_normalise, make_svm
     tx, ty, _, _ = clusters(n_train=200, seed=7)
     y = np.where(ty[:, 1] == 1, 1, -1)
     for x in (l2_normalise(tx), l2_normalise(np.maximum(tx, 0.0))):   # dense; ~half zeros
@@ -234,5 +234,5 @@ def test_csr_input_gives_bit_identical_models() -> None:
 
 def test_default_class_names_are_the_voc_classes() -> None:
     from ssl_bench.data.voc import VOC_CLASSES
-    from ssl_bench.evaluation.svm_voc07 import _VOC_CLASSES
+    from ssl_bench.probe.svm_voc07 import _VOC_CLASSES
     assert _VOC_CLASSES == VOC_CLASSES

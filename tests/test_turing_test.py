@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssl_bench.evaluation import turing_test as tt
+from ssl_bench.colorization import study as tt
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -328,7 +328,7 @@ def test_browser_end_to_end(tmp_path, data_dir, colorization_ckpt):
 
     port, db = free_port(), tmp_path / "answers.sqlite"
     trials = 8
-    cmd = [PY, "-m", "ssl_bench.evaluation.turing_test", f"checkpoint={colorization_ckpt}",
+    cmd = [PY, "-m", "ssl_bench.colorization.study", f"checkpoint={colorization_ckpt}",
            f"data={data_dir}", "--port", str(port), "--db", str(db), "--trials", str(trials),
            "--sentinel-fraction", "0.25", "--seconds", "0.2"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

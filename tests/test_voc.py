@@ -15,11 +15,11 @@ from skimage.color import rgb2lab
 from sklearn.svm import LinearSVC
 from torch.utils.data import DataLoader
 
-from ssl_bench.data.voc import (VOC_CLASSES, VOCClassification, _void_band, collate_voc,
-                                parse_annotation, read_classification, voc_colormap, voc_root,
-                                write_synthetic_voc)
+from ssl_bench.data.voc import (VOC_CLASSES, VOCClassification, collate_voc, parse_annotation,
+                                read_classification, voc_colormap, voc_root)
+from ssl_bench.data.voc_synthetic import _void_band, write_synthetic_voc
 from ssl_bench.data.synthetic import CLASS_HUE_MODES, HUE_MODES_DEG
-from ssl_bench.evaluation.svm_voc07 import svm_voc07
+from ssl_bench.probe.svm_voc07 import svm_voc07
 
 
 def obj_xml(name: str, box: tuple[float, float, float, float], difficult: int | None = 0) -> str:

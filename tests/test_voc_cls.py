@@ -1,4 +1,4 @@
-"""Tests for ssl_bench.evaluation.voc_cls: VOC2007 classification fine-tuning on a tiny synthetic tree."""
+"""Tests for ssl_bench.transfer.voc_cls: VOC2007 classification fine-tuning on a tiny synthetic tree."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import torch
 from torchvision import transforms as T1
 
 from ssl_bench.data.images import decode_rgb
-from ssl_bench.data.voc import VOC_CLASSES, write_synthetic_voc
-from ssl_bench.evaluation.voc_cls import (VOCClassificationData, VOCClassificationTask, layer_parameters,
+from ssl_bench.data.voc import VOC_CLASSES
+from ssl_bench.data.voc_synthetic import write_synthetic_voc
+from ssl_bench.transfer.voc_cls import (VOCClassificationData, VOCClassificationTask, layer_parameters,
                                           masked_bce_loss)
 from ssl_bench.models.alexnet import alexnet_small
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from ssl_bench.data.voc import VOC_CLASSES, write_synthetic_voc
-from ssl_bench.evaluation.voc_det import (VOCDetectionData, VOCDetectionDataset, VOCDetectionTask,
+from ssl_bench.data.voc import VOC_CLASSES
+from ssl_bench.data.voc_synthetic import write_synthetic_voc
+from ssl_bench.transfer.voc_det import (VOCDetectionData, VOCDetectionDataset, VOCDetectionTask,
                                           _class_ap, collate_detection, evaluate_detections,
                                           hflip_detection)
 from ssl_bench.models.alexnet import alexnet_small

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_overrides
-from ssl_bench import tracking
-from ssl_bench.tracking import layer_rows, wandb_run_kwargs
+from ssl_bench.report import tracking
+from ssl_bench.report.tracking import layer_rows, wandb_run_kwargs
 
 WANDB_LOGGER = {"_target_": "pytorch_lightning.loggers.WandbLogger", "id": None}
 
@@ -382,7 +382,7 @@ def fake_stage(config_name: str, args: list[str]) -> None:
     valid), records its logger settings, and writes a results.json instead of training."""
     from omegaconf import OmegaConf
 
-    from ssl_bench.benchmark import compose
+    from ssl_bench.runs.benchmark import compose
     cfg = compose(config_name, args)
     out = Path(next(a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")))
     out.mkdir(parents=True, exist_ok=True)
@@ -401,7 +401,7 @@ def fake_stage(config_name: str, args: list[str]) -> None:
 
 
 def test_benchmark_with_wandb_logger_logs_stages_and_the_leaderboard(tmp_path, monkeypatch, capsys):
-    from ssl_bench.benchmark import compose, run_benchmark
+    from ssl_bench.runs.benchmark import compose, run_benchmark
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("SSL_BENCH_OUTPUTS", str(tmp_path / "out"))
     cfg = compose("benchmark", ["preset=smoke", "methods=[colorization_full,gaussian_rgb]", "logger=wandb",

@@ -1,6 +1,6 @@
 """AlexNet trunk of the colorization cross-channel encoder (Zhang et al. 2016, released training net).
 
-Layer layout (method.md 1.6): conv1 96 11x11/4 pad 5, pool1 3x3/2 pad 1, conv2 256 5x5 g2, pool2,
+Layer layout (docs/protocols.md §1.6): conv1 96 11x11/4 pad 5, pool1 3x3/2 pad 1, conv2 256 5x5 g2, pool2,
 conv3 384 3x3, conv4 384 3x3 g2, conv5 256 3x3 g2, pool5 3x3/1 pad 1, fc6 as a 6x6 convolution
 with dilation 2 (pad 5), fc7 1x1. Batch norm without learned scale/shift follows every conv/fc, then
 ReLU. The trunk is fully convolutional: fc6/fc7 run densely on the pool5 map, which is what makes the
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-LAYERS: tuple[str, ...] = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
-CONV_LAYERS: tuple[str, ...] = LAYERS[:5]
+from ssl_bench.models.layers import CONV_LAYERS, LAYERS
+
 
 
 class ConvBNReLU(nn.Sequential):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +34,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ssl_bench.models.alexnet import CONV_LAYERS, LAYERS, AlexNet
 from ssl_bench.models.checkpoint import CheckpointMismatchError, check_state_dict, read_checkpoint
 from ssl_bench.models.init import rescale_units
+from ssl_bench.io import atomic_writer
 
 __all__ = [
     "AB_SCALE", "MODES", "PREPARED_KEY", "ColorInputTrunk", "absorb_batch_norm", "fc_layers",
@@ -347,19 +347,13 @@ def save_prepared(trunk: nn.Module, path: str | Path, meta: dict[str, Any] | Non
     if not isinstance(trunk, (AlexNet, ColorInputTrunk)):
         raise TypeError(f"save_prepared: expected an AlexNet or ColorInputTrunk, got {type(trunk).__name__}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "state_dict": {k: v.detach().cpu() for k, v in trunk.state_dict().items()},
         PREPARED_KEY: {"format": PREPARED_FORMAT, "config": dict(trunk.config), "mode": prepared_mode(trunk),
                        "input_space": trunk.input_space, "meta": dict(meta or {})},
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_writer(path) as f:
+        torch.save(payload, f)
     return path
 
 

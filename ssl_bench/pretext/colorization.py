@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_bench import color
-from ssl_bench.losses import l2_regression, resize_to, soft_cross_entropy_map
+from ssl_bench.pretext.losses import l2_regression, resize_to, soft_cross_entropy_map
 from ssl_bench.pretext import common
 from ssl_bench.pretext.common import NonFiniteLossError, SkipCounter
 from ssl_bench.pretext.samples import save_colorization_grid

@@ -1,6 +1,6 @@
 """What every pretext module shares, as functions (composition rather than a base class).
 
-Protocol of a pretext module (what ``ssl_bench.pretrain`` relies on):
+Protocol of a pretext module (what ``ssl_bench.runs.pretrain`` relies on):
 - constructor takes built components: ``trunk``, partial ``optimizer`` and ``scheduler`` factories,
   ``input_space`` ("L" or "rgb": how uint8 images are fed to the trunk; must match the trunk's);
 - batches are ``{"image": uint8 N x 3 x H x W, "label": int64 N, "skipped": [paths]}``;
@@ -11,7 +11,6 @@ Protocol of a pretext module (what ``ssl_bench.pretrain`` relies on):
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +20,7 @@ from torch import Tensor, nn
 from torchvision.utils import save_image
 
 from ssl_bench.data.images import SkipCounter
+from ssl_bench.io import atomic_writer
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -84,10 +84,8 @@ def save_grid(rows: Tensor, path: Path, ncol: int) -> Path:
     rows = rows.detach().float().clamp(0, 1).cpu()
     if rows.shape[-2] < 128:  # small training crops are unreadable at 1:1
         rows = torch.nn.functional.interpolate(rows, scale_factor=-(-128 // rows.shape[-2]), mode="nearest")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    save_image(rows, tmp, nrow=ncol, padding=2, pad_value=1.0)
-    os.replace(tmp, path)
+    with atomic_writer(path) as f:
+        save_image(rows, f, format="png", nrow=ncol, padding=2, pad_value=1.0)
     return path
 
 

@@ -34,6 +34,7 @@ from ssl_bench.pretext import common
 from ssl_bench.pretext.common import SkipCounter
 from ssl_bench.pretext.patches import (NUM_POSITIONS, POSITIONS, drop_color, pixelate, project_color,
                                        sample_patch_pairs)
+from ssl_bench.io import atomic_writer
 
 COLOR_MODES: tuple[str, ...] = ("drop", "project", "none")
 # Names of the 8 classes in the paper's 3x3 layout (1 2 3 / 4 _ 5 / 6 7 8).
@@ -278,7 +279,6 @@ def write_confusion(matrix: Tensor, stem: Path) -> Path:
     ax.set_title(f"relative position (layout 1 2 3 / 4 _ 5 / 6 7 8), accuracy {acc:.1%}", fontsize=9)
     fig.tight_layout()
     png = stem.with_suffix(".png")
-    tmp = png.with_name(png.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    tmp.replace(png)
+    with atomic_writer(png) as f:
+        fig.savefig(f, format="png", dpi=100)
     return png

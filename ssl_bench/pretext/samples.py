@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.utils import save_image
 
 from ssl_bench import color
+from ssl_bench.pretext.common import save_grid
 
 
 def save_colorization_grid(L: Tensor, ab_pred: Tensor, ab_true: Tensor, path: str | Path) -> Path:
@@ -30,12 +29,5 @@ def save_colorization_grid(L: Tensor, ab_pred: Tensor, ab_true: Tensor, path: st
     grey = color.lab_to_rgb(torch.cat([L, torch.zeros_like(up(ab_pred))], 1))
     pred = color.lab_to_rgb(torch.cat([L, up(ab_pred)], 1))
     true = color.lab_to_rgb(torch.cat([L, up(ab_true)], 1))
-    rows = torch.stack([grey, pred, true], 1).flatten(0, 1).cpu()
-    if rows.shape[-2] < 128:  # small training crops are unreadable at 1:1
-        rows = F.interpolate(rows, scale_factor=-(-128 // rows.shape[-2]), mode="nearest")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    save_image(rows, tmp, nrow=3, padding=2, pad_value=1.0)
-    os.replace(tmp, path)
-    return path
+    rows = torch.stack([grey, pred, true], 1).flatten(0, 1)
+    return save_grid(rows, Path(path), ncol=3)

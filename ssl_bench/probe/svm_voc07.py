@@ -1,4 +1,4 @@
-"""The VOC2007 linear-SVM transfer protocol of Goyal et al. 2019 (method.md 3.3), run in parallel.
+"""The VOC2007 linear-SVM transfer protocol of Goyal et al. 2019 (docs/protocols.md §3.3), run in parallel.
 
 Protocol, per layer of features (one call of ``svm_voc07``):
 
@@ -62,7 +62,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
 
-from ssl_bench.evaluation.metrics import average_precision
+from ssl_bench.metrics import average_precision
 
 __all__ = ["DEFAULT_COSTS", "CLASS_WEIGHT", "l2_normalise", "make_svm", "svm_voc07"]
 

@@ -56,7 +56,7 @@ from ssl_bench.data.images import DECODE_ERRORS, SkipCounter, decode_rgb
 from ssl_bench.data.voc import VOC_CLASSES, parse_annotation, read_image_set, voc_root
 from ssl_bench.models.inputs import trunk_input
 from ssl_bench.pretext.common import check_finite, configure_optimizers
-from ssl_bench.evaluation.metrics import detection_ap, voc_prefix
+from ssl_bench.metrics import detection_ap, voc_prefix
 
 __all__ = ["VOCDetectionDataset", "VOCDetectionData", "VOCDetectionTask", "collate_detection",
            "hflip_detection", "evaluate_detections", "TrunkBackbone", "box_head"]

@@ -24,16 +24,15 @@ half a file and a killed run leaves either the previous file or none.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import ssl_bench
+from ssl_bench.io import atomic_write_text
 
 SCHEMA_VERSION = 1
 
@@ -65,22 +64,6 @@ def environment() -> dict[str, Any]:
     return {"git_commit": git_commit(), "package_version": ssl_bench.__version__,
             "torch_version": torch.__version__, "device": device, "versions": versions()}
 
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_results(path: str | Path, record: dict[str, Any]) -> Path:

@@ -20,7 +20,7 @@ Protocol
   probabilities; AP only uses the ranking, and the mean logit is the usual Caffe-style 10-crop
   score).  mAP is reported both as the VOC2007 devkit's 11-point AP (``.../mAP``, the number of the
   papers' tables) and as the area under the interpolated precision-recall curve
-  (``.../mAP_area``), in percent, with ``ssl_bench.evaluation.metrics.mean_average_precision``
+  (``.../mAP_area``), in percent, with ``ssl_bench.metrics.mean_average_precision``
   (difficult entries ignored, as in the devkit).
 
 Under DDP the per-image scores and labels of all ranks are gathered before computing AP.  Note that a
@@ -46,8 +46,9 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2 as T
 
 from ssl_bench.data.images import SkipCounter
+from ssl_bench.models.layers import LAYERS
 from ssl_bench.data.voc import VOC_CLASSES, VOCClassification, collate_voc, read_image_set, voc_root
-from ssl_bench.evaluation.metrics import mean_average_precision, voc_prefix
+from ssl_bench.metrics import mean_average_precision, voc_prefix
 from ssl_bench.models.inputs import trunk_input
 from ssl_bench.pretext import common
 
@@ -55,7 +56,7 @@ __all__ = ["TRAIN_FROM", "VOCClassificationData", "VOCClassificationTask", "laye
            "layer_modules", "masked_bce_loss", "ten_crop_transform", "voc_train_transform"]
 
 TRAIN_FROM: tuple[str, ...] = ("fc6", "conv1")
-TRUNK_LAYERS: tuple[str, ...] = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
+TRUNK_LAYERS = LAYERS
 FROZEN_FOR_FC6: tuple[str, ...] = TRUNK_LAYERS[:5]
 # Extra modules of a colour wrapper and the trunk layer they belong with.
 _ALIASES = {"conv1_ab": "conv1"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +12,15 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from ssl_bench.models.checkpoint import check_state_dict, read_checkpoint
 from ssl_bench.models.init import apply_init
 from ssl_bench.pretext.colorization import dataset_prior
 from ssl_bench.pretext.common import NonFiniteLossError
-from ssl_bench.results import write_results
-from ssl_bench.tracking import finish_run, wandb_run_kwargs
+from ssl_bench.runs.common import RunClock, finish_record
+from ssl_bench.report.tracking import finish_run, wandb_run_kwargs
 
 
 class RngState(pl.Callback):
@@ -141,7 +140,7 @@ def build_model(cfg: DictConfig, dm: Any, fresh: bool = True) -> pl.LightningMod
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:
-    """The configured loggers; a W&B one gets a run id stable per output folder (see ssl_bench.tracking)."""
+    """The configured loggers; a W&B one gets a run id stable per output folder (see ssl_bench.report.tracking)."""
     out_dir = cfg.paths.output_dir
     return [instantiate(c, **wandb_run_kwargs(c, out_dir)) for c in (cfg.get("logger") or {}).values()
             if c is not None]
@@ -149,7 +148,7 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
 
 def pretrain(cfg: DictConfig) -> dict[str, Any]:
     """Run one pretraining job; returns the results.json record."""
-    started, t0 = datetime.now(timezone.utc), time.perf_counter()
+    clock = RunClock()
     out_dir = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True)
     dm = instantiate(cfg.data)
@@ -185,7 +184,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     final = final_samples(model, dm) if trainer.is_global_zero else None  # one writer under DDP
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("pretrain/")}
     metrics["pretrain/steps"] = trainer.global_step
-    metrics["pretrain/images_per_s"] = (trainer.global_step * dm.batch_size) / (time.perf_counter() - t0)
+    metrics["pretrain/images_per_s"] = (trainer.global_step * dm.batch_size) / clock.elapsed()
     meta = model.checkpoint_meta
     record = {
         "kind": "pretrain",
@@ -199,14 +198,9 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         "trunk": meta,
         "init": model.trunk.init_report,
         "samples": samples + ([str(final.relative_to(out_dir))] if final else []),
-        "seed": cfg.seed,
-        "started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
-        "wall_time_s": time.perf_counter() - t0,
         "compile": step_times.summary(bool(cfg.get("compile"))),
-        "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    if trainer.is_global_zero:
-        write_results(out_dir / "results.json", record)
+    record = finish_record(record, clock, cfg, out_dir, write=trainer.is_global_zero)
     finish_run(loggers, record, out_dir / "results.json")
     return record
 

@@ -94,7 +94,7 @@ def average_precision(scores: np.ndarray, labels: np.ndarray, mode: APMode = "ar
         "area": area under the interpolated PR curve -- precision is first made non-increasing
             from the right (``p_interp(r) = max_{r' >= r} p(r')``), then
             ``AP = sum_k (R_k - R_{k-1}) * p_interp(R_k)`` over the curve's points (R_0 = 0).  This is
-            the VOC2010+ devkit's AP and the one in Goyal et al.'s SVM code (method.md 3.3).
+            the VOC2010+ devkit's AP and the one in Goyal et al.'s SVM code (docs/protocols.md §3.3).
             scikit-learn's ``average_precision_score`` is the same sum *without* interpolation, so
             the two agree whenever precision never rises as recall grows, and ours is larger otherwise.
         "voc07": the VOC2007 devkit's 11-point AP, the mean over t in {0, 0.1, ..., 1} of the maximum

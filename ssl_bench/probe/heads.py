@@ -1,6 +1,6 @@
 """Frozen-trunk probes: per-layer feature extraction and linear heads trained together.
 
-Protocol (method.md 3.1): ReLU outputs of conv1..conv5, resized to about 9,000 dimensions
+Protocol (docs/protocols.md §3.1): ReLU outputs of conv1..conv5, resized to about 9,000 dimensions
 (bilinear: the authors' updated protocol; avgpool: Goyal et al.), batch norm without affine
 parameters, one linear classifier per layer; all heads train on one trunk pass per batch.
 """

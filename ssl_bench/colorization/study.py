@@ -51,7 +51,6 @@ import errno
 import hashlib
 import json
 import mimetypes
-import os
 import random
 import re
 import secrets
@@ -67,10 +66,11 @@ from typing import Any, Sequence
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
+from ssl_bench.io import atomic_writer
 
 PROG = "ssl-bench turing-test"
 HOST = "127.0.0.1"
-STATIC_DIR = Path(__file__).resolve().parent / "turing_static"
+STATIC_DIR = Path(__file__).resolve().parent / "study_static"
 IMAGE_SIZE = 256
 DEFAULT_T = 0.38  # the paper's annealed-mean temperature
 BOOTSTRAP_DRAWS = 1000
@@ -169,10 +169,8 @@ def _square_crop(path: Path, size: int = IMAGE_SIZE) -> np.ndarray:
 
 def _write_png(arr: np.ndarray, path: str | Path) -> None:
     from PIL import Image
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(arr).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_writer(path) as f:
+        Image.fromarray(arr).save(f, format="PNG")
 
 
 def _sentinel_images(crops: list[np.ndarray], rng: random.Random) -> list[np.ndarray]:
@@ -233,12 +231,12 @@ def _colorize_files(checkpoint: str | Path, items: Sequence[tuple[np.ndarray, Pa
     the image's own L kept) and write the result as PNG at its path; returns the backend's name."""
     import torch
 
-    from ssl_bench.colorize import colorize_image, load_colorizer
+    from ssl_bench.colorization.colorize import colorize_image, load_colorizer
     model = load_colorizer(checkpoint)
     for img, path in items:
         rgb, _ = colorize_image(model, torch.from_numpy(img).permute(2, 0, 1).contiguous(), "annealed_mean", T)
         _write_png(_to_uint8_hwc(rgb), path)
-    return "ssl_bench.colorize"
+    return "ssl_bench.colorization.colorize"
 
 
 def prepare_images(data: str | Path, checkpoint: str | Path, cache_dir: str | Path, *,
@@ -661,7 +659,7 @@ def read_answers(db: str | Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
 
 def turing_results_main(argv: Sequence[str]) -> int:
     """``ssl-bench turing-test results --db FILE``: write results.json (kind colorization_eval)."""
-    from ssl_bench.results import write_results
+    from ssl_bench.report.results import write_results
     args = _parse(_results_parser(), argv)
     try:
         if not 0.0 <= args.min_sentinel_accuracy <= 1.0:

@@ -86,7 +86,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ssl_bench.data.images import DECODE_ERRORS, SkipCounter, decode_rgb
 from ssl_bench.data.voc import VOC_CLASSES, read_image_set, voc_root
-from ssl_bench.evaluation.metrics import confusion_matrix, mean_iou, per_class_iou, pixel_accuracy, voc_prefix
+from ssl_bench.metrics import confusion_matrix, mean_iou, per_class_iou, pixel_accuracy, voc_prefix
 from ssl_bench.models.inputs import RGB_MEAN, trunk_input
 from ssl_bench.pretext.common import check_finite, configure_optimizers
 

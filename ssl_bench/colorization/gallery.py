@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import html
 import io
-import os
 import re
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ssl_bench import color
+from ssl_bench.io import atomic_write_bytes
 
 __all__ = [
     "GalleryImage",
@@ -61,19 +60,6 @@ _CELL_RE = re.compile(r"^\d{3,}_(input|l2|class|full|truth)\.png$")
 # small helpers
 # ---------------------------------------------------------------------------------------------
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write bytes through a temp file in the same folder and os.replace (never half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _to_hwc_uint8(img: Any) -> np.ndarray:
@@ -127,13 +113,13 @@ def _resolve_images(sources: Sequence[str | Path]) -> tuple[list[Path], str]:
 
 def _colorizer(checkpoint: str | Path) -> Any:
     """A ColorizationPretext in eval mode rebuilt from a suite checkpoint (on the GPU when there is one)."""
-    from ssl_bench.colorize import load_colorizer
+    from ssl_bench.colorization.colorize import load_colorizer
     return load_colorizer(checkpoint, device="cuda" if torch.cuda.is_available() else None)
 
 
 def _colorize(model: Any, img: Tensor, decode: str, T: float) -> tuple[Any, Any]:
     """(predicted sRGB uint8, Lab) of one uint8 3 x H x W image."""
-    from ssl_bench.colorize import colorize_image
+    from ssl_bench.colorization.colorize import colorize_image
     return colorize_image(model, img, decode=decode, T=T)
 
 
@@ -252,14 +238,14 @@ def write_gallery(images: Sequence[GalleryImage], models: dict[str, Any], out: s
         files = []
         for key, _, _ in columns:
             fname = f"{i:0{width}d}_{key}.png"
-            _atomic_write(out / fname, _png_bytes(pictures[key]))
+            atomic_write_bytes(out / fname, _png_bytes(pictures[key]))
             files.append(fname)
             written.add(fname)
         rows.append((item.name, files))
     note = (f"{len(images)} image(s), {GALLERY_SIZE} px centre crops; decoding: {decode}"
             + (f", T = {T:g}" if decode == "annealed_mean" else "") + ".")
     page = out / "index.html"
-    _atomic_write(page, _render_html(columns, rows, list(skipped), note).encode("utf-8"))
+    atomic_write_bytes(page, _render_html(columns, rows, list(skipped), note).encode("utf-8"))
     for stale in out.iterdir():
         if _CELL_RE.match(stale.name) and stale.name not in written and stale.is_file():
             stale.unlink()
@@ -512,7 +498,7 @@ def prior_figure_main(argv: Sequence[str]) -> int:
         return 2
     for path, why in skipped:
         print(f"{PRIOR_PROG}: warning: skipping unreadable image {path} ({why})", file=sys.stderr)
-    _atomic_write(args.out, plot_prior_figure(data))
+    atomic_write_bytes(args.out, plot_prior_figure(data))
     print(f"{PRIOR_PROG}: wrote {args.out} ({data.source}; lambda = {data.lam:g}"
           + (f", sigma = {data.sigma:g}" if data.sigma is not None else "") + ")")
     return 0

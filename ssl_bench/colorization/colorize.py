@@ -16,10 +16,8 @@ paper's choice -- and upsampled bilinearly to the full image.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,10 +31,11 @@ from torchvision.transforms.v2 import functional as TF
 
 from ssl_bench import color
 from ssl_bench.data.images import DECODE_ERRORS, decode_rgb, list_images
-from ssl_bench.losses import resize_to
+from ssl_bench.pretext.losses import resize_to
 from ssl_bench.models.alexnet import AlexNet
 from ssl_bench.models.checkpoint import CheckpointMismatchError, check_state_dict, read_checkpoint
 from ssl_bench.pretext.colorization import ColorizationPretext, ColorObjective
+from ssl_bench.io import atomic_writer
 
 __all__ = ["DECODE_METHODS", "DEFAULT_SHORT_SIDE", "load_colorizer", "predict_ab", "net_input_size",
            "colorize_image", "to_uint8", "grey_rgb", "colorize_main"]
@@ -190,16 +189,8 @@ def colorize_image(model: ColorizationPretext, image: Tensor, decode: str = "ann
 
 def _save_png(image: Tensor, path: Path) -> None:
     """uint8 3 x H x W -> PNG, atomically (temporary file in the same folder, then os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            Image.fromarray(np.ascontiguousarray(image.permute(1, 2, 0).numpy())).save(fh, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as fh:
+        Image.fromarray(np.ascontiguousarray(image.permute(1, 2, 0).numpy())).save(fh, format="PNG")
 
 
 def compare_strip(grey: Tensor, colorized: Tensor, original: Tensor, gap: int = 4) -> Tensor:

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
 
+from ssl_bench.config import CONF_DIR
+
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 PROBE_TIMEOUT_S = 2.0
 
@@ -103,7 +105,7 @@ def offline_unless_reachable(where: str | Path | None = None, probe=None) -> boo
     this process (and its children) and print one line. Returns True when it switched to offline.
 
     ``probe(host, port, timeout) -> bool`` defaults to :func:`tcp_reachable`, looked up when called,
-    so tests can monkeypatch ``ssl_bench.tracking.tcp_reachable``. A set ``WANDB_MODE`` (online,
+    so tests can monkeypatch ``ssl_bench.report.tracking.tcp_reachable``. A set ``WANDB_MODE`` (online,
     offline, disabled) is left alone and nothing is probed; once switched, later runs in the same
     process see ``WANDB_MODE=offline`` and are not probed again.
     """
@@ -230,7 +232,7 @@ def hydra_override_value(v: Any) -> str:
 
 # set per run (name, id) or by the stage's own config (save_dir): never passed down by the benchmark
 _STAGE_OWN = ("_target_", "save_dir", "name", "id", "version", "resume")
-LOGGER_YAML = Path(__file__).resolve().parent.parent / "conf" / "logger" / "wandb.yaml"
+LOGGER_YAML = CONF_DIR / "logger" / "wandb.yaml"
 
 
 def stage_wandb_overrides(settings: Mapping[str, Any], *, group: str, name: str) -> list[str]:

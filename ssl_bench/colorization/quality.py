@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import random
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_bench import color
-from ssl_bench.colorize import DECODE_METHODS, grey_rgb, load_colorizer, predict_ab, to_uint8
+from ssl_bench.colorization.colorize import DECODE_METHODS, grey_rgb, load_colorizer, predict_ab, to_uint8
 from ssl_bench.models.alexnet import AlexNet
 from ssl_bench.models.checkpoint import CheckpointMismatchError, check_state_dict, read_checkpoint
 from ssl_bench.models.inputs import trunk_input
@@ -297,13 +296,12 @@ def run_colorization_eval(cfg: Any) -> dict[str, Any]:
     optional) is run on the colorized, grey and ground-truth images.
     """
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from ssl_bench.data.images import SkipCounter
     from ssl_bench.pretext.colorization import dataset_prior
-    from ssl_bench.results import write_results
+    from ssl_bench.runs.common import RunClock, finish_record
 
-    started, t0 = datetime.now(timezone.utc), time.perf_counter()
+    clock = RunClock()
     out_dir = Path(cfg.paths.output_dir)
     decode, T = str(cfg.decode), float(cfg.T)
     if decode not in DECODE_METHODS:
@@ -416,8 +414,5 @@ def run_colorization_eval(cfg: Any) -> dict[str, Any]:
                     "num_eval": n_images, "num_classes": dm.num_classes, "crop_size": dm.crop_size,
                     "skipped_images": skips.count},
         "timing": {"prior_s": prior_s, "eval_loop_s": loop_s},
-        "seed": cfg.seed, "started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
-        "wall_time_s": time.perf_counter() - t0, "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    write_results(out_dir / "results.json", record)
-    return record
+    return finish_record(record, clock, cfg, out_dir)

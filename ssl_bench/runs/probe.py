@@ -8,8 +8,6 @@ train; the reported numbers are on the val/test split, which is never used for a
 from __future__ import annotations
 
 import random
-import time
-from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,20 +17,25 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from lightning_fabric.utilities.rank_zero import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+from torchvision.transforms import v2 as T
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
-from ssl_bench.data.images import SkipCounter
+from ssl_bench.data.images import SkipCounter, fingerprint
+from ssl_bench.data.voc import VOCClassification, collate_voc
+from ssl_bench.data.voc_synthetic import resolve_voc
 from ssl_bench.data.sharding import ShardedBatchSampler
-from ssl_bench.evaluation.feature_cache import CachedFeatures, FeatureStore, cache_key, trunk_fingerprint
-from ssl_bench.evaluation.knn import knn_predict, topk_accuracy
-from ssl_bench.evaluation.probes import RESIZE_MODES, FeatureExtractor, LinearProbe, ProbeHeads
+from ssl_bench.probe.feature_cache import CachedFeatures, trunk_fingerprint
+from ssl_bench.probe.features import Features
+from ssl_bench.probe.svm_voc07 import DEFAULT_COSTS, svm_voc07
+from ssl_bench.probe.knn import knn_predict, topk_accuracy
+from ssl_bench.probe.heads import RESIZE_MODES, FeatureExtractor, LinearProbe, ProbeHeads
 from ssl_bench.models.alexnet import LAYERS, AlexNet
 from ssl_bench.models.init import apply_init
 from ssl_bench.models.transfer import load_suite_trunk
-from ssl_bench.optim import piecewise_constant
-from ssl_bench.results import write_results
-from ssl_bench.tracking import finish_run, wandb_run_kwargs
+from ssl_bench.models.optim import piecewise_constant
+from ssl_bench.runs.common import RunClock, device_for, finish_record
+from ssl_bench.report.tracking import finish_run, wandb_run_kwargs
 
 # the paper's probe schedule: lr x0.1 at 40k, 80k, 120k of 140k iterations, scaled to the run
 PAPER_STEPS = ([40_000, 80_000, 120_000], [1.0, 0.1, 0.01, 0.001], 140_000)
@@ -94,49 +97,6 @@ def check_request(cfg: DictConfig, dm: Any, trunk: AlexNet) -> None:
             raise ValueError(f"data.root={dm.root}: the val split is empty")
 
 
-class Features:
-    """Per-split features of a frozen trunk, through the on-disk cache when enabled."""
-
-    def __init__(self, extractor: FeatureExtractor, trunk_id: str, transform: str, cache_dir: Path | None,
-                 fingerprint: str, skips: SkipCounter) -> None:
-        self.extractor, self.trunk_id, self.transform = extractor, trunk_id, transform
-        self.cache_dir, self.fingerprint, self.skips = cache_dir, fingerprint, skips
-        self.hits = self.misses = 0
-
-    def get(self, split: str, loader: DataLoader, n: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        layers = list(self.extractor.layers)
-        if self.cache_dir is None:
-            return self._extract(loader)
-        store = FeatureStore(self.cache_dir, cache_key(self.trunk_id, self.transform, split, self.fingerprint))
-        if set(layers) <= store.layers():
-            self.hits += 1
-            return store.load(layers)
-        self.misses += 1
-        missing = [l for l in layers if l not in store.layers()]
-        store.write(self._batches(loader, missing), n, {"trunk": self.trunk_id, "transform": self.transform,
-                                                         "split": split})
-        return store.load(layers)
-
-    def _batches(self, loader: DataLoader, layers: list[str]):
-        ex = self.extractor
-        sub = FeatureExtractor(ex.trunk, layers, ex.resize, ex.input_space, ex.channels_last) if layers != list(ex.layers) else ex
-        device = next(ex.trunk.parameters()).device
-        for batch in loader:
-            self.skips.add(batch["skipped"])
-            if batch["image"].numel():
-                with torch.inference_mode():
-                    yield sub(batch["image"].to(device)), batch["label"]
-
-    def _extract(self, loader: DataLoader) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        feats: dict[str, list] = {}
-        labels = []
-        for f, y in self._batches(loader, list(self.extractor.layers)):
-            for k, v in f.items():
-                feats.setdefault(k, []).append(v.cpu().numpy().astype(np.float16))
-            labels.append(y.numpy())
-        return {k: np.concatenate(v) for k, v in feats.items()}, np.concatenate(labels)
-
-
 def _batches(ds: Any, batch_size: int, shuffle: bool, seed: int, drop_last: bool = False) -> ShardedBatchSampler:
     """Seeded global batches, each split across DDP ranks (one process: the batches themselves)."""
     base = RandomSampler(ds, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(ds)
@@ -191,18 +151,17 @@ def select_on_holdout(raw: dict[str, float], layers: list[str], grid: list[float
 
 def run_probe(cfg: DictConfig) -> dict[str, Any]:
     """One probe job; returns the results.json record."""
-    started, t0 = datetime.now(timezone.utc), time.perf_counter()
+    clock = RunClock()
     out_dir = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True)
     trunk, desc = load_trunk(cfg.get("checkpoint"), cfg.get("init"), cfg.get("backbone"), cfg.seed, cfg.data)
     if cfg.probe.kind == "svm_voc07":
-        from ssl_bench.evaluation.voc_svm_probe import run_svm_probe
-        return run_svm_probe(cfg, trunk, desc, started, t0)
+        return run_svm_probe(cfg, trunk, desc, clock)
     dm = instantiate(cfg.data)
     dm.prepare_data()
     dm.setup("fit")
     check_request(cfg, dm, trunk)
-    device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "cpu"
+    device = device_for(cfg.trainer.accelerator)
     extractor = FeatureExtractor(trunk, cfg.probe.layers, cfg.probe.resize, desc["input_space"]).to(device)
     dims = extractor.dims(dm.crop_size)
     skips = SkipCounter()
@@ -260,10 +219,52 @@ def run_probe(cfg: DictConfig) -> dict[str, Any]:
                     "num_train": len(dm.train_samples), "num_val": len(dm.val_samples),
                     "num_classes": C, "skipped_images": skips.count},
         "feature_cache": {"enabled": bool(cfg.probe.cache), "hits": features.hits, "misses": features.misses},
-        "seed": cfg.seed, "started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
-        "wall_time_s": time.perf_counter() - t0, "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    if rank_zero_only.rank == 0:  # DDP: every rank holds the same synced metrics; one writes them
-        write_results(out_dir / "results.json", record)
+    # DDP: every rank holds the same synced metrics; one writes them
+    record = finish_record(record, clock, cfg, out_dir, write=rank_zero_only.rank == 0)
+    if rank_zero_only.rank == 0:
         finish_run(loggers, record, out_dir / "results.json")
     return record
+
+
+def run_svm_probe(cfg: DictConfig, trunk: torch.nn.Module, desc: dict[str, Any], clock: RunClock) -> dict[str, Any]:
+    """``probe=svm_voc07``: per-layer VOC2007 linear SVMs (Goyal et al. 2019) on a frozen trunk."""
+    out_dir = Path(cfg.paths.output_dir)
+    root = resolve_voc(cfg.probe.voc_root, cfg.probe.year, cfg.paths.data_dir, cfg.probe.synthetic,
+                       "probe.voc_root")
+    crop = cfg.probe.crop_size
+    transform = T.Compose([T.Resize(crop, antialias=True), T.CenterCrop(crop)])
+    sets = {split: VOCClassification(root, cfg.probe.year, split, transform) for split in ("trainval", "test")}
+    device = device_for(cfg.trainer.accelerator)
+    extractor = FeatureExtractor(trunk, cfg.probe.layers, cfg.probe.resize, desc["input_space"]).to(device)
+    skips = SkipCounter()
+    fp = fingerprint(sets["trainval"].paths + sets["test"].paths, root)
+    cache = Path(cfg.paths.cache_dir) / "features" if cfg.probe.cache else None
+    features = Features(extractor, trunk_fingerprint(trunk), f"voc|{cfg.probe.resize}|{crop}|{desc['input_space']}",
+                        cache, fp, skips)
+    loaded = {}
+    for split, ds in sets.items():
+        loader = DataLoader(ds, batch_size=cfg.probe.batch_size, num_workers=cfg.probe.num_workers,
+                            collate_fn=collate_voc)
+        loaded[split] = features.get(f"voc{cfg.probe.year}-{split}", loader, len(ds))
+    (trx, tr_y), (tex, te_y) = loaded["trainval"], loaded["test"]
+    costs = list(cfg.probe.costs) if cfg.probe.get("costs") else DEFAULT_COSTS
+    metrics: dict[str, float] = {}
+    per_class: dict[str, Any] = {}
+    for layer in cfg.probe.layers:
+        r = svm_voc07(trx[layer].astype("float32"), tr_y, tex[layer].astype("float32"), te_y, costs=costs,
+                      n_jobs=cfg.probe.n_jobs, seed=cfg.seed)
+        metrics[f"voc07/svm/{layer}/mAP"] = 100 * r["mAP"]
+        metrics[f"voc07/svm/{layer}/mAP_11pt"] = 100 * r["mAP_voc07"]
+        per_class[layer] = {"ap": r["ap"], "costs": r["costs"], "class_names": list(r["class_names"])}
+    best = max(cfg.probe.layers, key=lambda l: metrics[f"voc07/svm/{l}/mAP"])
+    record = {
+        "kind": "probe", "probe": "svm_voc07", "method": desc["method"], "status": "completed",
+        "protocol": f"VOC07 linear SVM (Goyal et al.), {cfg.probe.resize} resize, crop {crop}",
+        "best_layer": best, "metrics": metrics, "per_class": per_class, "trunk": desc,
+        "dataset": {"name": f"VOC{cfg.probe.year}" + ("-synthetic" if cfg.probe.voc_root == "synthetic" else ""),
+                    "root": str(root), "fingerprint": fp, "num_train": len(tr_y), "num_val": len(te_y),
+                    "skipped_images": skips.count},
+        "feature_cache": {"enabled": bool(cfg.probe.cache), "hits": features.hits, "misses": features.misses},
+    }
+    return finish_record(record, clock, cfg, out_dir)

@@ -1,4 +1,4 @@
-"""Published numbers the suite compares against, as data (reference: method.md section 4).
+"""Published numbers the suite compares against, as data (reference: docs/protocols.md §4).
 
 Every row carries where it comes from (paper and table), the protocol and the data it was measured
 on, because these numbers are on full ImageNet / PASCAL VOC with the authors' training budgets:
@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+
+from ssl_bench.models.layers import CONV_LAYERS
 
 SPLIT_BRAIN = "Split-Brain Autoencoders (Zhang et al., CVPR 2017)"
 COLORFUL = "Colorful Image Colorization (Zhang et al., ECCV 2016)"
@@ -66,7 +68,7 @@ class PublishedRow:
 
 
 def _layers(*v: float) -> dict[str, float]:
-    return {f"conv{i}": x for i, x in enumerate(v, start=1)}
+    return dict(zip(CONV_LAYERS, v, strict=True))
 
 
 def _probe(method: str, key: str | None, *v: float) -> PublishedRow:
@@ -74,7 +76,7 @@ def _probe(method: str, key: str | None, *v: float) -> PublishedRow:
                         cite="Split-Brain Table 2")
 
 
-# method.md 4.1: ImageNet linear probes, top-1 %, updated bilinear protocol
+# docs/protocols.md §4.1: ImageNet linear probes, top-1 %, updated bilinear protocol
 PUBLISHED_PROBES: tuple[PublishedRow, ...] = (
     _probe("ImageNet labels", "supervised", 19.3, 36.3, 44.2, 48.3, 50.5),
     _probe("Gaussian", "gaussian", 11.6, 17.1, 16.9, 16.3, 14.1),
@@ -93,7 +95,7 @@ def _voc(method: str, key: str | None, cls_fc6: float | None, cls_all: float | N
                         VOC_DATA, key, note, cite="Split-Brain Table 4")
 
 
-# method.md 4.2: PASCAL VOC transfer (†: rescaled before fine-tuning)
+# docs/protocols.md §4.2: PASCAL VOC transfer (†: rescaled before fine-tuning)
 PUBLISHED_VOC: tuple[PublishedRow, ...] = (
     _voc("ImageNet labels", "supervised", 78.9, 79.9, 56.8, 48.0),
     _voc("Gaussian", "gaussian", None, 53.3, 43.4, 19.8),
@@ -117,7 +119,7 @@ def _color(method: str, key: str | None, auc_raw: float | None, auc_rebal: float
                         cite="Colorization Table 1")
 
 
-# method.md 4.3: colorization quality; only the figures confirmed from more than one source
+# docs/protocols.md §4.3: colorization quality; only the figures confirmed from more than one source
 PUBLISHED_COLOR: tuple[PublishedRow, ...] = (
     _color("Ground truth", None, 100.0, 100.0, 68.3, 50.0),
     _color("Gray", None, None, None, 52.7, None),

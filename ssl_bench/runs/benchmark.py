@@ -19,13 +19,14 @@ import hashlib
 import json
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ssl_bench.results import atomic_write_text
+from ssl_bench.config import compose
+from ssl_bench.io import atomic_write_text
 
 # method -> (kind, overrides). "pretrain" methods train a trunk; "init" methods are untrained rows.
 # Presets add their own overrides per method (e.g. the demo's experiment files).
@@ -41,13 +42,6 @@ def stage_key(config: DictConfig | dict, upstream: str = "") -> str:
     blob = json.dumps({"config": cfg, "upstream": upstream}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
-
-def compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    from ssl_bench.cli import CONF_DIR
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name, overrides=list(overrides))
 
 
 def completed(stage_dir: Path) -> bool:
@@ -156,7 +150,7 @@ def log_overrides(cfg: DictConfig, stage: Stage) -> list[str]:
     Stages without a logger (colorization_eval) get none."""
     if _wandb(cfg) is None or "logger" not in stage.config:
         return []
-    from ssl_bench.tracking import stage_wandb_overrides
+    from ssl_bench.report.tracking import stage_wandb_overrides
     return stage_wandb_overrides(OmegaConf.to_container(_wandb(cfg), resolve=False),
                                  group=wandb_group(cfg), name=stage.name)
 
@@ -165,7 +159,7 @@ def leaderboard_args(cfg: DictConfig, out: Path) -> list[str]:
     """``ssl-bench leaderboard`` arguments for the benchmark's folder (plus W&B with logger=wandb)."""
     if _wandb(cfg) is None:
         return [str(out), "--out", str(out)]
-    from ssl_bench.tracking import leaderboard_wandb_args
+    from ssl_bench.report.tracking import leaderboard_wandb_args
     return [str(out), "--out", str(out), *leaderboard_wandb_args(_wandb(cfg), group=wandb_group(cfg))]
 
 
@@ -219,7 +213,7 @@ def run_benchmark(cfg: DictConfig, runner: Callable[[str, list[str]], None]) -> 
     stages = plan(cfg)
     out = Path(cfg.out_dir)
     times, failures = run_stages(stages, runner, lambda stage: log_overrides(cfg, stage))
-    from ssl_bench.evaluation.leaderboard import leaderboard_main
+    from ssl_bench.report.leaderboard import leaderboard_main
     leaderboard_main(leaderboard_args(cfg, out))
     summary = {"out_dir": str(out), "times": times, "failures": failures}
     atomic_write_text(out / "benchmark_summary.json", json.dumps(summary, indent=2))

@@ -17,7 +17,7 @@ Sections (one table each; a section appears only when something was measured for
 - ``voc``: PASCAL VOC fine-tuning (classification fc6-8 / all, detection, segmentation);
 - ``color``: colorization quality (AuC raw / rebalanced, classifier top-1).
 
-Published rows (:mod:`ssl_bench.evaluation.published`) follow the measured rows of their section,
+Published rows (:mod:`ssl_bench.report.published`) follow the measured rows of their section,
 marked "published" in the Source column and carrying their own data set and protocol: they are on
 full ImageNet / VOC, usually not the data the measured rows come from.
 
@@ -45,7 +45,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,15 +53,17 @@ from typing import Any
 
 import numpy as np
 
-from ssl_bench.evaluation.published import ALL_PUBLISHED, PublishedRow, key_matches
+from ssl_bench.report.published import ALL_PUBLISHED, PublishedRow, key_matches
+from ssl_bench.io import atomic_write_bytes
+from ssl_bench.models.layers import CONV_LAYERS
 
 PROG = "ssl-bench leaderboard"
 RESULTS_NAME = "results.json"
-# Same value as ssl_bench.results.SCHEMA_VERSION; not imported from there because that module
+# Same value as ssl_bench.report.results.SCHEMA_VERSION; not imported from there because that module
 # imports torch, which would make this read-only command take seconds to start.
 SCHEMA_VERSION = 1
 MISSING = "–"
-LAYERS = tuple(f"conv{i}" for i in range(1, 6))
+LAYERS = CONV_LAYERS
 OUTPUT_NAMES = {"md": "leaderboard.md", "csv": "leaderboard.csv", "html": "leaderboard.html",
                 "png": "leaderboard_layers.png"}
 
@@ -244,7 +245,7 @@ def collect(dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
     return out
 
 
-FAILED_NAME = "failed.json"  # written by ssl_bench.benchmark for a stage that raised
+FAILED_NAME = "failed.json"  # written by ssl_bench.runs.benchmark for a stage that raised
 
 
 def _find_results(root: Path) -> list[Path]:
@@ -677,26 +678,6 @@ def plot_layers(table: Table) -> bytes:
     return buf.getvalue()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write via a temporary file in the same folder and ``os.replace``: readers never see half a file.
-
-    Bytes rather than ssl_bench.results.atomic_write_text, because that one writes in the locale's
-    encoding (the tables contain "±" and "–") and the plot is binary.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a leaderboard is meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
 
 def render(table: Table, out_dir: str | Path) -> dict[str, Path]:
     """Write leaderboard.md / .csv / .html and leaderboard_layers.png; returns their paths by format."""
@@ -704,7 +685,7 @@ def render(table: Table, out_dir: str | Path) -> dict[str, Path]:
     png = plot_layers(table)
     contents = {"md": to_markdown(table).encode("utf-8"), "csv": to_csv(table).encode("utf-8"),
                 "html": to_html(table, png).encode("utf-8"), "png": png}
-    return {fmt: _atomic_write_bytes(out_dir / OUTPUT_NAMES[fmt], data) for fmt, data in contents.items()}
+    return {fmt: atomic_write_bytes(out_dir / OUTPUT_NAMES[fmt], data) for fmt, data in contents.items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -753,8 +734,8 @@ def wandb_tables(table: Table) -> dict[str, tuple[list[str], list[list[Any]]]]:
 def log_to_wandb(table: Table, paths: Mapping[str, Path], out_dir: Path, *, project: str,
                  entity: str | None = None, group: str | None = None, tags: Sequence[str] = (),
                  mode: str | None = None, dirs: Sequence[str | Path] = ()) -> str:
-    """The written leaderboard as a W&B run of its own (see :func:`ssl_bench.tracking.leaderboard_run`)."""
-    from ssl_bench.tracking import leaderboard_run
+    """The written leaderboard as a W&B run of its own (see :func:`ssl_bench.report.tracking.leaderboard_run`)."""
+    from ssl_bench.report.tracking import leaderboard_run
     return leaderboard_run(
         out_dir, wandb_tables(table), project=project, entity=entity, group=group, tags=tags, mode=mode,
         image=paths.get("png"), files=[paths[f] for f in ("md", "csv", "html") if f in paths],

@@ -2,14 +2,13 @@
 
 ``ssl-bench finetune task=voc_cls|voc_det|voc_seg checkpoint=PATH voc_root=DIR`` (or ``init=...`` for
 the untrained rows, ``voc_root=synthetic`` for the generated VOC-format tree). Weight preparation
-(method.md 1.6) follows the authors: batch norm absorbed into the convolutions, Krähenbühl rescaling,
+(docs/protocols.md §1.6) follows the authors: batch norm absorbed into the convolutions, Krähenbühl rescaling,
 fc6/fc7 as fully connected layers for the detector, and the gray/color input modes.
 """
 
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,31 +16,23 @@ import pytorch_lightning as pl
 import torch
 import torchvision.transforms.functional as TF
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from ssl_bench.data.images import DECODE_ERRORS, decode_rgb
-from ssl_bench.data.voc import read_image_set, voc_root, write_synthetic_voc
-from ssl_bench.evaluation.metrics import voc_prefix
+from ssl_bench.data.voc import read_image_set
+from ssl_bench.data.voc_synthetic import resolve_voc
+from ssl_bench.metrics import voc_prefix
 from ssl_bench.models.checkpoint import check_state_dict, read_checkpoint
 from ssl_bench.models.init import apply_init
 from ssl_bench.models.inputs import trunk_input
 from ssl_bench.models.transfer import fc_layers, load_suite_trunk, prepare_for_transfer
-from ssl_bench.pretrain import build_loggers, resolve_resume
-from ssl_bench.results import write_results
-from ssl_bench.tracking import finish_run
+from ssl_bench.runs.pretrain import build_loggers, resolve_resume
+from ssl_bench.runs.common import RunClock, finish_record
+from ssl_bench.report.tracking import finish_run
 
 PROTOCOL = "PASCAL VOC fine-tuning: cls 10-crop (fc6-8 / all), Faster R-CNN det (RPN proposals), FCN-32s seg"
 
-
-def resolve_voc(cfg: DictConfig) -> Path:
-    """The VOC<year> folder of the task: a real VOCdevkit, or the synthetic tree (generated once)."""
-    year = str(cfg.task.year)
-    if str(cfg.voc_root) == "synthetic":
-        s = cfg.synthetic_voc
-        out = Path(cfg.paths.data_dir) / f"voc_synthetic_n{s.num_trainval}_{s.num_test}_px{s.image_size}_seed{s.seed}"
-        return write_synthetic_voc(out, s.num_trainval, s.num_test, s.image_size, s.seed, year=year)
-    return voc_root(cfg.voc_root, year)
 
 
 def train_images(voc: Path, cfg: DictConfig, n: int) -> torch.Tensor:
@@ -109,10 +100,10 @@ def task_key(cfg: DictConfig) -> str:
 
 def finetune(cfg: DictConfig) -> dict[str, Any]:
     """Run one fine-tuning job; returns the results.json record."""
-    started, t0 = datetime.now(timezone.utc), time.perf_counter()
+    clock = RunClock()
     out_dir = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True)
-    voc = resolve_voc(cfg)
+    voc = resolve_voc(cfg.voc_root, cfg.task.year, cfg.paths.data_dir, cfg.synthetic_voc, "voc_root")
     trunk, desc = load_source(cfg, voc)
     dm = instantiate(cfg.task.datamodule, root=str(voc))
     model = build_task(cfg, trunk)
@@ -144,10 +135,7 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
                     "root": str(voc), "year": str(cfg.task.year),
                     "skipped_images": int(getattr(getattr(model, "skips", None), "count", 0))},
         "checkpoint": str((ckpt_dir / "last.ckpt").relative_to(out_dir)),
-        "seed": cfg.seed, "started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
-        "wall_time_s": time.perf_counter() - t0, "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    if trainer.is_global_zero:
-        write_results(out_dir / "results.json", record)
+    record = finish_record(record, clock, cfg, out_dir, write=trainer.is_global_zero)
     finish_run(loggers, record, out_dir / "results.json")
     return record
