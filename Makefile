@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-quick install clean
+.PHONY: demo test lint bench bench-quick install clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/ssl-bench demo
 
-test: $(STAMP)
+# ruff: pyflakes, pycodestyle and import order (configured in pyproject.toml)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check ssl_bench tests bench
+
+test: lint
 	# the real-vs-fake page is tested in Debian's Chromium (installed here when missing)
 	bash tests/browser_setup.sh
 	$(PY) -m pytest -q

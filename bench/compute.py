@@ -34,11 +34,12 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-
-from ssl_bench.probe.heads import FeatureExtractor
-from ssl_bench.models.alexnet import CONV_LAYERS, alexnet, alexnet_small
-from ssl_bench.runs.pretrain import compile_trunk
+from probe import POOLING
 from train_step import images, make_module, make_step  # bench/ is on sys.path when run as a script
+
+from ssl_bench.models.alexnet import CONV_LAYERS, alexnet, alexnet_small
+from ssl_bench.probe.heads import FeatureExtractor
+from ssl_bench.runs.pretrain import compile_trunk
 
 
 def interleaved(fns: dict, rounds: int) -> dict[str, float]:
@@ -81,7 +82,8 @@ def train_cases(name: str, trunk_fn, batch: int, size: int, rounds: int, device:
 def feature_cases(name: str, trunk_fn, crop: int, batches: tuple[int, ...], rounds: int, device: str) -> list[dict]:
     torch.manual_seed(0)
     base = trunk_fn().to(device)
-    extractors = {cl: FeatureExtractor(copy.deepcopy(base), CONV_LAYERS, "bilinear", "L", channels_last=cl)
+    extractors = {cl: FeatureExtractor(copy.deepcopy(base), CONV_LAYERS, "bilinear", "L", channels_last=cl,
+                                      pooling=POOLING)
                   for cl in (False, True)}
     data = {b: torch.randint(0, 256, (b, 3, crop, crop), dtype=torch.uint8, device=device) for b in batches}
     kind = device.split(":")[0]

@@ -23,23 +23,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import torch
+from pretexts import methods
+from train_step import timeit
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pretexts import methods  # noqa: E402
-from train_step import timeit  # noqa: E402
-
-from ssl_bench.data.datamodule import ImageDataModule  # noqa: E402
-from ssl_bench.data.decoded_cache import crop_flip, decode_on_device, seeded_offsets  # noqa: E402
-from ssl_bench.data.images import train_transform  # noqa: E402
-from ssl_bench.data.synthetic import SyntheticSpec, generate  # noqa: E402
+from ssl_bench.data.datamodule import ImageDataModule
+from ssl_bench.data.decoded_cache import crop_flip, decode_on_device, seeded_offsets
+from ssl_bench.data.images import train_transform
+from ssl_bench.data.synthetic import SyntheticSpec, generate
 
 CROP = {"colorization": 56, "context_prediction": 64, "context_encoder": 56, "supervised": 56}
 
@@ -86,7 +82,7 @@ def model_rates(batch: int, repeats: int, device: str) -> dict[str, float]:
         data = {k: v.to(device) if torch.is_tensor(v) else v for k, v in data.items()}
 
         def step():
-            loss = module.training_step(data, 0)
+            loss = module.training_step(data, 0)["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

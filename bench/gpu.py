@@ -1,7 +1,7 @@
-"""GPU measurements in one short run, for a session lent an accelerator (issue: performance near the limit).
+"""GPU measurements in one short run on a CUDA machine.
 
 Depends on torch and numpy only (no Lightning / Hydra / W&B), so it runs on a bare GPU image from a
-copy of the repository. Data are synthetic uint8 batches resident on the device; every step includes
+copy of the repository (``PYTHONPATH=. python bench/gpu.py`` when the package is not installed). Data are synthetic uint8 batches resident on the device; every step includes
 the pretext's own machinery (Lab + ab decimation + exact soft-encoding for colorization; patch-pair
 sampling for context prediction; masks for the context encoder) on the device.
 
@@ -17,7 +17,7 @@ autocast, channels_last:
     python bench/gpu.py --json $OUT/gpu.json [--peak-tflops-bf16 989 --peak-tflops-fp32 495] [--quick]
 
 Peaks default from the device name (H100 SXM: 989 bf16 / 495 TF32 dense; H200 the same silicon).
-Goal (issue): >= 35% MFU for colorization AlexNet pretraining in bf16 on an H100.
+Target: >= 35% MFU for colorization AlexNet pretraining in bf16 on an H100.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -34,13 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a bare copy of the repo
-from ssl_bench import color  # noqa: E402
-from ssl_bench.pretext.losses import resize_to, soft_cross_entropy_map  # noqa: E402
-from ssl_bench.models.alexnet import alexnet, count_flops  # noqa: E402
-from ssl_bench.models.inputs import trunk_input  # noqa: E402
-from ssl_bench.pretext.masks import center_mask, input_hole, loss_weights  # noqa: E402
-from ssl_bench.pretext.patches import drop_color, sample_patch_pairs  # noqa: E402
+from ssl_bench import color
+from ssl_bench.models.alexnet import alexnet, count_flops
+from ssl_bench.models.inputs import trunk_input
+from ssl_bench.pretext.losses import resize_to, soft_cross_entropy_map
+from ssl_bench.pretext.masks import center_mask, input_hole, loss_weights
+from ssl_bench.pretext.patches import drop_color, sample_patch_pairs
 
 PEAKS = {"H100": (989.0, 495.0), "H200": (989.0, 495.0), "A100": (312.0, 156.0)}  # TFLOPS bf16, tf32
 

@@ -18,6 +18,7 @@ import json
 import warnings
 
 import torch
+from train_step import images, timeit  # bench/ is on sys.path when run as a script
 
 from ssl_bench import color
 from ssl_bench.models.alexnet import alexnet_small
@@ -28,7 +29,6 @@ from ssl_bench.pretext.context_prediction import ContextPredictionPretext
 from ssl_bench.pretext.masks import input_hole, loss_weights, make_masks
 from ssl_bench.pretext.patches import drop_color, pixelate, sample_patch_pairs
 from ssl_bench.pretext.supervised import SupervisedPretext
-from train_step import images, timeit  # bench/ is on sys.path when run as a script
 
 
 def adam(p):
@@ -92,7 +92,7 @@ def main() -> None:
         batch = {"label": torch.zeros(a.batch, dtype=torch.long), "skipped": [], **batch}
 
         def step():
-            loss = module.training_step(batch, 0)
+            loss = module.training_step(batch, 0)["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -1,4 +1,4 @@
-"""Probe-harness benchmarks (issue figures), each measured side by side in one run.
+"""Probe-harness benchmarks, each measured side by side in one run.
 
 1. Probing all five layers together vs probing one layer (conv5, the deepest: same trunk pass)
    per streaming training step: target <= 1.5x.
@@ -19,13 +19,17 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
-from ssl_bench.probe.heads import FeatureExtractor, LinearProbe, ProbeHeads
+from ssl_bench.config import CONF_DIR
 from ssl_bench.models.alexnet import CONV_LAYERS, alexnet, alexnet_small
+from ssl_bench.probe.heads import FeatureExtractor, LinearProbe, ProbeHeads
 
+# the per-layer sizes the probe configs use
+POOLING = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "probe" / "pooling" / "alexnet.yaml"))
 
 def step_time(trunk, layers, batch, crop, repeats, classes=1000) -> float:
-    ex = FeatureExtractor(trunk, layers, "bilinear", "L")
+    ex = FeatureExtractor(trunk, layers, "bilinear", "L", pooling=POOLING)
     heads = ProbeHeads(ex.dims(crop), classes)
     probe = LinearProbe(heads, lambda g: torch.optim.SGD(g, lr=0.01, momentum=0.9), classes, extractor=ex)
     opt = probe.configure_optimizers()

@@ -41,9 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ssl_bench.probe.svm_voc07 import DEFAULT_COSTS, svm_voc07  # noqa: E402
+from ssl_bench.probe.svm_voc07 import DEFAULT_COSTS, svm_voc07
 
 # VOC2007 trainval image counts per class (person is ~40%, most others 2-8%): unequal frequencies
 # make some classes much harder to fit than others, as on the real data.

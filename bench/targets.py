@@ -33,9 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ssl_bench import color  # noqa: E402
+from ssl_bench import color
 
 STRIDE = 4
 TOLERANCE = 1e-4

@@ -20,9 +20,9 @@ from contextlib import nullcontext
 import torch
 
 from ssl_bench import color
-from ssl_bench.pretext.losses import soft_cross_entropy
 from ssl_bench.models.alexnet import alexnet, alexnet_small
 from ssl_bench.pretext.colorization import ColorizationPretext, ColorObjective
+from ssl_bench.pretext.losses import soft_cross_entropy
 
 
 def images(n: int, size: int, seed: int = 0) -> torch.Tensor:

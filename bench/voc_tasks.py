@@ -1,4 +1,4 @@
-"""PASCAL VOC fine-tuning throughput per task on this machine (issue: report images/s per task).
+"""PASCAL VOC fine-tuning throughput per task on this machine (images/s per task).
 
 Each task's real datamodule reads a synthetic VOC-format tree (JPEG decode, augmentation, collation
 included, in-process loading) and its real LightningModule runs training steps (forward, loss,
@@ -21,11 +21,11 @@ from itertools import islice
 import torch
 
 from ssl_bench.data.voc_synthetic import write_synthetic_voc
+from ssl_bench.models.alexnet import alexnet_small
+from ssl_bench.models.prepare import fc_layers, prepare_for_transfer
 from ssl_bench.transfer.voc_cls import VOCClassificationData, VOCClassificationTask
 from ssl_bench.transfer.voc_det import VOCDetectionData, VOCDetectionTask
 from ssl_bench.transfer.voc_seg import VOCSegmentationData, VOCSegmentationTask
-from ssl_bench.models.alexnet import alexnet_small
-from ssl_bench.models.transfer import fc_layers, prepare_for_transfer
 
 
 def sgd(p):

@@ -31,7 +31,7 @@ def tiny_overrides(data_root: Path, out_dir: Path, cache: Path) -> list[str]:
         f"paths.cache_dir={cache}", f"paths.log_dir={out_dir.parent}", f"hydra.run.dir={out_dir}",
         "backbone.widths=[16,32,48,48,32]", "backbone.fc_channels=64",
         "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
-        "pretext.sample_every_n_steps=2", "checkpoint.every_n_train_steps=1",
+        "callbacks.samples.every_n_steps=2", "checkpoint.every_n_train_steps=1",
     ]
 
 
@@ -67,6 +67,7 @@ def pre_activations(trunk, x):
     """Each AlexNet layer's conv output (before BN/ReLU), from the previous block's (pooled) output:
     computed through the public forward_features, independently of any hook-based code under test."""
     import torch
+
     from ssl_bench.models.alexnet import LAYERS
     with torch.no_grad():
         feats = trunk.forward_features(x, LAYERS)

@@ -4,13 +4,12 @@ Krähenbühl and Gaussian inits; every trunk is probed by the same harness."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_overrides
+
 from ssl_bench.data.synthetic import SyntheticSpec, render
 from ssl_bench.models.alexnet import alexnet_small
 from ssl_bench.models.checkpoint import read_checkpoint
@@ -55,9 +54,13 @@ def test_supervised_rejects_unlabelled_data_and_wrong_trunk():
         model.training_step(batch, 0)
 
 
-def pretrain_overrides(tiny_data: Path, out: Path, tmp_path: Path, samples: bool = True) -> list[str]:
-    args = tiny_overrides(tiny_data, out, tmp_path / "cache")
-    return [a for a in args if samples or not a.startswith("pretext.sample_every")]
+def test_supervised_counts_the_classes_of_the_data():
+    from types import SimpleNamespace
+    labelled, unlabelled = SimpleNamespace(num_classes=7, root="r"), SimpleNamespace(num_classes=0, root="r")
+    assert SupervisedPretext.data_arguments(labelled, "cache", {"num_classes": None}) == {"num_classes": 7}
+    assert SupervisedPretext.data_arguments(unlabelled, "cache", {"num_classes": 3}) == {}  # given: kept
+    with pytest.raises(ValueError, match="needs labels.*data.layout=imagefolder"):
+        SupervisedPretext.data_arguments(unlabelled, "cache", {"num_classes": None})
 
 
 BASELINES = {
@@ -72,7 +75,7 @@ BASELINES = {
 def test_baseline_pretrains_and_its_trunk_is_probed(name, tiny_data, tmp_path, run_cli):
     overrides, method, samples = BASELINES[name]
     out = tmp_path / "run"
-    assert run_cli("pretrain", *overrides, *pretrain_overrides(tiny_data, out, tmp_path, samples)) == 0
+    assert run_cli("pretrain", *overrides, *tiny_overrides(tiny_data, out, tmp_path / "cache")) == 0
     record = json.loads((out / "results.json").read_text())
     assert record["method"] == method and record["status"] == "completed"
     assert record["trunk"]["input_space"] == "rgb" and record["init"]["name"] == "gaussian"
@@ -92,7 +95,7 @@ def test_baseline_pretrains_and_its_trunk_is_probed(name, tiny_data, tmp_path, r
 
 def test_colorization_starts_from_kraehenbuehl_init(tiny_data, tmp_path, run_cli):
     out = tmp_path / "run"
-    assert run_cli("pretrain", *pretrain_overrides(tiny_data, out, tmp_path), "init.num_images=32",
+    assert run_cli("pretrain", *tiny_overrides(tiny_data, out, tmp_path / "cache"), "init.num_images=32",
                    "init.max_patches=2000") == 0
     record = json.loads((out / "results.json").read_text())
     assert record["init"]["name"] == "kraehenbuehl" and record["trunk"]["input_space"] == "L"
@@ -110,7 +113,7 @@ def test_kraehenbuehl_init_is_a_probe_row(tiny_data, tmp_path, run_cli):
 
 def test_supervised_on_unlabelled_folder_is_a_clear_error(tiny_data, tmp_path, run_cli, capsys):
     out = tmp_path / "run"
-    args = [a for a in pretrain_overrides(tiny_data, out, tmp_path, False) if not a.startswith("data.root")]
+    args = [a for a in tiny_overrides(tiny_data, out, tmp_path / "cache") if not a.startswith("data.root")]
     assert run_cli("pretrain", "pretext=supervised", "data=folder", f"data.root={tiny_data}/train", *args) == 2
     assert "needs labels" in capsys.readouterr().err
 

@@ -1,8 +1,9 @@
 """Tests of ssl_bench.color against independent references.
 
 References: scikit-image's colour conversions, the published 313-bin table (docs/protocols.md §1.2,
-hard-coded below), brute-force nearest neighbours over all 313 centres (numpy, float64), and the
-formulas of docs/protocols.md §1.3-1.5 written out in numpy.
+hard-coded below), the brute-force nearest bins of ssl_bench.color.reference (float64, all 313
+centres; itself checked on hand-computed cases), and the formulas of docs/protocols.md §1.3-1.5
+written out in numpy.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from skimage import color as skcolor
 
 from ssl_bench import color
+from ssl_bench.color import grid, knn, reference
 
 # Published table (docs/protocols.md §1.2): a, b_min, b_max, count.
 PUBLISHED = [
@@ -47,11 +49,12 @@ def _one_torch_thread():
 
 
 def ref_knn(ab_flat: np.ndarray, k: int):
-    """Brute force over all 313 centres in float64, ties to the lower index (stable sort):
-    (indices P x k', d^2 P x (k + 1)) with k' = min(k + 1, 313); d^2 is padded with inf."""
-    d2 = ((ab_flat[:, None, :] - CENTRES[None]) ** 2).sum(-1)
-    order = np.argsort(d2, axis=1, kind="stable")[:, : k + 1]
-    dd = np.take_along_axis(d2, order, 1)
+    """reference.nearest_bins of P x 2 float64 points, with one rank more than asked (to see
+    near ties at the k-th): (indices P x k', d^2 P x (k + 1)) with k' = min(k + 1, 313); d^2 is
+    padded with inf."""
+    idx, d2 = reference.nearest_bins(torch.from_numpy(as_image(ab_flat)), min(k + 1, 313))
+    order = idx[0, :, 0].t().numpy()
+    dd = d2[0, :, 0].t().numpy()
     if dd.shape[1] < k + 1:
         dd = np.concatenate([dd, np.full((len(dd), 1), np.inf)], 1)
     return order, dd
@@ -112,7 +115,7 @@ def all_colours(chunk: int):
 
 
 def as_image(rgb: np.ndarray) -> np.ndarray:
-    """P x 3 -> 1 x 3 x 1 x P (N x 3 x H x W with H = 1)."""
+    """P x C -> 1 x C x 1 x P (N x C x H x W with H = 1)."""
     return np.ascontiguousarray(rgb.T[None, :, None, :])
 
 
@@ -249,6 +252,39 @@ def test_lab_from_uint8_matches_rgb_to_lab(stride):
 # ---------------------------------------------------------------------------------------------
 
 
+def test_reference_on_hand_computed_points():
+    """The oracle itself, on points whose nearest bins can be read off the table of §1.2.
+
+    Bin indices: the a = -90 .. -10 columns hold 5 + 8 + 10 + 12 + 14 + 15 + 16 + 16 + 17 = 113
+    bins, so (0, b) is 113 + (b + 70) / 10 and (-10, b) is 96 + (b + 60) / 10; (10, b) is
+    131 + (b + 80) / 10; the a = 100 column is 303 .. 312 for b = -90 .. 0.
+    """
+    ab = torch.tensor([[0.0, 5.0, 200.0], [0.0, 5.0, 0.0]]).view(1, 2, 1, 3)
+    idx, d2 = reference.nearest_bins(ab, 4)
+    assert idx.shape == (1, 4, 1, 3) and idx.dtype == torch.int64 and d2.dtype == torch.float64
+    # (0, 0) is a centre; its 4 neighbours at distance 10 tie, lower indices first:
+    # (-10, 0) = 102, (0, -10) = 119, (0, 10) = 121, and (10, 0) = 139 is left out.
+    # (5, 5) is equidistant (d^2 = 50) from (0, 0), (0, 10), (10, 0), (10, 10).
+    # (200, 0) is nearest to (100, 0), then (100, -10), (100, -20), (100, -30).
+    expect = [[120, 102, 119, 121], [120, 121, 139, 140], [312, 311, 310, 309]]
+    expect_d2 = [[0, 100, 100, 100], [50, 50, 50, 50], [10000, 10100, 10400, 10900]]
+    assert idx[0, :, 0].t().tolist() == expect
+    assert d2[0, :, 0].t().tolist() == expect_d2
+    assert CENTRES[expect[0]].tolist() == [[0, 0], [-10, 0], [0, -10], [0, 10]]
+    assert CENTRES[expect[2]].tolist() == [[100, 0], [100, -10], [100, -20], [100, -30]]
+
+    _, w = reference.soft_encode(ab, 4, sigma=5.0)  # 2 sigma^2 = 50
+    e = np.exp(-2.0)
+    expect_w = [[1, e, e, e], [1, 1, 1, 1], [1, e, e**4, e**9]]
+    expect_w = [np.array(row) / sum(row) for row in expect_w]
+    np.testing.assert_allclose(w[0, :, 0].t().numpy(), np.stack(expect_w), rtol=1e-12)
+    # and the fast encoder agrees exactly on these tie-laden points
+    fast_idx, _ = color.soft_encode(ab, 4)
+    torch.testing.assert_close(fast_idx, idx, rtol=0, atol=0)
+    with pytest.raises(ValueError):
+        reference.nearest_bins(ab, 0)
+
+
 def wide_ab(seed: int) -> torch.Tensor:
     """N x 2 x H x W float32 ab: uniform over [-150, 150]^2 (far outside the gamut too), points
     near grid lines and cell midpoints, exact grid points, the gamut border."""
@@ -321,19 +357,18 @@ def test_each_search_path_is_exact(k):
         np.testing.assert_array_equal(bins[sel], order[rows][sel, :k])
         np.testing.assert_allclose(dist[sel], d2[rows][sel, :k], rtol=1e-6, atol=1e-4)
 
-    idx, dist, rest = color._pattern_knn(ab, k)
+    idx, dist, rest = knn.pattern_knn(ab, k)
     accepted = np.setdiff1d(np.arange(ab.shape[1]), rest.numpy())
     check(accepted, idx.t().long().numpy()[accepted], dist.t().double().numpy()[accepted])
     # and it takes nearly all points well inside the gamut (else it is exact but useless)
     inner = np.random.default_rng(16).uniform(-40, 40, (2, 10000)).astype(np.float32)
     inner = torch.from_numpy(inner)
-    assert color._pattern_knn(inner, k)[2].numel() < 500
+    assert knn.pattern_knn(inner, k)[2].numel() < 500
 
     everything = np.arange(ab.shape[1])
-    keys = color._general_keys(ab, k)
-    check(everything, (keys & 511).numpy(), color._unpack_d2(keys).double().numpy())
-    keys = color._brute_keys(ab, k)
-    check(everything, (keys & 511).numpy(), color._unpack_d2(keys).double().numpy())
+    for search in (knn.general_keys, knn.brute_keys):
+        keys = search(ab, k)
+        check(everything, (keys & grid.IDX_MASK).numpy(), grid.unpack_d2(keys).double().numpy())
 
 
 def test_soft_encode_sigma_float64_and_errors():

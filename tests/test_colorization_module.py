@@ -59,3 +59,43 @@ def test_rebalanced_loss_needs_prior_and_an_L_trunk():
         ColorizationPretext(alexnet_small(), ColorObjective(), lambda p: None)
     with pytest.raises(ValueError, match="backbone.in_channels"):
         ColorizationPretext(alexnet_small(in_channels=3), ColorObjective(rebalance=False), lambda p: None)
+
+
+class FakeData:
+    """What `data_arguments` reads of the datamodule; counts the batches it hands out."""
+
+    def __init__(self, images: torch.Tensor, batch_size: int) -> None:
+        self.images, self.batch_size, self.fingerprint, self.served = images, batch_size, "fake", 0
+
+    def eval_train_dataloader(self):
+        for i in range(0, len(self.images), self.batch_size):
+            self.served += 1
+            yield {"image": self.images[i:i + self.batch_size]}
+
+
+def test_data_arguments_estimate_the_prior_only_for_a_rebalancing_objective(tmp_path):
+    images = batch(32)
+    args = {"ab_stride": 8}
+    for objective in (ColorObjective(rebalance=False), ColorObjective(kind="regression")):
+        assert ColorizationPretext.data_arguments(FakeData(images, 8), tmp_path, {**args, "objective": objective}) == {}
+    data = FakeData(images, 8)
+    derived = ColorizationPretext.data_arguments(data, tmp_path, {**args, "objective": ColorObjective(prior_images=20)})
+    assert data.served == 2  # 20 images = two whole batches of 8
+    expected = color.empirical_prior([color.lab_from_uint8(images[:16], 8)[1]], sigma=5.0)
+    assert torch.allclose(derived["prior"], expected) and list(tmp_path.glob("prior-fake-n20-*.pt"))
+    again = FakeData(images, 8)
+    cached = ColorizationPretext.data_arguments(again, tmp_path, {**args, "objective": ColorObjective(prior_images=20)})
+    assert again.served == 0 and torch.equal(cached["prior"], derived["prior"])  # read from the cache
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # no Trainer here
+def test_training_step_returns_its_loss_and_picture_material():
+    images = batch(4)
+    module = make(ColorObjective(), images)
+    out = module.training_step({"image": images, "label": torch.zeros(4, dtype=torch.long), "skipped": []}, 0)
+    L, pred, ab = out["samples"]
+    assert out["loss"].requires_grad and not pred.requires_grad
+    assert L.shape == (4, 1, 56, 56) and pred.shape == (4, 313, 7, 7) and ab.shape == (4, 2, 7, 7)
+    empty = {"image": torch.zeros(0, 3, 56, 56, dtype=torch.uint8), "label": torch.zeros(0), "skipped": ["x"]}
+    with pytest.warns(UserWarning, match="unreadable image x"):
+        assert module.training_step(empty, 1) is None and module.skips.count == 1

@@ -8,20 +8,28 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CONF
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from conftest import CONF
 from ssl_bench import color
 from ssl_bench.colorization.colorize import load_colorizer, predict_ab
-from ssl_bench.colorization.quality import (THRESHOLDS, AucAccumulator, RandomReference, auc,
-                                                       auc_curve, classifier_top1, inverse_prior,
-                                                       load_classifier, rebalanced_pixel_weights,
-                                                       run_colorization_eval)
+from ssl_bench.colorization.quality import (
+    THRESHOLDS,
+    AucAccumulator,
+    RandomReference,
+    auc,
+    auc_curve,
+    classifier_top1,
+    inverse_prior,
+    load_classifier,
+    rebalanced_pixel_weights,
+)
 from ssl_bench.models.alexnet import alexnet_small
 from ssl_bench.models.checkpoint import CheckpointMismatchError
 from ssl_bench.pretext.colorization import ColorizationPretext, ColorObjective
 from ssl_bench.pretext.supervised import SupervisedPretext
+from ssl_bench.runs.colorization_eval import run as run_colorization_eval
 
 TINY = dict(widths=(16, 32, 48, 48, 32), fc_channels=64)
 

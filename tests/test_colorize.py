@@ -10,11 +10,12 @@ import torch
 from PIL import Image
 
 from ssl_bench import color
-from ssl_bench.colorization.colorize import colorize_image, colorize_main, load_colorizer, net_input_size
+from ssl_bench.colorization.colorize import colorize_image, load_colorizer, net_input_size
 from ssl_bench.models.alexnet import alexnet_small
 from ssl_bench.models.checkpoint import CheckpointMismatchError
 from ssl_bench.pretext.colorization import ColorizationPretext, ColorObjective
 from ssl_bench.pretext.supervised import SupervisedPretext
+from ssl_bench.runs.colorize import main as colorize_main
 
 TINY = dict(widths=(16, 32, 48, 48, 32), fc_channels=64)
 

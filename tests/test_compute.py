@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-
 from conftest import tiny_overrides
 
 pytestmark = pytest.mark.slow
@@ -17,7 +16,7 @@ def test_compiled_pretraining_records_warmup_and_keeps_checkpoint_keys(tiny_data
     # no sample grids or checkpoints between the steps (tiny_overrides has them every 1-2 steps, which
     # would swamp the 5-step median of a network this small)
     assert run_cli("pretrain", *tiny_overrides(tiny_data, out, tmp_path / "cache"), "compile=true",
-                   "pretext.sample_every_n_steps=1000", "checkpoint.every_n_train_steps=1000") == 0
+                   "callbacks.samples.every_n_steps=1000", "checkpoint.every_n_train_steps=1000") == 0
     res = json.loads((out / "results.json").read_text())
     c = res["compile"]
     assert c["enabled"] is True and res["metrics"]["pretrain/steps"] == 5

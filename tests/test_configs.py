@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CONF, ROOT
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import CONF, ROOT
-
-GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "experiment")
+# hydra/ holds Hydra's own settings (test_sweep_folder_needs_no_hydra_runtime below)
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("experiment", "hydra"))
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
 EXPERIMENTS = sorted(f.stem for f in (ROOT / "experiments").glob("*.yaml"))
 
@@ -32,7 +32,7 @@ def composed(overrides: list[str], primary: str = "pretrain"):
 
 
 def test_groups_are_all_covered():
-    assert {"data", "backbone", "pretext", "loss", "optimizer", "scheduler", "trainer", "logger", "paths",
+    assert {"data", "backbone", "pretext", "optimizer", "scheduler", "trainer", "callbacks", "logger", "paths",
             "probe", "init", "task"} <= set(GROUPS)
     assert {"colorization", "context_prediction", "context_encoder", "supervised"} <= {
         f.stem for f in (CONF / "pretext").glob("*.yaml")}
@@ -54,9 +54,10 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
     cfg = composed([f"{group}={option}", *where, *extra], primary)
     node = cfg[group] if group in cfg else cfg  # presets are global (package _global_)
     if group == "probe":
-        from ssl_bench.probe.heads import RESIZE_MODES
         from ssl_bench.models.alexnet import LAYERS
+        from ssl_bench.probe.heads import RESIZE_MODES
         assert set(node.layers) <= set(LAYERS) and node.resize in RESIZE_MODES and node.kind == option
+        assert all(set(LAYERS[:5]) <= set(node.pooling[mode]) for mode in RESIZE_MODES)  # conv1..conv5
         assert cfg.optimizer.momentum == 0.9 and cfg.optimizer.weight_decay == 5e-4  # docs/protocols.md §3.1
     elif group == "paths":
         assert set(node) >= {"data_dir", "cache_dir", "log_dir", "output_dir"}
@@ -75,8 +76,7 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
         assert trunk.forward_features(torch.zeros(1, trunk.in_channels, 64, 64), ("conv5",))["conv5"].ndim == 4
     elif group == "pretext":
         from ssl_bench.models.alexnet import alexnet_small
-        from ssl_bench.pretext.colorization import ColorObjective
-        extra = {"objective": ColorObjective(rebalance=False)} if option == "colorization" else {}
+        extra = {"prior": torch.full((313,), 1 / 313)} if option == "colorization" else {}
         if option == "supervised":
             extra["num_classes"] = 5
         module = instantiate(node, trunk=alexnet_small(input_space=node.input_space),
@@ -85,9 +85,9 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
         assert module.checkpoint_meta["input_space"] == node.input_space
         # the backbone group follows the pretext's input space
         assert cfg.backbone.input_space == node.input_space
-    elif group == "loss" and option.startswith("default_"):
-        # colorization's default loss is the rebalanced classification; other pretexts have none
-        assert bool(node) == (option == "default_colorization")
+    elif group == "callbacks":
+        import pytorch_lightning as pl
+        assert all(isinstance(instantiate(c), pl.Callback) for c in node.values())
     elif group == "preset":
         from ssl_bench.runs.benchmark import validate
         validate(cfg)  # every method known, with a valid kind
@@ -107,22 +107,40 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
 def test_experiment_composes(name, tmp_path):
     cfg = composed([f"experiment={name}", *paths(tmp_path)])
     assert cfg.task_name == name
-    if cfg.get("loss"):
-        instantiate(cfg.loss)
+    if "objective" in cfg.pretext:
+        instantiate(cfg.pretext.objective)
     instantiate(cfg.backbone)
     if name.startswith("colorization_"):
         assert cfg.backbone.fc_channels == 4096 and cfg.data.batch_size == 80
         assert cfg.optimizer.lr == 3e-5 and cfg.trainer.max_steps == 450_000
 
 
+# The paper's three colorization variants: the objective each one builds.
+VARIANTS = {"full": {"kind": "classification", "rebalance": True}, "class": {"kind": "classification", "rebalance": False},
+            "l2": {"kind": "regression", "rebalance": False}}
+
+
 def test_ablation_variants(tmp_path):
     from ssl_bench.pretext.colorization import ColorObjective
-    variants = {n: instantiate(composed([f"experiment={n}", *paths(tmp_path)]).loss).variant
-                for n in ("colorization_full", "colorization_class", "colorization_l2")}
-    assert variants == {"colorization_full": "full", "colorization_class": "class", "colorization_l2": "l2"}
+    objectives = {n: instantiate(composed([f"experiment=colorization_{n}", *paths(tmp_path)]).pretext.objective)
+                  for n in VARIANTS}
+    assert {n: o.variant for n, o in objectives.items()} == {n: n for n in VARIANTS}
     assert ColorObjective(kind="regression").num_outputs == 2
-    with pytest.raises(ValueError, match="loss.kind"):
+    with pytest.raises(ValueError, match="pretext.objective.kind"):
         ColorObjective(kind="hinge")
+
+
+def test_benchmark_methods_build_the_variants_objectives(tmp_path):
+    """The benchmark's colorization methods and the paper-scale experiments give the same objectives."""
+    from ssl_bench.pretext.colorization import ColorObjective
+    bench = composed([], "benchmark")
+    for name, settings in VARIANTS.items():
+        preset = bench.method_presets[f"colorization_{name}"]
+        cfg = composed([*preset.overrides, *paths(tmp_path)])
+        expected = ColorObjective(**settings).__dict__
+        assert instantiate(cfg.pretext.objective).__dict__ == expected, name
+        paper = composed([f"experiment=colorization_{name}", *paths(tmp_path)])
+        assert instantiate(paper.pretext.objective).__dict__ == expected, name
 
 
 def test_default_trunk_follows_the_data(tmp_path):
@@ -136,7 +154,7 @@ def test_default_init_follows_the_pretext(tmp_path):
     assert composed(paths(tmp_path)).init._target_.endswith("KraehenbuehlInit")
     for p in ("context_prediction", "context_encoder", "supervised"):
         cfg = composed([f"pretext={p}", *paths(tmp_path)])
-        assert cfg.init._target_.endswith("GaussianInit") and not cfg.get("loss")
+        assert cfg.init._target_.endswith("GaussianInit") and "objective" not in cfg.pretext
         assert cfg.backbone.input_space == "rgb" and instantiate(cfg.backbone).in_channels == 3
 
 
@@ -144,3 +162,19 @@ def test_required_values_are_marked(tmp_path):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("pretrain", overrides=["data=imagenet"])
     assert OmegaConf.is_missing(cfg.data, "root")
+
+
+@pytest.mark.parametrize("launcher", [None, "local", "slurm"])
+@pytest.mark.parametrize("primary", ["pretrain", "probe_run", "finetune", "colorization_eval"])
+def test_sweep_folder_needs_no_hydra_runtime(primary, launcher, monkeypatch):
+    """A sweep's folder is resolved before Hydra sets its runtime config (HydraConfig): the default
+    must not go through ${hydra:runtime.*}, for any command or launcher."""
+    monkeypatch.delenv("SSL_BENCH_OUTPUTS", raising=False)
+    over = [f"hydra/launcher={launcher}"] if launcher else []
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(primary, overrides=over, return_hydra_config=True)
+    task = {"probe_run": "probe"}.get(primary, primary)
+    assert cfg.hydra.sweep.dir.startswith(f"outputs/{task}/multiruns/")
+    assert cfg.hydra.run.dir.startswith(f"outputs/{task}/runs/")
+    if launcher:
+        assert cfg.hydra.launcher.submitit_folder.startswith(cfg.hydra.sweep.dir)

@@ -14,9 +14,17 @@ from torch.utils.data import DataLoader
 from ssl_bench.data.synthetic import SyntheticSpec, render
 from ssl_bench.models.alexnet import alexnet_small
 from ssl_bench.models.inputs import trunk_input
+from ssl_bench.pretext.callbacks import CheckpointMetadata, SampleGrids
 from ssl_bench.pretext.context_encoder import ContextEncoderPretext, masked_l2
-from ssl_bench.pretext.masks import (MASK_KINDS, center_mask, input_hole, loss_weights, make_masks,
-                                     random_block_mask, random_region_mask)
+from ssl_bench.pretext.masks import (
+    MASK_KINDS,
+    center_mask,
+    input_hole,
+    loss_weights,
+    make_masks,
+    random_block_mask,
+    random_region_mask,
+)
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -32,7 +40,7 @@ def module(size: int = 48, lr: float = 1e-3, **kw) -> ContextEncoderPretext:
     torch.manual_seed(0)
     kw = {"bottleneck_channels": 64, "decoder_widths": [64, 32, 16], **kw}
     return ContextEncoderPretext(alexnet_small(input_space="rgb"), lambda p: torch.optim.Adam(p, lr=lr),
-                                 image_size=size, sample_every_n_steps=0, **kw)
+                                 image_size=size, **kw)
 
 
 # ------------------------------------------------------------------------------------------ masks
@@ -160,7 +168,8 @@ def test_adversarial_step_runs_both_optimisers_under_a_trainer(tmp_path):
     disc0 = copy.deepcopy(model.discriminator.state_dict())
     dec0 = copy.deepcopy(model.decoder.state_dict())
     trainer = pl.Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                         callbacks=[SampleGrids(every_n_steps=1)])
     trainer.fit(model, train_dataloaders=batches(x), val_dataloaders=batches(x, 1))
     changed = lambda before, after: any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
     assert changed(disc0, model.discriminator.state_dict())
@@ -171,6 +180,8 @@ def test_adversarial_step_runs_both_optimisers_under_a_trainer(tmp_path):
     expected = 0.999 * metrics["pretrain/rec_loss"] + 0.001 * metrics["pretrain/adv_loss"]
     assert metrics["pretrain/loss"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert (tmp_path / "samples" / "val_epoch_000.png").is_file()
+    # two optimiser steps per batch under manual optimisation: the sample step counts batches
+    assert trainer.global_step == 2 and [p.name for p in (tmp_path / "samples").glob("step_*")] == ["step_0000000.png"]
     assert model.final_samples(x).name == "final.png"
 
 
@@ -189,5 +200,8 @@ def test_meta_and_configuration_errors():
         ContextEncoderPretext(alexnet_small(), lambda p: None, image_size=32)  # an L trunk
     ckpt: dict = {}
     model.skips.count = 3
-    model.on_save_checkpoint(ckpt)
-    assert ckpt["ssl_bench"]["skipped_images"] == 3 and ckpt["ssl_bench"]["pretext"] == "context_encoder"
+    CheckpointMetadata().on_save_checkpoint(None, model, ckpt)
+    assert ckpt["ssl_bench"] == {**meta, "skipped_images": 3}
+    resumed = module(32)
+    CheckpointMetadata().on_load_checkpoint(None, resumed, ckpt)
+    assert resumed.skips.count == 3

@@ -11,9 +11,17 @@ import torch
 
 from ssl_bench.data.synthetic import SyntheticSpec, render
 from ssl_bench.models.alexnet import alexnet_small
+from ssl_bench.pretext.callbacks import CheckpointMetadata, SampleGrids
 from ssl_bench.pretext.context_prediction import ContextPredictionPretext
-from ssl_bench.pretext.patches import (GREEN_MAGENTA, POSITIONS, drop_color, min_image_size, pixelate,
-                                       project_color, sample_patch_pairs)
+from ssl_bench.pretext.patches import (
+    GREEN_MAGENTA,
+    POSITIONS,
+    drop_color,
+    min_image_size,
+    pixelate,
+    project_color,
+    sample_patch_pairs,
+)
 
 # patch 10, gap 5 -> grid spacing 15; hand-written (dy, dx) of the second patch for labels 0..7
 # in the layout 1 2 3 / 4 _ 5 / 6 7 8
@@ -196,10 +204,10 @@ def test_trainer_run_writes_pairs_confusion_and_meta(tmp_path):
     batches = [{"image": images[:8], "label": torch.zeros(8, dtype=torch.long), "skipped": []},
                {"image": images[8:], "label": torch.zeros(8, dtype=torch.long), "skipped": ["bad.jpg"]}]
     loader = torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=lambda b: b)
-    module = make(sample_every_n_steps=1)
+    module = make()
     trainer = pl.Trainer(max_steps=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=1,
-                         default_root_dir=str(tmp_path))
+                         default_root_dir=str(tmp_path), callbacks=[SampleGrids(every_n_steps=1), CheckpointMetadata()])
     with pytest.warns(UserWarning, match="bad.jpg"):
         trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
     samples = tmp_path / "samples"

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_overrides
 from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
-from conftest import tiny_overrides
 from ssl_bench.data import decoded_cache as dc
 from ssl_bench.data.datamodule import ImageDataModule
 from ssl_bench.data.images import collate_skip, image_folder_samples

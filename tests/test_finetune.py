@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_overrides
-from ssl_bench.report.leaderboard import build_table, collect
+
+from ssl_bench.report.collect import collect
+from ssl_bench.report.table import build_table
 
 TINY = ["backbone=alexnet_small", "backbone.widths=[16,32,48,48,32]", "backbone.fc_channels=64"]
 TASK_SIZES = {

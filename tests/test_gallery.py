@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 from ssl_bench import color
-from ssl_bench.colorization import gallery
-from ssl_bench.colorization.gallery import (gallery_main, prior_and_weights, prior_figure_main,
-                                          prior_from_weights)
+from ssl_bench.colorization.prior_figure import prior_and_weights, prior_from_checkpoint, prior_from_weights
 from ssl_bench.models.alexnet import alexnet_small
 from ssl_bench.pretext.colorization import ColorizationPretext, ColorObjective
+from ssl_bench.runs.gallery import main as gallery_main
+from ssl_bench.runs.prior_figure import main as prior_figure_main
 
 OBJECTIVES = {"l2": ColorObjective(kind="regression"), "class": ColorObjective(rebalance=False),
               "full": ColorObjective()}
@@ -200,7 +200,7 @@ def test_prior_figure_png(images_dir, checkpoints, tmp_path, capsys):
     assert prior_figure_main(["--checkpoint", str(checkpoints["full"]), "--out", str(out2)]) == 0
     with Image.open(out2) as im:
         assert im.format == "PNG"
-    data = gallery._prior_from_checkpoint(checkpoints["full"], 0.5)
+    data = prior_from_checkpoint(checkpoints["full"], 0.5)
     _weights_ok(data)
     stored = torch.load(checkpoints["full"], weights_only=False)["state_dict"]["bin_weights"]
     assert torch.allclose(data.weights.float(), stored, rtol=1e-4)

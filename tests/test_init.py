@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import copy
 
-import pytest
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
+from conftest import pre_activations  # noqa: E402  (shared by the trunk tests)
 from torch import nn
 
 from ssl_bench.models.alexnet import LAYERS, alexnet_small
 from ssl_bench.models.init import (
-    GaussianInit, KraehenbuehlInit, calibrate_layers, find_layers, gradient_ratios, kmeans_filters,
-    kraehenbuehl_init, layer_patches, rescale_units, spherical_kmeans,
+    GaussianInit,
+    KraehenbuehlInit,
+    calibrate_layers,
+    find_layers,
+    gradient_ratios,
+    kmeans_filters,
+    kraehenbuehl_init,
+    layer_patches,
+    rescale_units,
+    spherical_kmeans,
 )
-
-from conftest import pre_activations  # noqa: E402  (shared by the trunk tests)
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -256,6 +262,7 @@ def fit_gain(w: torch.Tensor, ref: torch.Tensor, patches: torch.Tensor) -> bool:
 
 def test_whitened_kmeans_matches_sklearn_pca_whitening():
     from sklearn.decomposition import PCA
+
     from ssl_bench.models.init import whitened_kmeans
     g = torch.Generator().manual_seed(0)
     mix = torch.randn(12, 12, generator=g) * torch.logspace(0, -2, 12)[:, None]  # anisotropic

@@ -8,7 +8,6 @@ import pickle
 from pathlib import Path
 
 import pytest
-
 from conftest import CONF, tiny_overrides
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
@@ -23,7 +22,8 @@ def _results(sweep: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_submitit_local_sweeps_feed_the_leaderboard(tiny_data, tmp_path, run_cli, monkeypatch):
-    from ssl_bench.report.leaderboard import build_table, collect
+    from ssl_bench.report.collect import collect
+    from ssl_bench.report.table import build_table
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # inherited by the submitit job processes
     root = tmp_path / "sweeps"
     over = [o for o in tiny_overrides(tiny_data, tmp_path / "x", tmp_path / "cache") if not o.startswith("hydra.run")]

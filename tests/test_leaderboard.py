@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssl_bench.report.leaderboard import (LAYERS, OUTPUT_NAMES, ResultsWarning, build_table, collect,
-                                              csv_columns, leaderboard_main, render, to_markdown)
-from ssl_bench.report.published import (PUBLISHED_COLOR, PUBLISHED_PROBES, PUBLISHED_VOC, key_matches)
+from ssl_bench.models.layers import CONV_LAYERS
+from ssl_bench.report.collect import ResultsWarning, collect
+from ssl_bench.report.published import PUBLISHED_COLOR, PUBLISHED_PROBES, PUBLISHED_VOC, key_matches
+from ssl_bench.report.render import OUTPUT_NAMES, csv_columns, render, to_markdown
+from ssl_bench.report.table import build_table
+from ssl_bench.runs.leaderboard import main as leaderboard_main
 
 PROTOCOLS_MD = Path(__file__).resolve().parents[1] / "docs" / "protocols.md"
 
@@ -87,7 +90,7 @@ def row(table, method: str, published: bool = False):
 
 def test_mean_std_and_n_over_seeds(table):
     color = row(table, "colorization/full")
-    for layer in LAYERS:
+    for layer in CONV_LAYERS:
         cell = color.cells[layer]
         assert cell.n == 3
         assert cell.mean == pytest.approx(np.mean(COLOR[layer]))
@@ -160,7 +163,7 @@ def test_published_rows_present_and_marked(table):
     assert len(published) == N_PUBLISHED_PROBES
     assert probes.rows[-N_PUBLISHED_PROBES:] == published  # after the measured rows
     zhang = row(table, "Zhang et al. (colorization)", published=True)
-    assert [zhang.cells[k].mean for k in LAYERS] == [13.1, 24.8, 31.0, 32.6, 31.8]
+    assert [zhang.cells[k].mean for k in CONV_LAYERS] == [13.1, 24.8, 31.0, 32.6, 31.8]
     assert zhang.source == "published: Split-Brain Table 2" and zhang.data == "ImageNet-1k val"
     assert "bilinear" in zhang.protocol and zhang.suite_method == "colorization/full"
     assert row(table, "colorization/full").source == "measured: 3 seeds"
@@ -183,16 +186,16 @@ def _md_table(text: str, heading: str, next_heading: str = "\n## ") -> list[list
             if line.startswith("| ")]
 
 
-@pytest.mark.skipif(not METHOD_MD.is_file(), reason="reference method.md not available")
-def test_published_numbers_match_method_md():
+@pytest.mark.skipif(not PROTOCOLS_MD.is_file(), reason="docs/protocols.md not available")
+def test_published_numbers_match_protocols_md():
     """Every number of docs/protocols.md §4 tables, in order, is in published.py."""
-    text = METHOD_MD.read_text()
+    text = PROTOCOLS_MD.read_text()
 
     def numbers(heading: str) -> list[list[float | None]]:
         rows = _md_table(text, heading, next_heading="\n#")[1:]  # drop the header
         return [[None if c == "-" else float(c) for c in r[1:]] for r in rows if not set(r[0]) <= set("-")]
 
-    assert numbers("### 4.1") == [[r.values[k] for k in LAYERS] for r in PUBLISHED_PROBES]
+    assert numbers("### 4.1") == [[r.values[k] for k in CONV_LAYERS] for r in PUBLISHED_PROBES]
     assert numbers("### 4.2") == [[r.values[k] for k in ("cls_fc6", "cls_all", "det", "seg")]
                                   for r in PUBLISHED_VOC]
     color_keys = ("auc_raw", "auc_rebal", "classifier_top1", "amt_real")
@@ -256,7 +259,7 @@ def test_csv_columns_and_values(rendered):
     assert len(rows) == 3 + N_PUBLISHED_PROBES
     color = next(r for r in rows if r["method"] == "colorization/full")
     assert color["source"] == "measured" and color["n_runs"] == "3" and color["seeds"] == "0;1;2"
-    for layer in LAYERS:
+    for layer in CONV_LAYERS:
         assert float(color[f"{layer}_mean"]) == pytest.approx(np.mean(COLOR[layer]))
         assert float(color[f"{layer}_std"]) == pytest.approx(np.std(COLOR[layer], ddof=1))
         assert color[f"{layer}_n"] == "3"

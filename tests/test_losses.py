@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssl_bench.pretext.losses import dense_soft_cross_entropy, l2_regression, resize_to, soft_cross_entropy
 from ssl_bench.models.optim import PiecewiseConstant, piecewise_constant
+from ssl_bench.pretext.losses import dense_soft_cross_entropy, l2_regression, resize_to, soft_cross_entropy
 
 
 def random_soft_targets(n=2, q=313, k=10, h=3, w=4, seed=0):

@@ -89,7 +89,7 @@ def test_flop_count_equals_torch_flop_counter():
 
 @pytest.mark.slow
 def test_prepared_gpu_script_runs_on_cpu(tmp_path):
-    """bench/gpu.py is only run when a session is lent a GPU: its quick CPU mode keeps it from rotting."""
+    """bench/gpu.py runs only on a GPU machine: its quick CPU mode keeps it from rotting."""
     import json
     import subprocess
     import sys

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
-
 from conftest import tiny_overrides
+from PIL import Image
 
 pytestmark = pytest.mark.slow
 
@@ -36,6 +35,10 @@ def test_one_epoch_writes_checkpoint_results_and_samples(tiny_data, tmp_path, ru
     assert res["versions"]["pytorch-lightning"] == pytorch_lightning.__version__  # provenance
     ckpt = torch.load(out / res["checkpoint"], map_location="cpu", weights_only=False)
     assert ckpt["ssl_bench"]["input_space"] == "L" and ckpt["ssl_bench"]["trunk"]["widths"] == [16, 32, 48, 48, 32]
+    assert {k: v for k, v in ckpt["ssl_bench"].items() if k != "skipped_images"} == res["trunk"]
+    # the samples callback: every 2nd of the 5 steps, the validation run, and the final picture
+    assert sorted(p.name for p in (out / "samples").glob("*.png")) == [
+        "final.png", "step_0000000.png", "step_0000002.png", "step_0000004.png", "val_epoch_000.png"]
     assert "final" in " ".join(res["samples"])
     grid = Image.open(out / "samples" / "final.png")
     assert grid.mode == "RGB" and grid.width > grid.height / 8  # 3 columns: grey | prediction | truth
@@ -115,20 +118,26 @@ def test_checkpoint_from_other_architecture_lists_keys(tiny_data, tmp_path, run_
     assert code == 2 and "does not match the model architecture" in err and "fc6.0.weight" in err
 
 
-@pytest.mark.parametrize("variant,method", [("loss=regression", "colorization/l2"),
-                                            ("loss.rebalance=false", "colorization/class")])
+@pytest.mark.parametrize("variant,method", [
+    (["pretext.objective.kind=regression", "pretext.objective.rebalance=false"], "colorization/l2"),
+    (["pretext.objective.rebalance=false"], "colorization/class")])
 def test_ablations_train(variant, method, tiny_data, tmp_path, run_cli):
     out = tmp_path / "run"
-    assert run_cli("pretrain", *tiny_overrides(tiny_data, out, tmp_path / "cache"), variant) == 0
+    assert run_cli("pretrain", *tiny_overrides(tiny_data, out, tmp_path / "cache"), *variant) == 0
     assert read_results(out)["method"] == method
 
 
-def test_multirun_sweeps_seeds(tiny_data, tmp_path, run_cli):
-    over = [o for o in tiny_overrides(tiny_data, tmp_path / "x", tmp_path / "cache") if not o.startswith("hydra.run")]
-    code = run_cli("pretrain", "-m", *over, "seed=0,1", f"hydra.sweep.dir={tmp_path}/sweep", "trainer.limit_val_batches=0")
-    assert code == 0
-    seeds = sorted(json.loads(p.read_text())["seed"] for p in (tmp_path / "sweep").glob("*/results.json"))
-    assert seeds == [0, 1]
+def test_multirun_sweeps_seeds_into_the_default_sweep_folder(tiny_data, tmp_path, run_cli, monkeypatch):
+    """A plain `ssl-bench pretrain -m ...`: no hydra.sweep.dir, no paths.log_dir, so the sweep
+    folder is the default one under the working directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SSL_BENCH_OUTPUTS", raising=False)
+    over = [o for o in tiny_overrides(tiny_data, tmp_path / "x", tmp_path / "cache")
+            if not o.startswith(("hydra.run", "paths.log_dir"))]
+    assert run_cli("pretrain", "-m", *over, "seed=0,1", "trainer.limit_val_batches=0") == 0
+    (sweep,) = (tmp_path / "outputs" / "pretrain" / "multiruns").iterdir()
+    results = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/results.json")}
+    assert {job: r["seed"] for job, r in results.items()} == {"0": 0, "1": 1}
 
 
 def test_wandb_logger_offline_writes_a_run(tiny_data, tmp_path, run_cli, monkeypatch):

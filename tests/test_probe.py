@@ -10,16 +10,23 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import CONF, tiny_overrides
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from conftest import tiny_overrides
 from ssl_bench.data.images import SkipCounter
-from ssl_bench.probe.feature_cache import trunk_fingerprint
-from ssl_bench.runs.probe import Features, feature_loader, split_holdout
-from ssl_bench.probe.knn import knn_predict, topk_accuracy
-from ssl_bench.probe.heads import (AVGPOOL_GOYAL, BILINEAR_SIZES, FeatureExtractor, LinearProbe,
-                                         ProbeHeads, resize_layer)
 from ssl_bench.models.alexnet import CONV_LAYERS, alexnet, alexnet_small
+from ssl_bench.probe.feature_cache import trunk_fingerprint
+from ssl_bench.probe.heads import FeatureExtractor, LinearProbe, ProbeHeads, resize_layer
+from ssl_bench.probe.knn import knn_predict, topk_accuracy
+from ssl_bench.runs.probe import Features, feature_loader, split_holdout
+
+# the probes' per-layer pooling table, as every probe config includes it
+POOLING = OmegaConf.to_container(OmegaConf.load(CONF / "probe" / "pooling" / "alexnet.yaml"))
+
+
+def extractor(trunk, layers, resize="bilinear"):
+    return FeatureExtractor(trunk, layers, resize, "L", pooling=POOLING)
 
 
 def tiny_trunk(**kw):
@@ -39,7 +46,7 @@ def test_frozen_trunk_is_bit_identical_after_probing(tmp_path):
     trunk = tiny_trunk()
     trunk.train()  # even a trunk handed over in train mode must not update its BN statistics
     before = copy.deepcopy(trunk.state_dict())
-    ex = FeatureExtractor(trunk, CONV_LAYERS, "bilinear", "L")
+    ex = extractor(trunk, CONV_LAYERS)
     assert all(not p.requires_grad for p in trunk.parameters())
     probe = LinearProbe(ProbeHeads(ex.dims(56), 3), lambda g: torch.optim.SGD(g, lr=0.1, momentum=0.9), 3, extractor=ex)
     probe.train()
@@ -59,7 +66,7 @@ def test_frozen_trunk_is_bit_identical_after_probing(tmp_path):
 
 
 def test_optimiser_holds_only_head_parameters():
-    ex = FeatureExtractor(tiny_trunk(), ("conv1", "conv2"), "bilinear", "L")
+    ex = extractor(tiny_trunk(), ("conv1", "conv2"))
     probe = LinearProbe(ProbeHeads(ex.dims(56), 4, lrs=[0.5, 0.01]), lambda g: torch.optim.SGD(g, lr=0.1), 4,
                         extractor=ex)
     opt = probe.configure_optimizers()
@@ -69,30 +76,30 @@ def test_optimiser_holds_only_head_parameters():
     assert not trunk_ids & {id(p) for g in opt.param_groups for p in g["params"]}
 
 
-def conv_out(n, k, s=1, p=0):
-    return (n + 2 * p - k) // s + 1
+# Feature dimensions of the faithful AlexNet (widths 96-256-384-384-256) under the configured
+# pooling: bilinear is ~9k dims whatever the crop; Goyal et al.'s avgpool kernels follow the map size
+# (conv1/conv2/conv3-5 maps of 57/29/15 pixels at crop 227, 45/23/12 at crop 180).
+BILINEAR_DIMS = {"conv1": 9600, "conv2": 9216, "conv3": 9600, "conv4": 9600, "conv5": 9216}
+AVGPOOL_DIMS = {227: {"conv1": 9600, "conv2": 9216, "conv3": 18816, "conv4": 18816, "conv5": 16384},
+                180: {"conv1": 4704, "conv2": 4096, "conv3": 6144, "conv4": 6144, "conv5": 6400}}
 
 
 @pytest.mark.parametrize("crop", [227, 180])
 def test_layer_dimensions_bilinear_and_avgpool(crop):
     trunk = alexnet()
-    widths = dict(zip(CONV_LAYERS, trunk.widths))
-    bil = FeatureExtractor(trunk, CONV_LAYERS, "bilinear", "L").dims(crop)
-    assert bil == {l: widths[l] * BILINEAR_SIZES[l] ** 2 for l in CONV_LAYERS}
-    assert bil == {"conv1": 9600, "conv2": 9216, "conv3": 9600, "conv4": 9600, "conv5": 9216}
-    c1 = conv_out(crop, 11, 4, 5)
-    c2 = conv_out(c1, 3, 2, 1)
-    c3 = conv_out(c2, 3, 2, 1)
-    maps = {"conv1": c1, "conv2": c2, "conv3": c3, "conv4": c3, "conv5": c3}
-    expected = {l: widths[l] * conv_out(maps[l], *AVGPOOL_GOYAL[l]) ** 2 for l in CONV_LAYERS}
-    assert FeatureExtractor(trunk, CONV_LAYERS, "avgpool", "L").dims(crop) == expected
+    assert extractor(trunk, CONV_LAYERS).dims(crop) == BILINEAR_DIMS
+    assert extractor(trunk, CONV_LAYERS, "avgpool").dims(crop) == AVGPOOL_DIMS[crop]
 
 
-def test_avgpool_on_too_small_map_is_a_clear_error():
+def test_avgpool_on_too_small_map_and_bad_settings_are_clear_errors():
     with pytest.raises(ValueError, match="probe.resize=avgpool"):
-        resize_layer(torch.zeros(1, 8, 4, 4), "conv3", "avgpool")
+        resize_layer(torch.zeros(1, 8, 4, 4), "conv3", "avgpool", (9, 1))
     with pytest.raises(ValueError, match="probe.resize"):
-        resize_layer(torch.zeros(1, 8, 4, 4), "conv3", "nearest")
+        resize_layer(torch.zeros(1, 8, 4, 4), "conv3", "nearest", 5)
+    with pytest.raises(ValueError, match="probe.resize"):
+        FeatureExtractor(tiny_trunk(), ["conv1"], "nearest", "L", pooling=POOLING)
+    with pytest.raises(ValueError, match=r"probe.pooling.bilinear has no entry for layer.*'conv5'"):
+        FeatureExtractor(tiny_trunk(), CONV_LAYERS, "bilinear", "L", pooling={"bilinear": {"conv1": 10}})
 
 
 def test_heads_learn_a_linear_rule(tmp_path):
@@ -119,7 +126,7 @@ def test_feature_cache_hits_misses_and_never_reuses_other_trunks(tmp_path):
     loader = image_batches()
 
     def features(trunk, layers):
-        ex = FeatureExtractor(trunk, layers, "bilinear", "L")
+        ex = extractor(trunk, layers)
         return Features(ex, trunk_fingerprint(trunk), "t", tmp_path, "fp", SkipCounter())
 
     trunk = tiny_trunk()
@@ -131,7 +138,7 @@ def test_feature_cache_hits_misses_and_never_reuses_other_trunks(tmp_path):
     assert (f2.hits, f2.misses) == (1, 0)
     assert np.array_equal(x1["conv3"], x2["conv3"]) and np.array_equal(y1, y2)
     # the cached values are the extractor's own outputs (float16)
-    direct = FeatureExtractor(trunk, ("conv3",), "bilinear", "L")(torch.cat([b["image"] for b in loader.dataset]))["conv3"]
+    direct = extractor(trunk, ("conv3",))(torch.cat([b["image"] for b in loader.dataset]))["conv3"]
     assert np.allclose(x2["conv3"].astype(np.float32), direct.numpy(), atol=2e-3 * float(direct.abs().max()))
     other = copy.deepcopy(trunk)
     with torch.no_grad():
@@ -173,7 +180,10 @@ def test_holdout_split_is_disjoint_and_deterministic():
 def tiny_checkpoint(tiny_data, tmp_path_factory):
     from ssl_bench.cli import main
     out = tmp_path_factory.mktemp("pre") / "run"
-    main(["pretrain", *tiny_overrides(tiny_data, out, out.parent / "cache")])
+    try:
+        main(["pretrain", *tiny_overrides(tiny_data, out, out.parent / "cache")])
+    except SystemExit as e:  # the CLI may end with sys.exit(0)
+        assert not e.code
     return out / "checkpoints" / "last.ckpt"
 
 

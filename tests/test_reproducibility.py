@@ -11,7 +11,6 @@ import time
 
 import pytest
 import torch
-
 from conftest import tiny_overrides
 
 
@@ -48,7 +47,7 @@ def test_same_seed_gives_identical_pretraining(tiny_data, tmp_path, run_cli):
 def _pretrain_cmd(data, out, cache, workers: int, decoded: str) -> list[str]:
     args = [a for a in tiny_overrides(data, out, cache) if not a.startswith(("data.num_workers", "trainer.max_epochs"))]
     return [sys.executable, "-m", "ssl_bench.cli", "pretrain", *args, f"data.num_workers={workers}",
-            "trainer.max_epochs=3", "trainer.deterministic=true", "init=gaussian", "pretext.sample_every_n_steps=0",
+            "trainer.max_epochs=3", "trainer.deterministic=true", "init=gaussian", "callbacks.samples.every_n_steps=0",
             f"data.decoded_cache={decoded}"]
 
 

@@ -23,8 +23,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 
-from ssl_bench.data.synthetic import (CLASS_HUE_MODES, CLASS_NAMES, HUE_MODES_DEG, SyntheticSpec,
-                                      generate, render)
+from ssl_bench.data.synthetic import CLASS_HUE_MODES, CLASS_NAMES, HUE_MODES_DEG, SyntheticSpec, generate, render
 
 N_CLASSES = 16
 TRAIN_PER_CLASS = 40

@@ -1,6 +1,6 @@
 """VOC fine-tuning weight preparation: BN absorption, colour branch, fc layers, rescaling, files, CLI.
 
-Every expected value is computed independently of ssl_bench.models.transfer: by hand from the BN
+Every expected value is computed independently of ssl_bench.models.prepare: by hand from the BN
 formula, with F.conv2d, or from per-unit statistics taken with plain tensor ops.
 """
 
@@ -13,17 +13,23 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import pre_activations  # noqa: E402  (shared by the trunk tests)
 from PIL import Image
 from torch import nn
 
 from ssl_bench.models.alexnet import LAYERS, AlexNet, alexnet_small
-from ssl_bench.models.checkpoint import CheckpointMismatchError
-from ssl_bench.models.transfer import (
-    AB_SCALE, MODES, ColorInputTrunk, absorb_batch_norm, fc_layers, load_prepared, load_suite_trunk,
-    prepare_for_transfer, prepare_weights_main, rescale_for_transfer, save_prepared,
+from ssl_bench.models.checkpoint import CheckpointMismatchError, load_prepared, load_suite_trunk, save_prepared
+from ssl_bench.models.prepare import (
+    AB_SCALE,
+    MODES,
+    ColorInputTrunk,
+    absorb_batch_norm,
+    fc_layers,
+    prepare_for_transfer,
+    rescale_for_transfer,
 )
+from ssl_bench.runs.prepare_weights import main as prepare_weights_main
 
-from conftest import pre_activations  # noqa: E402  (shared by the trunk tests)
 TINY = dict(widths=(16, 32, 48, 48, 32), fc_channels=64)
 
 

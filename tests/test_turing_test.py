@@ -20,7 +20,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssl_bench.colorization import study as tt
+from ssl_bench.colorization.study.analysis import summarize
+from ssl_bench.colorization.study.images import ImageItem, prepare_images
+from ssl_bench.colorization.study.server import bind_server
+from ssl_bench.colorization.study.sessions import TuringApp
+from ssl_bench.colorization.study.storage import open_db
+from ssl_bench.runs import turing_test as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -59,6 +64,7 @@ def data_dir(tmp_path_factory) -> Path:
 def colorization_ckpt(tmp_path_factory) -> Path:
     """A tiny untrained colorization model in the suite's checkpoint format."""
     import torch
+
     from ssl_bench.models.alexnet import alexnet_small
     from ssl_bench.pretext.colorization import ColorizationPretext, ColorObjective
     torch.manual_seed(0)
@@ -68,12 +74,12 @@ def colorization_ckpt(tmp_path_factory) -> Path:
     return path
 
 
-def fake_items(cache: Path, n: int = 4) -> list[tt.ImageItem]:
+def fake_items(cache: Path, n: int = 4) -> list[ImageItem]:
     """Cache PNGs without a model (for the HTTP tests)."""
     cache.mkdir(parents=True, exist_ok=True)
     items = []
     for i in range(n):
-        it = tt.ImageItem(f"img{i}.png", f"r{i}a.png", f"f{i}b.png", f"s{i}c.png")
+        it = ImageItem(f"img{i}.png", f"r{i}a.png", f"f{i}b.png", f"s{i}c.png")
         for k, name in enumerate((it.real, it.fake, it.sentinel)):
             Image.fromarray(np.full((8, 8, 3), 40 * k + i, np.uint8)).save(cache / name)
         items.append(it)
@@ -86,8 +92,8 @@ class Running:
     def __init__(self, tmp: Path, **kw) -> None:
         self.db = tmp / "answers.sqlite"
         cache = tmp / "answers_images"
-        self.app = tt.TuringApp(self.db, fake_items(cache), cache, "colorization/test", seed=1, **kw)
-        self.httpd = tt.bind_server(0)
+        self.app = TuringApp(self.db, fake_items(cache), cache, "colorization/test", seed=1, **kw)
+        self.httpd = bind_server(0)
         self.httpd.app = self.app
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -133,7 +139,7 @@ def db_rows(db: Path) -> list[dict]:
 
 
 def make_db(path: Path, rows: list[dict], method: str = "colorization/full") -> Path:
-    con = tt.open_db(path)
+    con = open_db(path)
     for i, r in enumerate(rows):
         con.execute("INSERT INTO answers (rater, session, trial_id, image_id, method, is_sentinel, left_is_real,"
                     " chose_left, correct, response_ms, timestamp) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -154,11 +160,11 @@ def rater_rows(rater: str, sentinels: list[bool], labelled_real: list[bool]) -> 
 
 
 def test_key_value_forms_are_accepted():
-    args = tt._parse(tt._test_parser(), ["checkpoint=a.ckpt", "data=d", "sentinel_fraction=0.2",
+    args = cli._parse(cli._test_parser(), ["checkpoint=a.ckpt", "data=d", "sentinel_fraction=0.2",
                                          "--seconds", "0.5", "port=9"])
     assert (args.checkpoint, args.data, args.sentinel_fraction, args.seconds, args.port) == \
         ("a.ckpt", "d", 0.2, 0.5, 9)
-    r = tt._parse(tt._results_parser(), ["db=x.sqlite", "min-sentinel-accuracy=0.5"])
+    r = cli._parse(cli._results_parser(), ["db=x.sqlite", "min-sentinel-accuracy=0.5"])
     assert (r.db, r.min_sentinel_accuracy) == ("x.sqlite", 0.5)
 
 
@@ -169,7 +175,7 @@ def test_port_in_use_is_one_line_exit_2_before_heavy_work(tmp_path, data_dir, ca
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        code = tt.turing_test_main(["--checkpoint", str(not_loaded), "--data", str(data_dir),
+        code = cli.main(["--checkpoint", str(not_loaded), "--data", str(data_dir),
                                     "--port", str(port), "--db", str(tmp_path / "a.sqlite")])
     err = capsys.readouterr().err.strip()
     assert code == 2
@@ -182,7 +188,7 @@ def test_not_a_colorization_checkpoint_exits_2(tmp_path, data_dir, capsys):
     ckpt = tmp_path / "ctx.ckpt"
     torch.save({"state_dict": {}, "ssl_bench": {"pretext": "context_prediction", "variant": None,
                                                 "trunk": {}, "input_space": "rgb"}}, ckpt)
-    code = tt.turing_test_main([f"checkpoint={ckpt}", f"data={data_dir}", f"port={free_port()}",
+    code = cli.main([f"checkpoint={ckpt}", f"data={data_dir}", f"port={free_port()}",
                                 f"db={tmp_path / 'a.sqlite'}"])
     err = capsys.readouterr().err
     assert code == 2 and "not a colorization model" in err and "context_prediction" in err
@@ -193,11 +199,12 @@ def test_not_a_colorization_checkpoint_exits_2(tmp_path, data_dir, capsys):
 
 def test_prepare_images_skips_unreadable_and_writes_256px_pngs(tmp_path, data_dir, colorization_ckpt, capsys):
     cache = tmp_path / "cache"
-    items = tt.prepare_images(data_dir, colorization_ckpt, cache)
+    items = prepare_images(data_dir, colorization_ckpt, cache)
     err = capsys.readouterr().err
     assert "broken.jpg" in err and "unreadable" in err
     assert sorted(it.image_id for it in items) == ["img1.png", "img2.png", "img3.png", "img4.png", "sub/img0.png"]
     import torch
+
     from ssl_bench import color
     for it in items:
         names = (it.real, it.fake, it.sentinel)
@@ -272,30 +279,30 @@ def test_rater_failing_a_sentinel_is_excluded(tmp_path, capsys):
     rows = (rater_rows("good", [True, True], [True, False, False, False])
             + rater_rows("sloppy", [True, False], [True, True, True, True])
             + rater_rows("nosentinel", [], [True, True]))
-    s = tt.summarize(rows, 1.0)
+    s = summarize(rows, 1.0)
     assert s["raters_kept"] == ["good"] and set(s["raters_excluded"]) == {"sloppy", "nosentinel"}
     assert s["amt_real"] == pytest.approx(25.0) and s["trials"] == 4
     db = make_db(tmp_path / "answers.sqlite", rows)
     out = tmp_path / "res" / "results.json"
-    assert tt.turing_results_main(["--db", str(db), "--out", str(out)]) == 0
+    assert cli.results_main(["--db", str(db), "--out", str(out)]) == 0
     rec = json.loads(out.read_text())
     assert rec["kind"] == "colorization_eval" and rec["method"] == "colorization/full"
     m = rec["metrics"]
     assert m["color/amt_real"] == pytest.approx(25.0) and m["color/amt_raters"] == 1
     assert m["color/amt_raters_excluded"] == 2 and m["color/amt_trials"] == 4
     # a lower threshold keeps the sloppy rater (1 of 2 sentinels right); 0 keeps everyone
-    assert tt.summarize(rows, 0.5)["raters_kept"] == ["good", "sloppy"]
-    assert len(tt.summarize(rows, 0.0)["raters_kept"]) == 3
-    assert tt.turing_results_main([f"db={tmp_path / 'missing.sqlite'}"]) == 2
+    assert summarize(rows, 0.5)["raters_kept"] == ["good", "sloppy"]
+    assert len(summarize(rows, 0.0)["raters_kept"]) == 3
+    assert cli.results_main([f"db={tmp_path / 'missing.sqlite'}"]) == 2
 
 
 def test_bootstrap_se_of_identical_raters_is_zero():
     rows = [r for k in range(6) for r in rater_rows(f"r{k}", [True], [True, False, False, True])]
-    s = tt.summarize(rows)
+    s = summarize(rows)
     assert s["amt_real"] == pytest.approx(50.0) and s["amt_real_se"] == 0.0 and len(s["raters_kept"]) == 6
     mixed = rater_rows("a", [True], [True] * 4) + rater_rows("b", [True], [False] * 4)
-    se = tt.summarize(mixed)["amt_real_se"]
-    assert 20 < se < 50 and se == tt.summarize(mixed)["amt_real_se"]  # fixed seed: reproducible
+    se = summarize(mixed)["amt_real_se"]
+    assert 20 < se < 50 and se == summarize(mixed)["amt_real_se"]  # fixed seed: reproducible
 
 
 # --------------------------------------------------------------------------- a real browser, end to end
@@ -328,7 +335,7 @@ def test_browser_end_to_end(tmp_path, data_dir, colorization_ckpt):
 
     port, db = free_port(), tmp_path / "answers.sqlite"
     trials = 8
-    cmd = [PY, "-m", "ssl_bench.colorization.study", f"checkpoint={colorization_ckpt}",
+    cmd = [PY, "-m", "ssl_bench.runs.turing_test", f"checkpoint={colorization_ckpt}",
            f"data={data_dir}", "--port", str(port), "--db", str(db), "--trials", str(trials),
            "--sentinel-fraction", "0.25", "--seconds", "0.2"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -385,7 +392,7 @@ def test_browser_end_to_end(tmp_path, data_dir, colorization_ckpt):
     passed_sentinels = all(r["left_is_real"] for r in rows if r["is_sentinel"])
 
     out_all = tmp_path / "all" / "results.json"
-    assert tt.turing_results_main(["--db", str(db), "--out", str(out_all), "--min-sentinel-accuracy", "0"]) == 0
+    assert cli.results_main(["--db", str(db), "--out", str(out_all), "--min-sentinel-accuracy", "0"]) == 0
     rec = json.loads(out_all.read_text())
     assert rec["kind"] == "colorization_eval" and rec["method"] == "colorization/class"
     m = rec["metrics"]
@@ -394,7 +401,7 @@ def test_browser_end_to_end(tmp_path, data_dir, colorization_ckpt):
     assert m["color/amt_raters"] == 1 and m["color/amt_trials"] == len(method_rows) == trials - 2
 
     out_strict = tmp_path / "strict" / "results.json"
-    code = tt.turing_results_main(["--db", str(db), "--out", str(out_strict)])
+    code = cli.results_main(["--db", str(db), "--out", str(out_strict)])
     if passed_sentinels:
         assert code == 0 and json.loads(out_strict.read_text())["metrics"]["color/amt_real"] == pytest.approx(expected)
     else:  # clicking "left" got a sentinel wrong: the only rater is excluded, nothing to report

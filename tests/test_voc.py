@@ -15,10 +15,17 @@ from skimage.color import rgb2lab
 from sklearn.svm import LinearSVC
 from torch.utils.data import DataLoader
 
-from ssl_bench.data.voc import (VOC_CLASSES, VOCClassification, collate_voc, parse_annotation,
-                                read_classification, voc_colormap, voc_root)
-from ssl_bench.data.voc_synthetic import _void_band, write_synthetic_voc
 from ssl_bench.data.synthetic import CLASS_HUE_MODES, HUE_MODES_DEG
+from ssl_bench.data.voc import (
+    VOC_CLASSES,
+    VOCClassification,
+    collate_voc,
+    parse_annotation,
+    read_classification,
+    voc_colormap,
+    voc_root,
+)
+from ssl_bench.data.voc_synthetic import _void_band, write_synthetic_voc
 from ssl_bench.probe.svm_voc07 import svm_voc07
 
 

@@ -17,9 +17,8 @@ from torchvision import transforms as T1
 from ssl_bench.data.images import decode_rgb
 from ssl_bench.data.voc import VOC_CLASSES
 from ssl_bench.data.voc_synthetic import write_synthetic_voc
-from ssl_bench.transfer.voc_cls import (VOCClassificationData, VOCClassificationTask, layer_parameters,
-                                          masked_bce_loss)
 from ssl_bench.models.alexnet import alexnet_small
+from ssl_bench.transfer.voc_cls import VOCClassificationData, VOCClassificationTask, layer_parameters, masked_bce_loss
 
 CROP, LOAD = 56, 64
 TINY = dict(input_space="rgb", widths=(16, 32, 48, 48, 32), fc_channels=64)

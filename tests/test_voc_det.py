@@ -13,10 +13,16 @@ import torch
 
 from ssl_bench.data.voc import VOC_CLASSES
 from ssl_bench.data.voc_synthetic import write_synthetic_voc
-from ssl_bench.transfer.voc_det import (VOCDetectionData, VOCDetectionDataset, VOCDetectionTask,
-                                          _class_ap, collate_detection, evaluate_detections,
-                                          hflip_detection)
 from ssl_bench.models.alexnet import alexnet_small
+from ssl_bench.transfer.voc_det import (
+    VOCDetectionData,
+    VOCDetectionDataset,
+    VOCDetectionTask,
+    _class_ap,
+    collate_detection,
+    evaluate_detections,
+    hflip_detection,
+)
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,20 @@ from torch import nn
 
 from ssl_bench.data.voc import read_image_set, voc_colormap
 from ssl_bench.data.voc_synthetic import write_synthetic_voc
-from ssl_bench.transfer.voc_seg import (IGNORE_INDEX, MEAN_PIXEL, SEG_CLASSES, FCN32s, SegTrainTransform,
-                                          VOCSegmentationData, VOCSegmentationDataset, VOCSegmentationTask,
-                                          bilinear_kernel, collate_seg, read_mask)
 from ssl_bench.models.alexnet import alexnet_small
+from ssl_bench.transfer.voc_seg import (
+    IGNORE_INDEX,
+    MEAN_PIXEL,
+    SEG_CLASSES,
+    FCN32s,
+    SegTrainTransform,
+    VOCSegmentationData,
+    VOCSegmentationDataset,
+    VOCSegmentationTask,
+    bilinear_kernel,
+    collate_seg,
+    read_mask,
+)
 
 
 @pytest.fixture(scope="module")

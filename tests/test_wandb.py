@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_overrides
+
 from ssl_bench.report import tracking
 from ssl_bench.report.tracking import layer_rows, wandb_run_kwargs
 
@@ -347,7 +347,8 @@ def test_leaderboard_command_logs_a_wandb_run_without_network(no_mode, tmp_path,
     first = assert_leaderboard_run(root, sections)
     assert first["project"] == "lb_test" and first["tags"] == ["smoke"]
     table = wandb_table(first["run"], "leaderboard/linear_probe")
-    measured = [dict(zip(table["columns"], r)) for r in table["data"] if r[table["columns"].index("source")] == "measured"]
+    source = table["columns"].index("source")
+    measured = [dict(zip(table["columns"], r)) for r in table["data"] if r[source] == "measured"]
     assert [(m["method"], m["n_runs"], m["best_layer"]) for m in measured] == [
         ("colorization/full", 2, "conv5"), ("gaussian/rgb", 2, "conv5")]
     assert measured[0]["conv3_mean"] == pytest.approx(23.5) and measured[0]["conv3_n"] == 2
@@ -393,7 +394,8 @@ def fake_stage(config_name: str, args: list[str]) -> None:
     kinds = {"pretrain": {"kind": "pretrain", "metrics": {}},
              "probe_run": {"kind": "probe", "probe": "linear",
                            "metrics": {f"probe/conv{i}/top1": 10.0 * i + len(method) for i in range(1, 6)}},
-             "finetune": {"kind": "finetune", "task": "voc_cls_fc6", "metrics": {"voc07/cls_fc6/mAP": 30.0 + len(method)}},
+             "finetune": {"kind": "finetune", "task": "voc_cls_fc6",
+                          "metrics": {"voc07/cls_fc6/mAP": 30.0 + len(method)}},
              "colorization_eval": {"kind": "colorization_eval", "metrics": {"color/auc_raw": 80.0}}}
     (out / "results.json").write_text(json.dumps({"schema_version": 1, "status": "completed", "seed": 0,
                                                   "method": method, "dataset": {"name": "synth"},
@@ -451,8 +453,8 @@ def test_smoke_benchmark_with_wandb_logger_end_to_end(tmp_path, run_cli, monkeyp
     assert {"leaderboard/linear_probe", "leaderboard/voc"} <= set(sections)
     first = assert_leaderboard_run(out, sections)
     assert (first["project"], first["group"], first["tags"]) == ("smoke_test", "benchmark-smoke", ["smoke"])
-    measured = [l for l in sections["leaderboard/linear_probe"] if l["source"] == "measured"]
-    assert [l["method"] for l in measured] == ["gaussian/rgb"]
+    measured = [line for line in sections["leaderboard/linear_probe"] if line["source"] == "measured"]
+    assert [line["method"] for line in measured] == ["gaussian/rgb"]
 
     assert run_cli(*args) == 0  # again: stages skipped, the leaderboard run continued (same id)
     assert json.loads((out / "benchmark_summary.json").read_text())["times"] == {}

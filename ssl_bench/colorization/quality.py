@@ -10,13 +10,11 @@
 * Reference rows on the same pixels: grey (ab = 0), random (ab of another image of the set) and
   ground truth (100 by construction).
 
-``run_colorization_eval`` does all of it in one pass over the evaluation split.
+``QualityAccumulator`` gathers all of it in one pass over the evaluation split.
 """
 
 from __future__ import annotations
 
-import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +23,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_bench import color
-from ssl_bench.colorization.colorize import DECODE_METHODS, grey_rgb, load_colorizer, predict_ab, to_uint8
-from ssl_bench.models.alexnet import AlexNet
-from ssl_bench.models.checkpoint import CheckpointMismatchError, check_state_dict, read_checkpoint
+from ssl_bench.colorization.colorize import grey_rgb, predict_ab, to_uint8
+from ssl_bench.models.checkpoint import (
+    CheckpointMismatchError,
+    load_state,
+    read_state_dict,
+    read_suite_checkpoint,
+)
 from ssl_bench.models.inputs import trunk_input
+from ssl_bench.pretext.colorization import ColorizationPretext
 
 __all__ = ["THRESHOLDS", "MAX_THRESHOLD", "auc_curve", "auc", "auc_from_curve", "AucAccumulator",
            "inverse_prior", "rebalanced_pixel_weights", "ab_error", "RandomReference",
-           "load_classifier", "classifier_correct", "classifier_top1", "run_colorization_eval"]
+           "load_classifier", "classifier_correct", "classifier_top1", "REFERENCES", "QualityAccumulator"]
 
 MAX_THRESHOLD = 150
 THRESHOLDS: tuple[int, ...] = tuple(range(MAX_THRESHOLD + 1))  # 0, 1, ..., 150 (ab units)
@@ -232,33 +235,23 @@ def load_classifier(spec: str) -> tuple[nn.Module, dict[str, Any]]:
         if not path.is_file():
             raise FileNotFoundError(f"classifier={spec}: VGG-16 weights file {path} does not exist")
         import torchvision
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict) or "classifier.6.weight" not in state:
+        state = read_state_dict(path)
+        if "classifier.6.weight" not in state:
             raise CheckpointMismatchError(f"classifier={spec}: {path} is not a torchvision VGG-16 state dict")
         num_classes = int(state["classifier.6.weight"].shape[0])
-        net = torchvision.models.vgg16(weights=None, num_classes=num_classes)
-        check_state_dict(net, state, str(path))
-        net.load_state_dict(state)
+        net = load_state(torchvision.models.vgg16(weights=None, num_classes=num_classes), state, str(path))
         return ImageNetClassifier(net).eval(), {"kind": "vgg16", "source": str(path), "num_classes": num_classes}
     from ssl_bench.pretext.supervised import SupervisedPretext
-    ckpt = read_checkpoint(spec)
-    meta = ckpt.get("ssl_bench")
-    if not isinstance(meta, dict) or "trunk" not in meta:
-        raise CheckpointMismatchError(f"classifier={spec} was not written by ssl_bench (no 'ssl_bench' "
-                                      "entry); give a pretext=supervised checkpoint or vgg16:/path")
-    if meta.get("pretext") != "supervised" or not meta.get("num_classes"):
-        what = f"{meta.get('pretext')}/{meta.get('variant')}" if meta.get("variant") else meta.get("pretext")
-        raise CheckpointMismatchError(f"classifier={spec} is not a classifier: it holds a {what!r} model "
-                                      "(give a pretext=supervised checkpoint or vgg16:/path)")
-    model = SupervisedPretext(AlexNet(**meta["trunk"]), optimizer=None, num_classes=int(meta["num_classes"]),
-                              input_space=meta.get("input_space", "rgb"))
-    state = ckpt.get("state_dict") or {}
-    check_state_dict(model, state, spec)
-    model.load_state_dict(state)
-    return model.eval(), {"kind": "supervised", "source": spec, "num_classes": int(meta["num_classes"]),
-                          "input_space": meta.get("input_space", "rgb")}
+    hint = "classifier= takes a pretext=supervised checkpoint or vgg16:/path"
+    ckpt = read_suite_checkpoint(spec, pretext="supervised", expected="a classifier", hint=hint)
+    num_classes = ckpt.meta.get("num_classes")
+    if not num_classes:
+        raise CheckpointMismatchError(f"checkpoint {spec} is not a classifier: it records no num_classes; {hint}")
+    input_space = ckpt.meta.get("input_space", "rgb")
+    model = ckpt.load_model(SupervisedPretext(ckpt.build_trunk(), optimizer=None, num_classes=int(num_classes),
+                                              input_space=input_space))
+    return model, {"kind": "supervised", "source": spec, "num_classes": int(num_classes),
+                   "input_space": input_space}
 
 
 @torch.no_grad()
@@ -275,144 +268,71 @@ def classifier_top1(classifier: nn.Module, images: Tensor, labels: Tensor) -> fl
 
 
 # ---------------------------------------------------------------------------------------------
-# The evaluation run
-
-
-def _device(name: str | None) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+# One evaluation pass
 
 
 REFERENCES = ("grey", "random", "gt")
+_WEIGHTINGS = ("raw", "rebal")
 
 
-def run_colorization_eval(cfg: Any) -> dict[str, Any]:
-    """Colorization quality of ``cfg.checkpoint`` on the val split of ``cfg.data``; writes and returns
-    the results.json record (kind "colorization_eval").
+class QualityAccumulator:
+    """The running scores of one pass of a colorizer over an evaluation split.
 
-    One pass: per batch, the prediction is decoded once and scored (AuC raw and rebalanced) with the
-    grey / random / ground-truth references on the same pixels, and the classifier (``cfg.classifier``,
-    optional) is run on the colorized, grey and ground-truth images.
+    Per batch the prediction is decoded once and scored (AuC raw and rebalanced) together with the
+    grey / random / ground-truth references on the same pixels; with a classifier, its top-1 hits on
+    the colorized, grey and ground-truth images are counted.
+
+    prior: the training set's 313-bin ab prior (rebalanced AuC weighs a pixel by 1 / prior).
+    seed: of the random reference's donor images.
     """
-    from hydra.utils import instantiate
 
-    from ssl_bench.data.images import SkipCounter
-    from ssl_bench.pretext.colorization import dataset_prior
-    from ssl_bench.runs.common import RunClock, finish_record
+    def __init__(self, model: ColorizationPretext, prior: Tensor, decode: str = "annealed_mean", T: float = 0.38,
+                 seed: int = 0, classifier: nn.Module | None = None) -> None:
+        self.model, self.decode, self.T, self.classifier = model, decode, T, classifier
+        self.inv_prior = inverse_prior(prior).to(next(model.parameters()).device)
+        self.auc = {(row, kind): AucAccumulator() for row in ("model", *REFERENCES) for kind in _WEIGHTINGS}
+        self.correct = {"colorized": 0, "grey": 0, "gt": 0}
+        self.random = RandomReference(seed)
+        self.images = 0
 
-    clock = RunClock()
-    out_dir = Path(cfg.paths.output_dir)
-    decode, T = str(cfg.decode), float(cfg.T)
-    if decode not in DECODE_METHODS:
-        raise ValueError(f"decode: expected one of {', '.join(DECODE_METHODS)}, got {decode!r}")
-    if not T > 0:
-        raise ValueError(f"T must be > 0, got {T}")
-    torch.manual_seed(cfg.seed)
-    device = _device(cfg.get("device"))
-    model = load_colorizer(cfg.checkpoint, device)  # fail fast, before any data work
-    meta = model.source_meta
-    classifier, cdesc = (None, None)
-    if cfg.get("classifier"):
-        classifier, cdesc = load_classifier(cfg.classifier)
-        classifier.to(device)
+    @torch.inference_mode()
+    def update(self, images: Tensor, labels: Tensor | None = None) -> None:
+        """images: uint8 N x 3 x H x W on the model's device; labels: int64 N (needed with a classifier)."""
+        lab = color.rgb_to_lab(images)
+        L, ab = lab[:, :1], lab[:, 1:]
+        ab_hat = F.interpolate(predict_ab(self.model, L, self.decode, self.T), size=L.shape[-2:],
+                               mode="bilinear", align_corners=False)
+        self._score_ab(ab, ab_hat)
+        if self.classifier is not None:
+            colorized = to_uint8(color.lab_to_rgb(torch.cat([L, ab_hat], 1)))
+            for name, imgs in (("colorized", colorized), ("grey", grey_rgb(L)), ("gt", images)):
+                self.correct[name] += classifier_correct(self.classifier, imgs, labels)
+        self.images += images.shape[0]
 
-    dm = instantiate(cfg.data)
-    dm.prepare_data()
-    dm.setup("fit")
-    samples = list(dm.val_samples)
-    if not samples:
-        raise ValueError(f"data.root={dm.root}: the val split is empty")
-    if cfg.get("max_images") and len(samples) > cfg.max_images:
-        samples = sorted(random.Random(cfg.seed).sample(samples, int(cfg.max_images)))
-    if classifier is not None:
-        if any(label < 0 for _, label in samples):
-            raise ValueError(f"classifier=...: data.root={dm.root} has no labels (data.layout=folder); "
-                             "the classifier test needs class folders (data.layout=imagefolder)")
-        if cdesc["num_classes"] != dm.num_classes:
-            raise ValueError(f"classifier={cfg.classifier} has {cdesc['num_classes']} classes but "
-                             f"data.root={dm.root} has {dm.num_classes}")
+    def _score_ab(self, ab: Tensor, ab_hat: Tensor) -> None:
+        w = self.inv_prior[color.nearest_bin(ab)]
+        errors = {"model": ab_error(ab_hat, ab), "grey": torch.hypot(ab[:, 0], ab[:, 1]),
+                  "gt": torch.zeros_like(ab[:, 0])}
+        ab_rand = self.random(ab)
+        if ab_rand is not None:
+            errors["random"] = ab_error(ab_rand, ab)
+        for row, e in errors.items():
+            idx = self.auc[row, "raw"].bin_index(e)  # the same bins serve both weightings
+            self.auc[row, "raw"].update_bins(idx)
+            self.auc[row, "rebal"].update_bins(idx, w)
 
-    # the training set's prior (cached with the same name as pretraining's, so usually a hit)
-    tp = time.perf_counter()
-    prior_images = cfg.get("prior_images")
-    batches: Any = dm.eval_train_dataloader()
-    if prior_images:
-        batches = (b for _, b in zip(range(max(1, prior_images // dm.batch_size)), batches))
-    prior = dataset_prior(batches, f"{dm.fingerprint}-n{prior_images}", cfg.paths.cache_dir,
-                          model.ab_stride, cfg.get("prior_sigma", 5.0))
-    prior_s = time.perf_counter() - tp
-    inv_prior = inverse_prior(prior).to(device)
-
-    acc = {(row, kind): AucAccumulator() for row in ("model", *REFERENCES) for kind in ("raw", "rebal")}
-    correct = {"colorized": 0, "grey": 0, "gt": 0}
-    rand = RandomReference(cfg.seed)
-    skips = SkipCounter()
-    n_images = 0
-    tl = time.perf_counter()
-    with torch.inference_mode():
-        for batch in dm.loader(samples, False, int(cfg.batch_size)):
-            skips.add(batch["skipped"])
-            images = batch["image"]
-            if not images.shape[0]:
-                continue
-            images = images.to(device, non_blocking=True)
-            lab = color.rgb_to_lab(images)
-            L, ab = lab[:, :1], lab[:, 1:]
-            ab_hat = F.interpolate(predict_ab(model, L, decode, T), size=L.shape[-2:], mode="bilinear",
-                                   align_corners=False)
-            w = inv_prior[color.nearest_bin(ab)]
-            errors = {"model": ab_error(ab_hat, ab), "grey": torch.hypot(ab[:, 0], ab[:, 1]),
-                      "gt": torch.zeros_like(ab[:, 0])}
-            ab_rand = rand(ab)
-            if ab_rand is not None:
-                errors["random"] = ab_error(ab_rand, ab)
-            for row, e in errors.items():
-                idx = acc[row, "raw"].bin_index(e)  # the same bins serve both weightings
-                acc[row, "raw"].update_bins(idx)
-                acc[row, "rebal"].update_bins(idx, w)
-            if classifier is not None:
-                labels = batch["label"].to(device)
-                colorized = to_uint8(color.lab_to_rgb(torch.cat([L, ab_hat], 1)))
-                for name, imgs in (("colorized", colorized), ("grey", grey_rgb(L)), ("gt", images)):
-                    correct[name] += classifier_correct(classifier, imgs, labels)
-            n_images += images.shape[0]
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    loop_s = time.perf_counter() - tl
-    if not n_images:
-        raise ValueError(f"data.root={dm.root}: no decodable image in the val split "
-                         f"({skips.count} unreadable)")
-
-    metrics: dict[str, Any] = {"color/auc_raw": acc["model", "raw"].value(),
-                               "color/auc_rebal": acc["model", "rebal"].value()}
-    if classifier is not None:
-        metrics["color/classifier_top1"] = 100.0 * correct["colorized"] / n_images
-        metrics["color/classifier_top1_grey"] = 100.0 * correct["grey"] / n_images
-        metrics["color/classifier_top1_gt"] = 100.0 * correct["gt"] / n_images
-    for row in REFERENCES:
-        for kind in ("raw", "rebal"):
-            metrics[f"color/reference/{row}/auc_{kind}"] = acc[row, kind].value_or_none()
-    metrics["color/images_per_s"] = n_images / loop_s if loop_s > 0 else None
-
-    method = f"colorization/{meta['variant']}" if meta.get("variant") else "colorization"
-    decoding = f"annealed mean T={T:g}" if decode == "annealed_mean" else decode
-    if model.objective.kind == "regression":
-        decoding = "direct ab regression (no decoding)"
-    classifier_text = (f"; classifier top-1: {cdesc['kind']} ({cdesc['num_classes']} classes)"
-                       if cdesc else "; no classifier")
-    record = {
-        "kind": "colorization_eval", "task": "auc_classifier", "method": method, "status": "completed",
-        "protocol": f"{PROTOCOL} ({dm.crop_size} px); decoding: {decoding}{classifier_text}",
-        "metrics": metrics,
-        "checkpoint": str(cfg.checkpoint), "trunk": meta,
-        "decode": decode, "T": T, "classifier": cdesc,
-        "prior": {"sigma": cfg.get("prior_sigma", 5.0), "ab_stride": model.ab_stride,
-                  "images": prior_images, "nonzero_bins": int((prior > 0).sum())},
-        "dataset": {"name": Path(str(dm.root)).name, "root": str(dm.root), "fingerprint": dm.fingerprint,
-                    "num_train": len(dm.train_samples), "num_val": len(dm.val_samples),
-                    "num_eval": n_images, "num_classes": dm.num_classes, "crop_size": dm.crop_size,
-                    "skipped_images": skips.count},
-        "timing": {"prior_s": prior_s, "eval_loop_s": loop_s},
-    }
-    return finish_record(record, clock, cfg, out_dir)
+    def metrics(self) -> dict[str, float | None]:
+        """``color/auc_raw`` / ``color/auc_rebal``, the classifier's top-1 (%) on the three kinds of
+        image when there is one, and ``color/reference/<row>/auc_<kind>`` (None: no pixel scored)."""
+        if not self.images:
+            raise ValueError("QualityAccumulator: no images scored")
+        metrics: dict[str, float | None] = {"color/auc_raw": self.auc["model", "raw"].value(),
+                                            "color/auc_rebal": self.auc["model", "rebal"].value()}
+        if self.classifier is not None:
+            metrics["color/classifier_top1"] = 100.0 * self.correct["colorized"] / self.images
+            metrics["color/classifier_top1_grey"] = 100.0 * self.correct["grey"] / self.images
+            metrics["color/classifier_top1_gt"] = 100.0 * self.correct["gt"] / self.images
+        for row in REFERENCES:
+            for kind in _WEIGHTINGS:
+                metrics[f"color/reference/{row}/auc_{kind}"] = self.auc[row, kind].value_or_none()
+        return metrics

@@ -7,17 +7,34 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.trainer.states import TrainerStatus
 import torch
+from pytorch_lightning.trainer.states import TrainerStatus
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
-from ssl_bench.data.decoded_cache import (DecodedImages, EncodedImages, build_cache, check_cache,
-                                          collate_encoded, crop_flip, decode_on_device, first, native_size,
-                                          seeded_offsets)
+from ssl_bench.data.decoded_cache import (
+    DecodedImages,
+    EncodedImages,
+    build_cache,
+    check_cache,
+    collate_encoded,
+    crop_flip,
+    decode_on_device,
+    first,
+    native_size,
+    seeded_offsets,
+)
+from ssl_bench.data.images import (
+    DataLayoutError,
+    ImageDataset,
+    collate_skip,
+    eval_transform,
+    fingerprint,
+    image_folder_samples,
+    list_images,
+    train_transform,
+)
 from ssl_bench.data.resumable import EpochBatchSampler, ResumableLoader
 from ssl_bench.data.sharding import ShardedBatchSampler
-from ssl_bench.data.images import (DataLayoutError, ImageDataset, collate_skip, eval_transform,
-                                   fingerprint, image_folder_samples, list_images, train_transform)
 from ssl_bench.data.synthetic import SyntheticSpec, generate
 
 

@@ -17,7 +17,6 @@ from torch import Tensor, nn
 from ssl_bench.models.layers import CONV_LAYERS, LAYERS
 
 
-
 class ConvBNReLU(nn.Sequential):
     """Conv -> BatchNorm (no affine, as in the authors' net) -> ReLU."""
 
@@ -97,7 +96,7 @@ class AlexNet(nn.Module):
             layers: any of conv1..conv5, fc6, fc7.
             conv1_residual: optional N x widths[0] x h1 x w1 (conv1's output size) added to conv1's
                 pre-activation, before its batch norm and ReLU: the "color" fine-tuning mode sums a
-                second conv1 branch on ab with conv1(L) there (see ssl_bench.models.transfer).
+                second conv1 branch on ab with conv1(L) there (see ssl_bench.models.prepare).
         Returns:
             dict layer -> N x C x h x w.
         """

@@ -20,7 +20,7 @@ def trunk_input(images: Tensor, space: str) -> Tensor:
     "L": lightness centred as L - 50, N x 1 x H x W (colorization trunks).
     "rgb": sRGB / 255 normalised by the ImageNet mean and std, N x 3 x H x W.
     "lab": (L - 50, a, b), N x 3 x H x W: the "color" fine-tuning mode of an L trunk, whose extra
-        conv1 branch reads ab (see ssl_bench.models.transfer).
+        conv1 branch reads ab (see ssl_bench.models.prepare).
     """
     if space == "L":
         return color.l_from_uint8(images) - L_CENTER

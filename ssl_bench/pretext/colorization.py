@@ -15,16 +15,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_bench import color
-from ssl_bench.pretext.losses import l2_regression, resize_to, soft_cross_entropy_map
 from ssl_bench.pretext import common
 from ssl_bench.pretext.common import NonFiniteLossError, SkipCounter
+from ssl_bench.pretext.losses import l2_regression, resize_to, soft_cross_entropy_map
 from ssl_bench.pretext.samples import save_colorization_grid
 
-__all__ = ["ColorObjective", "ColorizationPretext", "NonFiniteLossError", "dataset_prior"]
+__all__ = ["ColorObjective", "ColorizationPretext", "NonFiniteLossError", "dataset_prior", "training_prior"]
 
 
 class ColorObjective:
-    """What the network predicts and how it is scored (config group ``loss``).
+    """What the network predicts and how it is scored (``pretext.objective`` of conf/pretext/colorization.yaml).
 
     A plain class rather than a dataclass: Hydra would turn a dataclass passed to ``instantiate``
     back into a config node.
@@ -42,7 +42,7 @@ class ColorObjective:
                  neighbors: int = 10, sigma: float = 5.0, prior_sigma: float | None = 5.0,
                  prior_images: int | None = None) -> None:
         if kind not in ("classification", "regression"):
-            raise ValueError(f"loss.kind: expected 'classification' or 'regression', got {kind!r}")
+            raise ValueError(f"pretext.objective.kind: expected 'classification' or 'regression', got {kind!r}")
         self.kind, self.lam, self.neighbors, self.sigma = kind, lam, neighbors, sigma
         self.rebalance = rebalance and kind == "classification"
         self.prior_sigma, self.prior_images = prior_sigma, prior_images
@@ -82,20 +82,20 @@ class ColorizationPretext(pl.LightningModule):
 
     Args:
         trunk: built backbone (``backbone`` group) with ``in_channels == 1``.
-        objective: built ``loss`` group.
+        objective: built ``pretext.objective``.
         optimizer: partial optimiser factory taking the parameters.
         scheduler: partial LR-scheduler factory taking the optimiser (stepped per iteration), or None.
         prior: 313-bin empirical prior of the training set (needed when rebalancing).
         ab_stride: decimation of the ab target grid (8 for the AlexNet net, 4 for the VGG net).
-        sample_every_n_steps: write a grid of sample colorizations this often (0 = only at the end).
+        temperature: annealed-mean T of the pictures and the validation ab error.
         channels_last: NHWC memory format for the convolutions.
         input_space: always "L" (kept as an argument so every pretext declares what it feeds).
     """
 
     def __init__(self, trunk: nn.Module, objective: ColorObjective, optimizer: Callable[..., Any],
                  scheduler: Callable[..., Any] | None = None, prior: Tensor | None = None,
-                 ab_stride: int = 8, temperature: float = 0.38, sample_every_n_steps: int = 500,
-                 channels_last: bool = True, input_space: str = "L") -> None:
+                 ab_stride: int = 8, temperature: float = 0.38, channels_last: bool = True,
+                 input_space: str = "L") -> None:
         super().__init__()
         if input_space != "L":
             raise ValueError(f"pretext.input_space: colorization predicts ab from L, got {input_space!r}")
@@ -105,10 +105,9 @@ class ColorizationPretext(pl.LightningModule):
         self.trunk, self.objective = trunk, objective
         self.head = nn.Conv2d(trunk.out_channels, objective.num_outputs, 1)  # fc8
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.ab_stride, self.temperature = ab_stride, temperature
-        self.sample_every_n_steps, self.channels_last = sample_every_n_steps, channels_last
+        self.ab_stride, self.temperature, self.channels_last = ab_stride, temperature, channels_last
         if objective.rebalance and prior is None:
-            raise ValueError("loss.rebalance=true needs the training set's ab prior")
+            raise ValueError("pretext.objective.rebalance=true needs the training set's ab prior")
         weights = color.rebalance_weights(prior, objective.lam) if prior is not None else torch.ones(color.NUM_BINS)
         self.register_buffer("bin_weights", weights.float())
         self.skips = SkipCounter()
@@ -124,7 +123,16 @@ class ColorizationPretext(pl.LightningModule):
         out = resize_to(self.head(self.trunk(x)), tuple(ab.shape[-2:]))
         return out, ab, L
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+    @staticmethod
+    def data_arguments(datamodule: Any, cache_dir: str | Path, arguments: dict[str, Any]) -> dict[str, Any]:
+        """The training set's ab prior, which a rebalancing objective needs (see `common`)."""
+        objective = arguments["objective"]
+        if not objective.rebalance:
+            return {}
+        return {"prior": training_prior(datamodule, cache_dir, arguments["ab_stride"], objective.prior_sigma,
+                                        objective.prior_images)}
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any] | None:
         images = common.batch_images(self, batch)
         if images is None:  # every file in the batch was unreadable
             return None
@@ -134,15 +142,12 @@ class ColorizationPretext(pl.LightningModule):
         self.log("pretrain/loss", loss, prog_bar=True)
         self.log("pretrain/loss_unweighted", plain)
         self.log("pretrain/skipped_images", float(self.skips.count))
-        every = self.sample_every_n_steps
-        if every and self.global_step % every == 0 and self.global_rank == 0:
-            self.save_samples(L, out, ab, f"step_{self.global_step:07d}")
-        return loss
+        return {"loss": loss, "samples": (L, out.detach(), ab)}
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any] | None:
         images = common.batch_images(self, batch)
         if images is None:
-            return
+            return None
         out, ab, L = self(images)
         loss, plain = self.objective.loss(out, ab, self.bin_weights)
         err = (self.objective.decode(out.float(), self.temperature) - ab).norm(dim=1).mean()
@@ -151,8 +156,7 @@ class ColorizationPretext(pl.LightningModule):
         self.log("pretrain/val_ab_error", err, batch_size=n, sync_dist=True)
         # the grey prediction (ab = 0) as a reference point for the error above
         self.log("pretrain/val_ab_error_grey", ab.norm(dim=1).mean(), batch_size=n, sync_dist=True)
-        if batch_idx == 0 and self.global_rank == 0 and not self.trainer.sanity_checking:
-            self.save_samples(L, out, ab, f"val_epoch_{self.current_epoch:03d}")
+        return {"samples": (L, out, ab)}
 
     @torch.no_grad()
     def colorize(self, images: Tensor, T: float | None = None) -> Tensor:
@@ -163,6 +167,7 @@ class ColorizationPretext(pl.LightningModule):
         return color.lab_to_rgb(torch.cat([L, ab_full], dim=1))
 
     def save_samples(self, L: Tensor, out: Tensor, ab: Tensor, tag: str) -> Path | None:
+        """samples/<tag>.png: grey input | colorization | ground truth of the first 8 images."""
         root = common.samples_dir(self)
         if root is None:
             return None
@@ -175,7 +180,7 @@ class ColorizationPretext(pl.LightningModule):
     def final_samples(self, images: Tensor) -> Path | None:
         """Colorizations of the given uint8 images, written as samples/final.png."""
         out, ab, L = self(images)
-        return self.save_samples(L, out, ab, "final")
+        return self.save_samples(L, out, ab, tag="final")
 
     def configure_optimizers(self) -> Any:
         return common.configure_optimizers(self.parameters(), self.optimizer_factory, self.scheduler_factory)
@@ -186,11 +191,15 @@ class ColorizationPretext(pl.LightningModule):
         return common.trunk_meta(self.trunk, "colorization", self.objective.variant,
                                  num_outputs=self.objective.num_outputs, ab_stride=self.ab_stride)
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        common.save_meta(self, checkpoint)
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        common.load_meta(self, checkpoint)
+def training_prior(datamodule: Any, cache_dir: str | Path, ab_stride: int, sigma: float | None,
+                   images: int | None = None) -> Tensor:
+    """`dataset_prior` of the datamodule's train split, on its first ``images`` images (whole
+    batches, at least one; None = all of them)."""
+    batches = datamodule.eval_train_dataloader()
+    if images:
+        batches = (b for _, b in zip(range(max(1, images // datamodule.batch_size)), batches))
+    return dataset_prior(batches, f"{datamodule.fingerprint}-n{images}", cache_dir, ab_stride, sigma)
 
 
 def dataset_prior(batches: Any, fingerprint: str, cache_dir: str | Path, ab_stride: int,

@@ -3,10 +3,16 @@
 Protocol of a pretext module (what ``ssl_bench.runs.pretrain`` relies on):
 - constructor takes built components: ``trunk``, partial ``optimizer`` and ``scheduler`` factories,
   ``input_space`` ("L" or "rgb": how uint8 images are fed to the trunk; must match the trunk's);
+- an optional static ``data_arguments(datamodule, cache_dir, arguments) -> dict``: constructor
+  arguments derived from the training data, given the configured (built) ones (colorization's ab
+  prior, supervised's number of classes);
 - batches are ``{"image": uint8 N x 3 x H x W, "label": int64 N, "skipped": [paths]}``;
 - logs ``pretrain/loss`` (train) and ``pretrain/val_loss`` (val), raises `NonFiniteLossError`;
-- ``checkpoint_meta`` (pretext, variant, input_space, trunk config) stored under ``ckpt["ssl_bench"]``;
-- ``skips`` (a `SkipCounter`) and ``final_samples(images, out_dir) -> Path | None``.
+- ``training_step`` returns ``{"loss": ..., "samples": ...}`` ("samples" optional, also returned by
+  ``validation_step``): the material ``save_samples(*samples, tag=...)`` pictures;
+- ``checkpoint_meta`` (pretext, variant, input_space, trunk config) and ``skips`` (a `SkipCounter`),
+  stored in every checkpoint by ``ssl_bench.pretext.callbacks.CheckpointMetadata``;
+- ``final_samples(images) -> Path | None``.
 """
 
 from __future__ import annotations
@@ -60,14 +66,6 @@ def configure_optimizers(params: Any, optimizer: Callable[..., Any],
     return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler(opt), "interval": "step"}}
 
 
-def save_meta(module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
-    checkpoint["ssl_bench"] = {**module.checkpoint_meta, "skipped_images": module.skips.count}
-
-
-def load_meta(module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
-    module.skips.count = checkpoint.get("ssl_bench", {}).get("skipped_images", 0)
-
-
 def trunk_meta(trunk: nn.Module, pretext: str, variant: str | None, **extra: Any) -> dict[str, Any]:
     """What any tool needs to rebuild and feed the trunk (stored in every checkpoint)."""
     return {"pretext": pretext, "variant": variant, "input_space": getattr(trunk, "input_space", "rgb"),
@@ -97,5 +95,4 @@ def log_image(module: pl.LightningModule, key: str, path: Path) -> None:
 
 
 __all__ = ["NonFiniteLossError", "SkipCounter", "batch_images", "check_finite", "check_trunk",
-           "configure_optimizers", "load_meta", "log_image", "samples_dir", "save_grid", "save_meta",
-           "trunk_meta"]
+           "configure_optimizers", "log_image", "samples_dir", "save_grid", "trunk_meta"]

@@ -38,9 +38,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_bench.models.inputs import RGB_MEAN, trunk_input
-from ssl_bench.pretext.common import (SkipCounter, batch_images, check_finite, check_trunk,
-                                      configure_optimizers, load_meta, log_image, samples_dir,
-                                      save_grid, save_meta, trunk_meta)
+from ssl_bench.pretext.common import (
+    SkipCounter,
+    batch_images,
+    check_finite,
+    check_trunk,
+    configure_optimizers,
+    log_image,
+    samples_dir,
+    save_grid,
+    trunk_meta,
+)
 from ssl_bench.pretext.masks import MASK_KINDS, input_hole, loss_weights, make_masks
 
 __all__ = ["ChannelwiseFC", "ContextEncoderPretext", "masked_l2", "dcgan_discriminator"]
@@ -129,9 +137,6 @@ class ContextEncoderPretext(pl.LightningModule):
             features; 0.001 = the paper's 0.999 / 0.001 joint loss, with manual optimisation).
         discriminator_optimizer: partial optimiser factory of the discriminator (None = Adam lr
             2e-4, betas (0.5, 0.999)).
-        sample_every_n_steps: write an inpainting grid this often (0 = only at validation ends);
-            counts training batches (with the adversarial loss Lightning's ``global_step`` counts
-            both optimisers' steps, i.e. 2 per batch).
         channels_last: NHWC memory format for the convolutions.
     """
 
@@ -140,8 +145,7 @@ class ContextEncoderPretext(pl.LightningModule):
                  image_size: int = 128, mask: str = "center", overlap: int = 4,
                  overlap_weight: float = 10.0, bottleneck_channels: int | None = None,
                  decoder_widths: Sequence[int] | None = None, adversarial_weight: float = 0.0,
-                 discriminator_optimizer: Callable[..., Any] | None = None,
-                 sample_every_n_steps: int = 500, channels_last: bool = True) -> None:
+                 discriminator_optimizer: Callable[..., Any] | None = None, channels_last: bool = True) -> None:
         super().__init__()
         check_trunk(trunk, input_space)
         if mask not in MASK_KINDS:
@@ -154,8 +158,7 @@ class ContextEncoderPretext(pl.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.input_space, self.image_size, self.mask_kind = input_space, int(image_size), mask
         self.overlap, self.overlap_weight = int(overlap), float(overlap_weight)
-        self.adversarial_weight = float(adversarial_weight)
-        self.sample_every_n_steps, self.channels_last = sample_every_n_steps, channels_last
+        self.adversarial_weight, self.channels_last = float(adversarial_weight), channels_last
 
         c5 = trunk.widths[-1]
         h, w = self._pool5_size(self.image_size)
@@ -181,7 +184,6 @@ class ContextEncoderPretext(pl.LightningModule):
             self.discriminator = dcgan_discriminator(self.image_size, max(16, c5 // 4))
             self.automatic_optimization = False
         self.skips = SkipCounter()
-        self._val_sample: tuple[Tensor, Tensor, Tensor] | None = None
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -237,7 +239,7 @@ class ContextEncoderPretext(pl.LightningModule):
         target = images.float() / 127.5 - 1.0
         return pred, target, mask, weights
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any] | None:
         images = batch_images(self, batch)
         if images is None:  # every file in the batch was unreadable
             return None
@@ -251,11 +253,7 @@ class ContextEncoderPretext(pl.LightningModule):
         self.log("pretrain/loss", loss, prog_bar=True)
         self.log("pretrain/rec_loss", rec)
         self.log("pretrain/skipped_images", float(self.skips.count))
-        step = self.global_step // (1 if self.automatic_optimization else 2)
-        every = self.sample_every_n_steps
-        if every and step % every == 0 and self.global_rank == 0:
-            self.save_samples(images, mask, pred, f"step_{step:07d}")
-        return loss if self.automatic_optimization else None
+        return {"loss": loss, "samples": (images, mask, pred.detach())}
 
     def _adversarial_step(self, pred: Tensor, target: Tensor, mask: Tensor, rec: Tensor) -> Tensor:
         """One generator step on (1 - a) rec + a adv, then one discriminator step (manual optimisation)."""
@@ -284,22 +282,15 @@ class ContextEncoderPretext(pl.LightningModule):
         self.log("pretrain/disc_loss", disc)
         return loss.detach()
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any] | None:
         images = batch_images(self, batch)
         if images is None:
-            return
+            return None
         gen = torch.Generator(device=images.device).manual_seed(VAL_SEED + batch_idx)
         pred, target, mask, weights = self.inpaint(images, gen)
         self.log("pretrain/val_loss", masked_l2(pred, target, weights), batch_size=images.shape[0],
                  sync_dist=True)
-        if batch_idx == 0:
-            k = min(8, images.shape[0])
-            self._val_sample = (images[:k], mask[:k], pred[:k].detach())
-
-    def on_validation_epoch_end(self) -> None:
-        sample, self._val_sample = self._val_sample, None
-        if sample is not None and self.global_rank == 0 and not self.trainer.sanity_checking:
-            self.save_samples(*sample, f"val_epoch_{self.current_epoch:03d}")
+        return {"samples": (images, mask, pred)}
 
     # ----------------------------------------------------------------------------------- samples
 
@@ -315,6 +306,7 @@ class ContextEncoderPretext(pl.LightningModule):
         return torch.cat([seen, composite, orig])
 
     def save_samples(self, images: Tensor, mask: Tensor, pred: Tensor, tag: str) -> Path | None:
+        """samples/<tag>.png: the rows of `sample_rows` for the first 8 images."""
         root = samples_dir(self)
         if root is None:
             return None
@@ -347,9 +339,3 @@ class ContextEncoderPretext(pl.LightningModule):
     def checkpoint_meta(self) -> dict[str, Any]:
         return trunk_meta(self.trunk, "context_encoder", self.mask_kind, image_size=self.image_size,
                           overlap=self.overlap, adversarial_weight=self.adversarial_weight)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        save_meta(self, checkpoint)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        load_meta(self, checkpoint)

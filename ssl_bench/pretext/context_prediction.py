@@ -29,12 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssl_bench.models.inputs import RGB_MEAN, RGB_STD, L_CENTER, trunk_input
+from ssl_bench.io import atomic_writer
+from ssl_bench.models.inputs import L_CENTER, RGB_MEAN, RGB_STD, trunk_input
 from ssl_bench.pretext import common
 from ssl_bench.pretext.common import SkipCounter
-from ssl_bench.pretext.patches import (NUM_POSITIONS, POSITIONS, drop_color, pixelate, project_color,
-                                       sample_patch_pairs)
-from ssl_bench.io import atomic_writer
+from ssl_bench.pretext.patches import NUM_POSITIONS, POSITIONS, drop_color, pixelate, project_color, sample_patch_pairs
 
 COLOR_MODES: tuple[str, ...] = ("drop", "project", "none")
 # Names of the 8 classes in the paper's 3x3 layout (1 2 3 / 4 _ 5 / 6 7 8).
@@ -55,7 +54,6 @@ class ContextPredictionPretext(pl.LightningModule):
             "project" (remove the green-magenta component) or "none".
         pixelate_prob, pixelate_pixels: probability per patch of pixelation to about that many pixels.
         head_channels: width of fc7 and fc8 (4096 in the paper).
-        sample_every_n_steps: write a grid of example pairs this often (0 = only at the end).
         channels_last: NHWC memory format for the convolutions.
     """
 
@@ -63,7 +61,7 @@ class ContextPredictionPretext(pl.LightningModule):
                  scheduler: Callable[..., Any] | None = None, input_space: str = "rgb",
                  patch_size: int = 96, gap: int = 48, jitter: int = 7, color: str = "drop",
                  pixelate_prob: float = 1 / 3, pixelate_pixels: int = 100, head_channels: int = 4096,
-                 sample_every_n_steps: int = 500, channels_last: bool = True) -> None:
+                 channels_last: bool = True) -> None:
         super().__init__()
         if color not in COLOR_MODES:
             raise ValueError(f"pretext.color: expected one of {list(COLOR_MODES)}, got {color!r}")
@@ -89,7 +87,7 @@ class ContextPredictionPretext(pl.LightningModule):
             nn.Linear(head_channels, NUM_POSITIONS),
         )
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.sample_every_n_steps, self.channels_last = sample_every_n_steps, channels_last
+        self.channels_last = channels_last
         self.register_buffer("confusion", torch.zeros(NUM_POSITIONS, NUM_POSITIONS, dtype=torch.long),
                              persistent=False)  # true x predicted, over one validation epoch
         self.skips = SkipCounter()
@@ -138,7 +136,7 @@ class ContextPredictionPretext(pl.LightningModule):
 
     # --------------------------------------------------------------------------------- training
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any] | None:
         images = common.batch_images(self, batch)
         if images is None:
             return None
@@ -150,10 +148,7 @@ class ContextPredictionPretext(pl.LightningModule):
         self.log("pretrain/loss", loss, prog_bar=True, batch_size=n)
         self.log("pretrain/acc", (logits.argmax(1) == labels).float().mean(), batch_size=n)
         self.log("pretrain/skipped_images", float(self.skips.count))
-        every = self.sample_every_n_steps
-        if every and self.global_step % every == 0 and self.global_rank == 0:
-            self.save_pairs(x, labels, f"step_{self.global_step:07d}")
-        return loss
+        return {"loss": loss, "samples": (x, labels)}
 
     def on_validation_epoch_start(self) -> None:
         self.confusion.zero_()
@@ -198,7 +193,7 @@ class ContextPredictionPretext(pl.LightningModule):
         std = torch.tensor(RGB_STD, device=x.device).view(1, 3, 1, 1)
         return (x * std + mean).clamp(0, 1)
 
-    def save_pairs(self, x: Tensor, labels: Tensor, tag: str, count: int = 8) -> Path | None:
+    def save_samples(self, x: Tensor, labels: Tensor, tag: str, count: int = 8) -> Path | None:
         """Example pairs as seen by the network: each on a 3x3 layout (first in the centre, second
         at its true position, the other cells light grey), written to samples/<tag>.png."""
         root = common.samples_dir(self)
@@ -226,7 +221,7 @@ class ContextPredictionPretext(pl.LightningModule):
             return None
         gen = torch.Generator(device=images.device).manual_seed(_VAL_SEED)
         x, labels = self.pairs(images[:8], gen)
-        return self.save_pairs(x, labels, "final")
+        return self.save_samples(x, labels, tag="final")
 
     # ----------------------------------------------------------------------------- bookkeeping
 
@@ -238,12 +233,6 @@ class ContextPredictionPretext(pl.LightningModule):
         """What any tool needs to rebuild and feed the trunk (stored in every checkpoint)."""
         return common.trunk_meta(self.trunk, "context_prediction", self.color, patch_size=self.patch_size,
                                  gap=self.gap, jitter=self.jitter)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        common.save_meta(self, checkpoint)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        common.load_meta(self, checkpoint)
 
 
 def write_confusion(matrix: Tensor, stem: Path) -> Path:

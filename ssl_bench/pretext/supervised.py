@@ -25,7 +25,7 @@ class SupervisedPretext(pl.LightningModule):
     Args:
         trunk: built backbone; ``input_space`` says how uint8 images are fed ("rgb" by default).
         optimizer, scheduler: partial factories.
-        num_classes: number of labels (the runner fills it from the data's class folders).
+        num_classes: number of labels (`data_arguments` counts the data's class folders when None).
         label_smoothing: cross-entropy label smoothing (0 = the classic AlexNet recipe).
     """
 
@@ -52,6 +52,16 @@ class SupervisedPretext(pl.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.head(self.trunk(x).mean(dim=(2, 3)))
 
+    @staticmethod
+    def data_arguments(datamodule: Any, cache_dir: str | Path, arguments: dict[str, Any]) -> dict[str, Any]:
+        """num_classes=None: the number of class folders of the data (see `common`)."""
+        if arguments.get("num_classes") is not None:
+            return {}
+        if not datamodule.num_classes:
+            raise ValueError(f"pretext=supervised needs labels; data.root={datamodule.root} has no class "
+                             f"folders (data.layout=imagefolder)")
+        return {"num_classes": datamodule.num_classes}
+
     def _labels(self, batch: dict[str, Any]) -> Tensor:
         labels = batch["label"]
         if labels.numel() and int(labels.min()) < 0:
@@ -59,7 +69,7 @@ class SupervisedPretext(pl.LightningModule):
                              "use a class-folder layout (data.layout=imagefolder)")
         return labels
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any] | None:
         images = common.batch_images(self, batch)
         if images is None:
             return None
@@ -70,7 +80,7 @@ class SupervisedPretext(pl.LightningModule):
         self.log("pretrain/loss", loss, prog_bar=True)
         self.log("pretrain/top1", (logits.argmax(1) == labels).float().mean() * 100)
         self.log("pretrain/skipped_images", float(self.skips.count))
-        return loss
+        return {"loss": loss}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         images = common.batch_images(self, batch)
@@ -92,9 +102,3 @@ class SupervisedPretext(pl.LightningModule):
     @property
     def checkpoint_meta(self) -> dict[str, Any]:
         return common.trunk_meta(self.trunk, "supervised", None, num_classes=self.num_classes)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        common.save_meta(self, checkpoint)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        common.load_meta(self, checkpoint)

@@ -38,7 +38,8 @@ class Features:
 
     def _batches(self, loader: DataLoader, layers: list[str]):
         ex = self.extractor
-        sub = FeatureExtractor(ex.trunk, layers, ex.resize, ex.input_space, ex.channels_last) if layers != list(ex.layers) else ex
+        sub = (FeatureExtractor(ex.trunk, layers, ex.resize, ex.input_space, ex.channels_last, pooling=ex.pooling)
+               if layers != list(ex.layers) else ex)
         device = next(ex.trunk.parameters()).device
         for batch in loader:
             self.skips.add(batch["skipped"])

@@ -7,45 +7,46 @@ parameters, one linear classifier per layer; all heads train on one trunk pass p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from ssl_bench.data.sharding import rank_and_world
-
 from ssl_bench.models.inputs import trunk_input
 
-# authors' updated protocol: output side per layer (conv1 10x10x96 = 9600 dims, ...)
-BILINEAR_SIZES = {"conv1": 10, "conv2": 6, "conv3": 5, "conv4": 5, "conv5": 6}
-# Goyal et al. 2019: average-pooling (kernel, stride) per layer
-AVGPOOL_GOYAL = {"conv1": (19, 4), "conv2": (12, 3), "conv3": (9, 1), "conv4": (9, 1), "conv5": (8, 1)}
 RESIZE_MODES = ("bilinear", "avgpool")
 
 
-def resize_layer(x: Tensor, layer: str, mode: str) -> Tensor:
-    """N x C x H x W activation -> N x (C*s*s) features of about 9k dims.
+def resize_layer(x: Tensor, layer: str, mode: str, spec: int | Sequence[int]) -> Tensor:
+    """N x C x H x W activation -> N x (C*s*s) features (about 9k dims with the protocol's tables).
 
-    avgpool uses Goyal et al.'s kernels, which assume the full 227-pixel AlexNet geometry; a map
-    smaller than the kernel is an error rather than a silent change of protocol.
+    spec: bilinear: the output side s; avgpool: the (kernel, stride) of the average pooling.
+    Goyal et al.'s avgpool kernels assume the full 227-pixel AlexNet geometry; a map smaller than
+    the kernel is an error rather than a silent change of protocol.
     """
     if mode == "bilinear":
-        s = BILINEAR_SIZES[layer]
-        x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
+        x = F.interpolate(x, size=(int(spec), int(spec)), mode="bilinear", align_corners=False)
     elif mode == "avgpool":
-        k, stride = AVGPOOL_GOYAL[layer]
+        k, stride = spec
         if min(x.shape[-2:]) < k:
             raise ValueError(f"probe.resize=avgpool: {layer} map is {tuple(x.shape[-2:])}, smaller than "
-                             f"Goyal et al.'s kernel {k}; use probe.resize=bilinear for small inputs")
+                             f"the kernel {k} of probe.pooling.avgpool.{layer}; use probe.resize=bilinear "
+                             f"for small inputs")
         x = F.avg_pool2d(x, k, stride)
     else:
         raise ValueError(f"probe.resize: expected one of {RESIZE_MODES}, got {mode!r}")
     return x.flatten(1)
+
+
+def _spec(value: Any) -> int | tuple[int, ...]:
+    """A config's side or [kernel, stride] as plain ints."""
+    return int(value) if isinstance(value, int) else tuple(int(v) for v in value)
 
 
 class FeatureExtractor(nn.Module):
@@ -53,16 +54,28 @@ class FeatureExtractor(nn.Module):
 
     Frozen means frozen: parameters never require grad and the trunk stays in eval mode (batch-norm
     running statistics never move), whatever mode the parent module is put in.
+
+    Args:
+        pooling: per resize mode, per layer, the ``spec`` of `resize_layer` (``probe.pooling``,
+            conf/probe/pooling/alexnet.yaml); the chosen mode must cover every layer.
     """
 
     def __init__(self, trunk: nn.Module, layers: Sequence[str], resize: str = "bilinear",
-                 input_space: str = "L", channels_last: bool = True) -> None:
+                 input_space: str = "L", channels_last: bool = True, *,
+                 pooling: Mapping[str, Mapping[str, Any]]) -> None:
         super().__init__()
         known = getattr(trunk, "forward_features", None)
         if known is None:
             raise TypeError("probe: the trunk has no forward_features(x, layers)")
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"probe.resize: expected one of {RESIZE_MODES}, got {resize!r}")
+        missing = [k for k in layers if k not in pooling.get(resize, {})]
+        if missing:
+            raise ValueError(f"probe.pooling.{resize} has no entry for layer(s) {missing}")
         self.trunk, self.layers = trunk.requires_grad_(False).eval(), tuple(layers)
         self.resize, self.input_space, self.channels_last = resize, input_space, channels_last
+        self.pooling = {mode: {k: _spec(v) for k, v in table.items()} for mode, table in pooling.items()}
+        self.specs = {k: self.pooling[resize][k] for k in self.layers}
         if channels_last:
             self.trunk.to(memory_format=torch.channels_last)
 
@@ -76,7 +89,12 @@ class FeatureExtractor(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         maps = self.trunk.forward_features(x, self.layers)
-        return {k: resize_layer(v, k, self.resize).float() for k, v in maps.items()}
+        return {k: resize_layer(v, k, self.resize, self.specs[k]).float() for k, v in maps.items()}
+
+    @property
+    def resize_key(self) -> str:
+        """The resize mode and its per-layer specs, for feature cache keys."""
+        return self.resize + "".join(f"|{k}={self.specs[k]}" for k in self.layers)
 
     def dims(self, crop_size: int) -> dict[str, int]:
         probe = torch.zeros(1, 3, crop_size, crop_size, dtype=torch.uint8,

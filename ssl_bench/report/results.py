@@ -26,10 +26,9 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
-
-import torch
 
 import ssl_bench
 from ssl_bench.io import atomic_write_text
@@ -60,11 +59,13 @@ def versions() -> dict[str, str | None]:
 
 
 def environment() -> dict[str, Any]:
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    """Provenance of a result. A command that never imported torch (the study's statistics) ran on
+    the CPU; importing torch here only to say so would cost it seconds."""
+    vs = versions()
+    torch = sys.modules.get("torch")
+    device = torch.cuda.get_device_name(0) if torch is not None and torch.cuda.is_available() else "cpu"
     return {"git_commit": git_commit(), "package_version": ssl_bench.__version__,
-            "torch_version": torch.__version__, "device": device, "versions": versions()}
-
-
+            "torch_version": vs["torch"], "device": device, "versions": vs}
 
 def write_results(path: str | Path, record: dict[str, Any]) -> Path:
     """Add schema version and environment to ``record`` and write it atomically as JSON."""
@@ -73,7 +74,8 @@ def write_results(path: str | Path, record: dict[str, Any]) -> Path:
 
 
 def _jsonable(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
         return x.item() if x.numel() == 1 else x.tolist()
     if isinstance(x, Path):
         return str(x)

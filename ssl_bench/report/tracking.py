@@ -139,7 +139,7 @@ def layer_rows(metrics: Mapping[str, Any]) -> list[list[Any]]:
     """[layer, top1, top5] per probed layer, from ``probe/<layer>/top1|top5`` metrics."""
     layers = [k.split("/")[1] for k in metrics if k.startswith("probe/") and k.endswith("/top1")
               and k.count("/") == 2 and k.split("/")[1] != "best"]
-    return [[l, metrics.get(f"probe/{l}/top1"), metrics.get(f"probe/{l}/top5")] for l in layers]
+    return [[layer, metrics.get(f"probe/{layer}/top1"), metrics.get(f"probe/{layer}/top5")] for layer in layers]
 
 
 def finish_run(loggers: Iterable[Any], record: Mapping[str, Any], results_path: str | Path | None) -> None:

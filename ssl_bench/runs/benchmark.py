@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ssl_bench.config import compose
 from ssl_bench.io import atomic_write_text
+from ssl_bench.runs.jobs import fail, root_cause, run_hydra, user_errors
 
 # method -> (kind, overrides). "pretrain" methods train a trunk; "init" methods are untrained rows.
 # Presets add their own overrides per method (e.g. the demo's experiment files).
@@ -213,7 +215,7 @@ def run_benchmark(cfg: DictConfig, runner: Callable[[str, list[str]], None]) -> 
     stages = plan(cfg)
     out = Path(cfg.out_dir)
     times, failures = run_stages(stages, runner, lambda stage: log_overrides(cfg, stage))
-    from ssl_bench.report.leaderboard import leaderboard_main
+    from ssl_bench.runs.leaderboard import main as leaderboard_main
     leaderboard_main(leaderboard_args(cfg, out))
     summary = {"out_dir": str(out), "times": times, "failures": failures}
     atomic_write_text(out / "benchmark_summary.json", json.dumps(summary, indent=2))
@@ -222,3 +224,27 @@ def run_benchmark(cfg: DictConfig, runner: Callable[[str, list[str]], None]) -> 
         print("ssl-bench: benchmark: failed stages: " + "; ".join(f"{k}: {v}" for k, v in failures.items()))
     print(f"ssl-bench: benchmark finished in {out}")
     return summary
+
+
+def _stage(name: str, args: list[str]) -> None:
+    """Run one stage as its own Hydra job; a failing stage raises its own error (Hydra reports only
+    an exit code)."""
+    errors: list[BaseException] = []
+    try:
+        run_hydra(name, args, f"ssl-bench {name}", errors)
+    except SystemExit as e:
+        if e.code:
+            raise (errors[-1] if errors else RuntimeError(f"exit code {e.code}")) from None
+
+
+def main(argv: Sequence[str]) -> int:
+    """``ssl-bench benchmark|demo [overrides]``: compose conf/benchmark.yaml, then run each stage,
+    skipping stages that already finished. Exit 1 when a stage failed."""
+    from hydra.errors import HydraException
+    try:
+        summary = run_benchmark(compose("benchmark", argv), _stage)
+    except (HydraException, *user_errors()) as e:
+        if os.environ.get("SSL_BENCH_DEBUG"):
+            raise
+        fail(root_cause(e))
+    return 1 if summary["failures"] else 0

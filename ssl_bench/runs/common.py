@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -46,3 +48,19 @@ def device_for(accelerator: str) -> str:
     """The device a single-process evaluation runs on, from ``trainer.accelerator``."""
     import torch
     return "cuda" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "cpu"
+
+
+def key_value_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+    """``checkpoint=x`` / ``sentinel_fraction=0.2`` -> ``--checkpoint x`` / ``--sentinel-fraction 0.2``,
+    for the parser's own ``--`` flags only (any other token is left as it is)."""
+    known = {s[2:] for a in parser._actions for s in a.option_strings if s.startswith("--")}
+    out: list[str] = []
+    for tok in argv:
+        if not tok.startswith("-") and "=" in tok:
+            key, value = tok.split("=", 1)
+            flag = key.strip().replace("_", "-")
+            if flag in known:
+                out += [f"--{flag}", value]
+                continue
+        out.append(tok)
+    return out

@@ -23,13 +23,13 @@ from ssl_bench.data.images import DECODE_ERRORS, decode_rgb
 from ssl_bench.data.voc import read_image_set
 from ssl_bench.data.voc_synthetic import resolve_voc
 from ssl_bench.metrics import voc_prefix
-from ssl_bench.models.checkpoint import check_state_dict, read_checkpoint
+from ssl_bench.models.checkpoint import check_state_dict, load_suite_trunk, read_checkpoint
 from ssl_bench.models.init import apply_init
 from ssl_bench.models.inputs import trunk_input
-from ssl_bench.models.transfer import fc_layers, load_suite_trunk, prepare_for_transfer
-from ssl_bench.runs.pretrain import build_loggers, resolve_resume
-from ssl_bench.runs.common import RunClock, finish_record
+from ssl_bench.models.prepare import fc_layers, prepare_for_transfer
 from ssl_bench.report.tracking import finish_run
+from ssl_bench.runs.common import RunClock, finish_record
+from ssl_bench.runs.pretrain import build_loggers, resolve_resume
 
 PROTOCOL = "PASCAL VOC fine-tuning: cls 10-crop (fc6-8 / all), Faster R-CNN det (RPN proposals), FCN-32s seg"
 

@@ -17,10 +17,10 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from ssl_bench.models.checkpoint import check_state_dict, read_checkpoint
 from ssl_bench.models.init import apply_init
-from ssl_bench.pretext.colorization import dataset_prior
+from ssl_bench.pretext.callbacks import CheckpointMetadata
 from ssl_bench.pretext.common import NonFiniteLossError
-from ssl_bench.runs.common import RunClock, finish_record
 from ssl_bench.report.tracking import finish_run, wandb_run_kwargs
+from ssl_bench.runs.common import RunClock, finish_record
 
 
 class RngState(pl.Callback):
@@ -112,7 +112,8 @@ def resolve_resume(ckpt_path: str | None, out_dir: Path) -> str | None:
 
 
 def build_model(cfg: DictConfig, dm: Any, fresh: bool = True) -> pl.LightningModule:
-    """Instantiate trunk (initialised), the pretext's parts and the pretext module.
+    """Instantiate trunk (initialised), the pretext's parts and the pretext module, with the
+    arguments the pretext derives from the training data (its ``data_arguments``, if any).
 
     fresh=False (resuming) skips data-dependent init: the checkpoint's weights replace it anyway.
     """
@@ -120,23 +121,17 @@ def build_model(cfg: DictConfig, dm: Any, fresh: bool = True) -> pl.LightningMod
     init = instantiate(cfg.init) if cfg.get("init") else None
     trunk.init_report = (apply_init(trunk, init, dm.first_train_images) if fresh else
                          {"name": getattr(init, "name", "gaussian"), "restored": "weights from the checkpoint"})
-    kwargs: dict[str, Any] = {"trunk": trunk, "optimizer": instantiate(cfg.optimizer),
-                              "scheduler": instantiate(cfg.scheduler) if cfg.get("scheduler") else None}
-    if cfg.get("loss"):  # colorization's objective (config group ``loss``)
-        objective = kwargs["objective"] = instantiate(cfg.loss)
-        if objective.rebalance:
-            batches = dm.eval_train_dataloader()
-            if objective.prior_images:
-                n = max(1, objective.prior_images // dm.batch_size)
-                batches = (b for i, b in zip(range(n), batches))
-            kwargs["prior"] = dataset_prior(batches, f"{dm.fingerprint}-n{objective.prior_images}",
-                                            cfg.paths.cache_dir, cfg.pretext.ab_stride, objective.prior_sigma)
-    if "num_classes" in cfg.pretext and cfg.pretext.num_classes is None:
-        if not dm.num_classes:
-            raise ValueError(f"pretext={cfg.pretext._target_.rsplit('.', 1)[-1]} needs labels; "
-                             f"data.root={dm.root} has no class folders (data.layout=imagefolder)")
-        kwargs["num_classes"] = dm.num_classes
-    return instantiate(cfg.pretext, **kwargs)
+    pretext = instantiate(cfg.pretext, _partial_=True, trunk=trunk, optimizer=instantiate(cfg.optimizer),
+                          scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None)
+    derive = getattr(pretext.func, "data_arguments", None)
+    return pretext(**(derive(dm, cfg.paths.cache_dir, pretext.keywords) if derive else {}))
+
+
+def build_callbacks(cfg: DictConfig, checkpoint: ModelCheckpoint, step_times: StepTimes) -> list[pl.Callback]:
+    """The run's own callbacks (checkpoints and their metadata, learning rate, RNG state, step
+    times), then the configured ones (config group ``callbacks``)."""
+    configured = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    return [checkpoint, CheckpointMetadata(), LearningRateMonitor("step"), RngState(), step_times, *configured]
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:
@@ -168,7 +163,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     # the datamodule's loaders shard themselves across DDP ranks (resumable train order, no padded val)
     trainer = instantiate(cfg.trainer, default_root_dir=str(out_dir), precision=cfg.precision,
                           use_distributed_sampler=False,
-                          callbacks=[checkpoint, LearningRateMonitor("step"), RngState(), step_times], logger=loggers)
+                          callbacks=build_callbacks(cfg, checkpoint, step_times), logger=loggers)
     if resume:
         check_state_dict(model, read_checkpoint(resume)["state_dict"], resume)
     # re-seed after the preparation: a cached prior or a skipped init must not shift the data order

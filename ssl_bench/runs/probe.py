@@ -18,24 +18,24 @@ import torch
 from hydra.utils import instantiate
 from lightning_fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
-from torchvision.transforms import v2 as T
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+from torchvision.transforms import v2 as T
 
 from ssl_bench.data.images import SkipCounter, fingerprint
+from ssl_bench.data.sharding import ShardedBatchSampler
 from ssl_bench.data.voc import VOCClassification, collate_voc
 from ssl_bench.data.voc_synthetic import resolve_voc
-from ssl_bench.data.sharding import ShardedBatchSampler
+from ssl_bench.models.alexnet import LAYERS, AlexNet
+from ssl_bench.models.checkpoint import load_suite_trunk
+from ssl_bench.models.init import apply_init
+from ssl_bench.models.optim import piecewise_constant
 from ssl_bench.probe.feature_cache import CachedFeatures, trunk_fingerprint
 from ssl_bench.probe.features import Features
-from ssl_bench.probe.svm_voc07 import DEFAULT_COSTS, svm_voc07
-from ssl_bench.probe.knn import knn_predict, topk_accuracy
 from ssl_bench.probe.heads import RESIZE_MODES, FeatureExtractor, LinearProbe, ProbeHeads
-from ssl_bench.models.alexnet import LAYERS, AlexNet
-from ssl_bench.models.init import apply_init
-from ssl_bench.models.transfer import load_suite_trunk
-from ssl_bench.models.optim import piecewise_constant
-from ssl_bench.runs.common import RunClock, device_for, finish_record
+from ssl_bench.probe.knn import knn_predict, topk_accuracy
+from ssl_bench.probe.svm_voc07 import DEFAULT_COSTS, svm_voc07
 from ssl_bench.report.tracking import finish_run, wandb_run_kwargs
+from ssl_bench.runs.common import RunClock, device_for, finish_record
 
 # the paper's probe schedule: lr x0.1 at 40k, 80k, 120k of 140k iterations, scaled to the run
 PAPER_STEPS = ([40_000, 80_000, 120_000], [1.0, 0.1, 0.01, 0.001], 140_000)
@@ -161,70 +161,94 @@ def run_probe(cfg: DictConfig) -> dict[str, Any]:
     dm.prepare_data()
     dm.setup("fit")
     check_request(cfg, dm, trunk)
-    device = device_for(cfg.trainer.accelerator)
-    extractor = FeatureExtractor(trunk, cfg.probe.layers, cfg.probe.resize, desc["input_space"]).to(device)
-    dims = extractor.dims(dm.crop_size)
+    extractor = FeatureExtractor(trunk, cfg.probe.layers, cfg.probe.resize, desc["input_space"],
+                                 pooling=cfg.probe.pooling)
+    extractor = extractor.to(device_for(cfg.trainer.accelerator))
     skips = SkipCounter()
-    transform = f"{cfg.probe.resize}|crop{dm.crop_size}|load{dm.load_size}|{desc['input_space']}"
+    transform = f"{extractor.resize_key}|crop{dm.crop_size}|load{dm.load_size}|{desc['input_space']}"
     cache = Path(cfg.paths.cache_dir) / "features" if cfg.probe.cache else None
     features = Features(extractor, trunk_fingerprint(trunk), transform, cache, dm.fingerprint, skips)
-    bs = cfg.probe.batch_size
-    C = dm.num_classes
-    if cfg.probe.cache or cfg.probe.kind == "knn":  # streaming linear probes never need stored features
-        # through the datamodule's data path: the benchmark's shared decoded cache when it has one
-        train_x, train_y = features.get("train", dm.split_loader("train", bs), len(dm.train_samples))
-        test_x, test_y = features.get("val", dm.split_loader("val", bs), len(dm.val_samples))
-    metrics: dict[str, Any] = {}
-    extra: dict[str, Any] = {"feature_dims": dims}
+    extra: dict[str, Any] = {"feature_dims": extractor.dims(dm.crop_size)}
     loggers = [instantiate(c, **wandb_run_kwargs(c, out_dir)) for c in (cfg.get("logger") or {}).values()
                if c is not None]
-
+    stored = None
+    if cfg.probe.cache or cfg.probe.kind == "knn":  # streaming linear probes never need stored features
+        # through the datamodule's data path: the benchmark's shared decoded cache when it has one
+        bs = cfg.probe.batch_size
+        stored = (features.get("train", dm.split_loader("train", bs), len(dm.train_samples)),
+                  features.get("val", dm.split_loader("val", bs), len(dm.val_samples)))
     if cfg.probe.kind == "knn":
-        for layer in cfg.probe.layers:
-            scores = knn_predict(torch.from_numpy(np.asarray(train_x[layer], np.float32)), torch.from_numpy(train_y),
-                                 torch.from_numpy(np.asarray(test_x[layer], np.float32)), C, cfg.probe.k,
-                                 cfg.probe.temperature)
-            metrics[f"probe/{layer}/top1"] = topk_accuracy(scores, torch.from_numpy(test_y), 1)
-            metrics[f"probe/{layer}/top5"] = topk_accuracy(scores, torch.from_numpy(test_y), 5)
+        metrics = knn_metrics(cfg, *stored, dm.num_classes)
     else:
-        if cfg.probe.cache:
-            fit_idx, hold_idx = (np.asarray(ix) for ix in split_holdout(list(range(len(train_y))),
-                                                                        cfg.probe.holdout_fraction, cfg.seed))
-            train = feature_loader(train_x, train_y, bs, True, fit_idx, cfg.seed)
-            vals = {"test": feature_loader(test_x, test_y, bs, False),
-                    "holdout": feature_loader(train_x, train_y, bs, False, hold_idx)}
-            raw = fit_heads(cfg, dims, C, train, vals, None, out_dir, loggers)
-        else:  # streaming: random crops and flips through the frozen trunk every step
-            fit_s, hold_s = split_holdout(dm.train_samples, cfg.probe.holdout_fraction, cfg.seed)
-            vals = {"test": image_loader(dm.loader(dm.val_samples, False, bs), False, cfg.seed),
-                    "holdout": image_loader(dm.loader(hold_s, False, bs), False, cfg.seed)}
-            train = image_loader(dm.loader(fit_s, True, bs), True, cfg.seed)
-            raw = fit_heads(cfg, dims, C, train, vals, extractor, out_dir, loggers)
-        final, chosen = select_on_holdout(raw, list(cfg.probe.layers), list(cfg.probe.lr_grid))
-        metrics.update(final)
-        extra["chosen_lr"] = chosen
-        extra["all_heads"] = raw
-        for logger in loggers:
-            logger.log_metrics(final)
-    top1 = {l: metrics[f"probe/{l}/top1"] for l in cfg.probe.layers}
-    best_layer = max(top1, key=top1.get)
-    metrics["probe/best/top1"] = top1[best_layer]
-    record = {
-        "kind": "probe", "probe": cfg.probe.kind, "method": desc["method"], "status": "completed",
-        "protocol": f"{cfg.probe.kind}, {cfg.probe.resize} resize, frozen trunk, "
-                    f"{'cached centre-crop features' if cfg.probe.cache else 'random crops'}",
-        "best_layer": best_layer, "metrics": metrics, **extra,
-        "trunk": desc,
-        "dataset": {"name": Path(str(dm.root)).name, "root": str(dm.root), "fingerprint": dm.fingerprint,
-                    "num_train": len(dm.train_samples), "num_val": len(dm.val_samples),
-                    "num_classes": C, "skipped_images": skips.count},
-        "feature_cache": {"enabled": bool(cfg.probe.cache), "hits": features.hits, "misses": features.misses},
-    }
+        metrics, chosen, raw = linear_metrics(cfg, dm, extra["feature_dims"], extractor, stored, out_dir, loggers)
+        extra.update(chosen_lr=chosen, all_heads=raw)
+    record = probe_record(cfg, desc, dm, metrics, skips) | extra
+    record["feature_cache"] = {"enabled": bool(cfg.probe.cache), "hits": features.hits, "misses": features.misses}
     # DDP: every rank holds the same synced metrics; one writes them
     record = finish_record(record, clock, cfg, out_dir, write=rank_zero_only.rank == 0)
     if rank_zero_only.rank == 0:
         finish_run(loggers, record, out_dir / "results.json")
     return record
+
+
+Stored = tuple[tuple[dict[str, np.ndarray], np.ndarray], tuple[dict[str, np.ndarray], np.ndarray]]
+
+
+def knn_metrics(cfg: DictConfig, train: tuple[dict[str, np.ndarray], np.ndarray],
+                test: tuple[dict[str, np.ndarray], np.ndarray], num_classes: int) -> dict[str, float]:
+    """Weighted kNN top-1/top-5 per layer on stored features."""
+    (train_x, train_y), (test_x, test_y) = train, test
+    metrics = {}
+    for layer in cfg.probe.layers:
+        scores = knn_predict(torch.from_numpy(np.asarray(train_x[layer], np.float32)), torch.from_numpy(train_y),
+                             torch.from_numpy(np.asarray(test_x[layer], np.float32)), num_classes, cfg.probe.k,
+                             cfg.probe.temperature)
+        for k in (1, 5):
+            metrics[f"probe/{layer}/top{k}"] = topk_accuracy(scores, torch.from_numpy(test_y), k)
+    return metrics
+
+
+def linear_metrics(cfg: DictConfig, dm: Any, dims: dict[str, int], extractor: FeatureExtractor,
+                   stored: Stored | None, out_dir: Path, loggers: list[Any]
+                   ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """Linear heads for every (layer, lr) at once; the lr per layer is chosen on the holdout.
+    Returns (final metrics, chosen lr per layer, every head's raw metrics)."""
+    bs, C = cfg.probe.batch_size, dm.num_classes
+    if stored is not None:
+        (train_x, train_y), (test_x, test_y) = stored
+        fit_idx, hold_idx = (np.asarray(ix) for ix in split_holdout(list(range(len(train_y))),
+                                                                    cfg.probe.holdout_fraction, cfg.seed))
+        train = feature_loader(train_x, train_y, bs, True, fit_idx, cfg.seed)
+        vals = {"test": feature_loader(test_x, test_y, bs, False),
+                "holdout": feature_loader(train_x, train_y, bs, False, hold_idx)}
+        raw = fit_heads(cfg, dims, C, train, vals, None, out_dir, loggers)
+    else:  # streaming: random crops and flips through the frozen trunk every step
+        fit_s, hold_s = split_holdout(dm.train_samples, cfg.probe.holdout_fraction, cfg.seed)
+        vals = {"test": image_loader(dm.loader(dm.val_samples, False, bs), False, cfg.seed),
+                "holdout": image_loader(dm.loader(hold_s, False, bs), False, cfg.seed)}
+        train = image_loader(dm.loader(fit_s, True, bs), True, cfg.seed)
+        raw = fit_heads(cfg, dims, C, train, vals, extractor, out_dir, loggers)
+    final, chosen = select_on_holdout(raw, list(cfg.probe.layers), list(cfg.probe.lr_grid))
+    for logger in loggers:
+        logger.log_metrics(final)
+    return final, chosen, raw
+
+
+def probe_record(cfg: DictConfig, desc: dict[str, Any], dm: Any, metrics: dict[str, float],
+                 skips: SkipCounter) -> dict[str, Any]:
+    """The probe's own results.json fields (the envelope is added by finish_record)."""
+    top1 = {l: metrics[f"probe/{l}/top1"] for l in cfg.probe.layers}
+    best_layer = max(top1, key=top1.get)
+    metrics = {**metrics, "probe/best/top1": top1[best_layer]}
+    return {
+        "kind": "probe", "probe": cfg.probe.kind, "method": desc["method"], "status": "completed",
+        "protocol": f"{cfg.probe.kind}, {cfg.probe.resize} resize, frozen trunk, "
+                    f"{'cached centre-crop features' if cfg.probe.cache else 'random crops'}",
+        "best_layer": best_layer, "metrics": metrics, "trunk": desc,
+        "dataset": {"name": Path(str(dm.root)).name, "root": str(dm.root), "fingerprint": dm.fingerprint,
+                    "num_train": len(dm.train_samples), "num_val": len(dm.val_samples),
+                    "num_classes": dm.num_classes, "skipped_images": skips.count},
+    }
 
 
 def run_svm_probe(cfg: DictConfig, trunk: torch.nn.Module, desc: dict[str, Any], clock: RunClock) -> dict[str, Any]:
@@ -236,11 +260,12 @@ def run_svm_probe(cfg: DictConfig, trunk: torch.nn.Module, desc: dict[str, Any],
     transform = T.Compose([T.Resize(crop, antialias=True), T.CenterCrop(crop)])
     sets = {split: VOCClassification(root, cfg.probe.year, split, transform) for split in ("trainval", "test")}
     device = device_for(cfg.trainer.accelerator)
-    extractor = FeatureExtractor(trunk, cfg.probe.layers, cfg.probe.resize, desc["input_space"]).to(device)
+    extractor = FeatureExtractor(trunk, cfg.probe.layers, cfg.probe.resize, desc["input_space"],
+                                 pooling=cfg.probe.pooling).to(device)
     skips = SkipCounter()
     fp = fingerprint(sets["trainval"].paths + sets["test"].paths, root)
     cache = Path(cfg.paths.cache_dir) / "features" if cfg.probe.cache else None
-    features = Features(extractor, trunk_fingerprint(trunk), f"voc|{cfg.probe.resize}|{crop}|{desc['input_space']}",
+    features = Features(extractor, trunk_fingerprint(trunk), f"voc|{extractor.resize_key}|{crop}|{desc['input_space']}",
                         cache, fp, skips)
     loaded = {}
     for split, ds in sets.items():

@@ -46,10 +46,10 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2 as T
 
 from ssl_bench.data.images import SkipCounter
-from ssl_bench.models.layers import LAYERS
 from ssl_bench.data.voc import VOC_CLASSES, VOCClassification, collate_voc, read_image_set, voc_root
 from ssl_bench.metrics import mean_average_precision, voc_prefix
 from ssl_bench.models.inputs import trunk_input
+from ssl_bench.models.layers import LAYERS
 from ssl_bench.pretext import common
 
 __all__ = ["TRAIN_FROM", "VOCClassificationData", "VOCClassificationTask", "layer_parameters",

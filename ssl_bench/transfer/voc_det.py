@@ -10,7 +10,7 @@ Geometry (the faithful net): the trunk's conv5 map has stride 16; RoIs are poole
 Fast R-CNN's AlexNet/CaffeNet layout (RoI pooling replaces pool5).  The box head is the classic one:
 flatten -> fc6 -> ReLU -> dropout 0.5 -> fc7 -> ReLU -> dropout 0.5 -> 21-way classifier + class-
 specific box regression (``FastRCNNPredictor``).  fc6/fc7 come from the pretrained trunk
-(``ssl_bench.models.transfer.fc_layers``: fc6 reads a flattened C x k x k grid) or are fresh.
+(``ssl_bench.models.prepare.fc_layers``: fc6 reads a flattened C x k x k grid) or are fresh.
 
 Inputs: every trunk has its own input conversion (L - 50, Lab, ImageNet-normalised RGB), so uint8
 images go through ``trunk_input`` *before* FasterRCNN, whose transform is told not to renormalise
@@ -54,9 +54,9 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from ssl_bench.data.images import DECODE_ERRORS, SkipCounter, decode_rgb
 from ssl_bench.data.voc import VOC_CLASSES, parse_annotation, read_image_set, voc_root
+from ssl_bench.metrics import detection_ap, voc_prefix
 from ssl_bench.models.inputs import trunk_input
 from ssl_bench.pretext.common import check_finite, configure_optimizers
-from ssl_bench.metrics import detection_ap, voc_prefix
 
 __all__ = ["VOCDetectionDataset", "VOCDetectionData", "VOCDetectionTask", "collate_detection",
            "hflip_detection", "evaluate_detections", "TrunkBackbone", "box_head"]

@@ -11,44 +11,32 @@ turn fc6/fc7 back into fully connected layers. Two transfer modes exist for a co
 
 RGB trunks (other pretexts) transfer in mode "rgb". The prepared module's ``input_space`` says how
 to feed uint8 images: ``trunk_input(images, module.input_space)`` ("L", "rgb" or "lab").
-
-Command line (wired as ``ssl-bench prepare-weights``)::
-
-    ssl-bench prepare-weights CHECKPOINT --out PATH [--mode auto|gray|color|rgb] [--no-absorb]
-                              [--rescale-data DIR [--rescale-images 64] [--size 227]]
+Prepared modules are saved and loaded by `ssl_bench.models.checkpoint` (save_prepared / load_prepared).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ssl_bench.data.images import DECODE_ERRORS, DataLayoutError, decode_rgb, eval_transform, list_images
 from ssl_bench.models.alexnet import CONV_LAYERS, LAYERS, AlexNet
-from ssl_bench.models.checkpoint import CheckpointMismatchError, check_state_dict, read_checkpoint
 from ssl_bench.models.init import rescale_units
-from ssl_bench.io import atomic_writer
+from ssl_bench.models.inputs import trunk_input
 
 __all__ = [
-    "AB_SCALE", "MODES", "PREPARED_KEY", "ColorInputTrunk", "absorb_batch_norm", "fc_layers",
-    "load_prepared", "load_suite_trunk", "prepare_for_transfer", "prepare_weights_main",
-    "prepared_mode", "rescale_for_transfer", "save_prepared",
+    "AB_SCALE", "DEFAULT_RESCALE_SIZE", "MODES", "ColorInputTrunk", "absorb_batch_norm", "fc_layers",
+    "prepare_for_transfer", "prepared_mode", "rescale_batch", "rescale_for_transfer", "resolve_mode",
 ]
 
 # The authors' scale of the ab input of the colour branch (method reference 1.6).
 AB_SCALE = 0.693
 MODES: tuple[str, ...] = ("auto", "gray", "color", "rgb")
-# Top-level key of a prepared-weights file (distinct from a suite checkpoint's "ssl_bench" so that
-# the two kinds of file are never mistaken for each other).
-PREPARED_KEY = "ssl_bench_prepared"
-PREPARED_FORMAT = 1
 # The authors fine-tune on 227 x 227 crops; the rescaling statistics are measured at that size.
 DEFAULT_RESCALE_SIZE = 227
 
@@ -254,7 +242,7 @@ def prepared_mode(trunk: nn.Module) -> str:
     return "gray" if getattr(trunk, "input_space", None) == "L" else "rgb"
 
 
-def _resolve_mode(trunk: nn.Module, mode: str) -> str:
+def resolve_mode(trunk: nn.Module, mode: str) -> str:
     """Check ``mode`` against the trunk's input space; "auto" -> "gray" (L) or "rgb" (RGB)."""
     if mode not in MODES:
         raise ValueError(f"finetune.mode: expected one of {list(MODES)}, got {mode!r}")
@@ -291,101 +279,13 @@ def prepare_for_transfer(trunk: AlexNet, mode: str = "auto", absorb_bn: bool = T
     Raises:
         ValueError: a mode the trunk's input space cannot serve (message names finetune.mode).
     """
-    resolved = _resolve_mode(trunk, mode)
+    resolved = resolve_mode(trunk, mode)
     prepared = absorb_batch_norm(trunk) if absorb_bn else copy.deepcopy(trunk)
     if rescale_images is not None:
         rescale_for_transfer(prepared, rescale_images)
     module: nn.Module = ColorInputTrunk(prepared) if resolved == "color" else prepared
     return module.eval()
 
-
-# --------------------------------------------------------------------------------- files
-
-
-def load_suite_trunk(checkpoint: str | Path) -> tuple[AlexNet, dict[str, Any]]:
-    """Rebuild the pretrained trunk of a suite checkpoint (``ckpt["ssl_bench"]["trunk"]`` holds the
-    constructor arguments, the state dict's ``trunk.`` keys its weights).
-
-    Returns:
-        (trunk in eval mode, {"method", "pretext", "variant", "input_space", "source", "trunk"}).
-    Raises:
-        FileNotFoundError, CheckpointMismatchError: missing, unreadable or non-suite files, or
-            weights that do not fit the recorded architecture.
-    """
-    ckpt = read_checkpoint(checkpoint)
-    meta = ckpt.get("ssl_bench")
-    if not isinstance(meta, dict) or "trunk" not in meta:
-        hint = " (it is a prepared-weights file: use load_prepared)" if PREPARED_KEY in ckpt else ""
-        raise CheckpointMismatchError(f"checkpoint {checkpoint} was not written by ssl_bench "
-                                      f"(no 'ssl_bench' entry with the trunk's configuration){hint}")
-    try:
-        trunk = AlexNet(**meta["trunk"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointMismatchError(f"checkpoint {checkpoint}: cannot rebuild the trunk from its "
-                                      f"recorded configuration {meta['trunk']}: {e}") from e
-    state = ckpt.get("state_dict")
-    if not isinstance(state, dict):
-        raise CheckpointMismatchError(f"checkpoint {checkpoint} has no state_dict")
-    weights = {k[len("trunk."):]: v for k, v in state.items() if k.startswith("trunk.")}
-    if not weights:
-        raise CheckpointMismatchError(f"checkpoint {checkpoint} has no trunk weights ('trunk.*' keys)")
-    check_state_dict(trunk, weights, str(checkpoint))
-    trunk.load_state_dict(weights)
-    pretext = meta.get("pretext", "unknown")
-    method = f"{pretext}/{meta['variant']}" if meta.get("variant") else pretext
-    return trunk.eval(), {"method": method, "pretext": pretext, "variant": meta.get("variant"),
-                          "input_space": meta.get("input_space", trunk.input_space),
-                          "source": str(checkpoint), "trunk": meta["trunk"]}
-
-
-def save_prepared(trunk: nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
-    """Write a prepared module atomically (temporary file + ``os.replace``): no partial file is
-    ever left at ``path``, even if the process dies mid-write.
-
-    Stored: ``{"state_dict", PREPARED_KEY: {"format", "config", "mode", "input_space", "meta"}}``.
-    """
-    if not isinstance(trunk, (AlexNet, ColorInputTrunk)):
-        raise TypeError(f"save_prepared: expected an AlexNet or ColorInputTrunk, got {type(trunk).__name__}")
-    path = Path(path)
-    payload = {
-        "state_dict": {k: v.detach().cpu() for k, v in trunk.state_dict().items()},
-        PREPARED_KEY: {"format": PREPARED_FORMAT, "config": dict(trunk.config), "mode": prepared_mode(trunk),
-                       "input_space": trunk.input_space, "meta": dict(meta or {})},
-    }
-    with atomic_writer(path) as f:
-        torch.save(payload, f)
-    return path
-
-
-def load_prepared(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a module written by `save_prepared`.
-
-    Returns:
-        (module in eval mode, {"mode", "input_space", "config", "meta"}).
-    Raises:
-        FileNotFoundError, CheckpointMismatchError.
-    """
-    ckpt = read_checkpoint(path)
-    record = ckpt.get(PREPARED_KEY)
-    if not isinstance(record, dict) or "config" not in record:
-        hint = " (it is a suite checkpoint: use load_suite_trunk / prepare-weights)" if "ssl_bench" in ckpt else ""
-        raise CheckpointMismatchError(f"{path} is not a prepared-weights file (no '{PREPARED_KEY}' entry){hint}")
-    config = dict(record["config"])
-    color = bool(config.pop("color_branch", False))
-    try:
-        module: nn.Module = AlexNet(**config)
-    except (TypeError, ValueError) as e:
-        raise CheckpointMismatchError(f"{path}: cannot rebuild the trunk from {record['config']}: {e}") from e
-    if color:
-        module = ColorInputTrunk(module)
-    check_state_dict(module, ckpt.get("state_dict", {}), str(path))
-    module.load_state_dict(ckpt["state_dict"])
-    return module.eval(), {"mode": record.get("mode", prepared_mode(module)),
-                           "input_space": record.get("input_space", module.input_space),
-                           "config": record["config"], "meta": record.get("meta", {})}
-
-
-# --------------------------------------------------------------------------------- command line
 
 
 def rescale_batch(root: Path, count: int, size: int, space: str) -> Tensor:
@@ -395,15 +295,14 @@ def rescale_batch(root: Path, count: int, size: int, space: str) -> Tensor:
 
     Returns:
         N x C x size x size float tensor (N <= count; unreadable files are skipped).
+    Raises:
+        DataLayoutError: ``root`` is not a folder, holds no images, or none could be decoded.
     """
-    from ssl_bench.data.images import DECODE_ERRORS, DataLayoutError, decode_rgb, eval_transform, list_images
-    from ssl_bench.models.inputs import trunk_input
-
     if not root.is_dir():
-        raise DataLayoutError(f"--rescale-data={root} does not exist; expected a folder of images")
+        raise DataLayoutError(f"{root} does not exist; expected a folder of images")
     paths = list_images(root)
     if not paths:
-        raise DataLayoutError(f"--rescale-data={root} holds no images")
+        raise DataLayoutError(f"{root} holds no images")
     if count >= len(paths):
         chosen = paths
     else:
@@ -416,63 +315,5 @@ def rescale_batch(root: Path, count: int, size: int, space: str) -> Tensor:
         except DECODE_ERRORS:
             continue
     if not images:
-        raise DataLayoutError(f"--rescale-data={root}: none of the {len(chosen)} chosen images could be decoded")
+        raise DataLayoutError(f"{root}: none of the {len(chosen)} chosen images could be decoded")
     return trunk_input(torch.stack(images), space)
-
-
-def prepare_weights_main(argv: Sequence[str]) -> int:
-    """``ssl-bench prepare-weights``: suite checkpoint -> prepared fine-tuning weights. Returns the
-    exit code (0 ok, 2 user error with a one-line message on stderr)."""
-    from ssl_bench.data.images import DataLayoutError
-
-    p = argparse.ArgumentParser(
-        prog="ssl-bench prepare-weights",
-        description="Prepare a pretrained trunk for PASCAL VOC fine-tuning: absorb batch norm, "
-                    "Krähenbühl-rescale, and set up the gray / color / rgb input mode.")
-    p.add_argument("checkpoint", help="suite checkpoint (e.g. outputs/.../checkpoints/last.ckpt)")
-    p.add_argument("--out", required=True, help="where to write the prepared weights")
-    p.add_argument("--mode", choices=MODES, default="auto",
-                   help="auto: gray for L trunks, rgb for RGB trunks; color adds the ab conv1 branch")
-    p.add_argument("--no-absorb", action="store_true", help="keep batch norm (no folding)")
-    p.add_argument("--rescale-data", type=Path, default=None,
-                   help="image folder on which to measure the Krähenbühl rescaling (none: no rescaling)")
-    p.add_argument("--rescale-images", type=int, default=None,
-                   help="number of images used for rescaling (default 64)")
-    p.add_argument("--size", type=int, default=None,
-                   help=f"rescaling crop size (default {DEFAULT_RESCALE_SIZE}, the fine-tuning crop)")
-    try:
-        a = p.parse_args(list(argv))
-    except SystemExit as e:  # usage errors (2) and --help (0) as a return code, like other commands
-        return int(e.code or 0)
-
-    def fail(msg: Any) -> int:
-        print(f"ssl-bench: error: {msg}", file=sys.stderr)
-        return 2
-
-    if a.rescale_data is None and (a.rescale_images is not None or a.size is not None):
-        return fail("--rescale-images / --size need --rescale-data DIR")
-    count = 64 if a.rescale_images is None else a.rescale_images
-    size = DEFAULT_RESCALE_SIZE if a.size is None else a.size
-    if count < 1 or size < 1:
-        return fail("--rescale-images and --size must be positive")
-    out = Path(a.out)
-    if out.resolve() == Path(a.checkpoint).resolve():
-        return fail(f"--out {out} is the input checkpoint; choose another path")
-    try:
-        trunk, info = load_suite_trunk(a.checkpoint)
-        _resolve_mode(trunk, a.mode)  # fail before reading any rescaling images
-        images = rescale_batch(a.rescale_data, count, size, trunk.input_space) if a.rescale_data else None
-        prepared = prepare_for_transfer(trunk, a.mode, absorb_bn=not a.no_absorb, rescale_images=images)
-        meta = {"source": info["source"], "method": info["method"], "absorbed_bn": not a.no_absorb,
-                "rescale_data": str(a.rescale_data) if images is not None else None,
-                "rescale_images": int(images.shape[0]) if images is not None else 0,
-                "rescale_size": size if images is not None else None}
-        save_prepared(prepared, out, meta)
-    except (CheckpointMismatchError, DataLayoutError, FileNotFoundError, ValueError) as e:
-        return fail(e)
-    mode = prepared_mode(prepared)
-    steps = ["batch norm absorbed" if not a.no_absorb else "batch norm kept",
-             f"rescaled on {meta['rescale_images']} images" if images is not None else "not rescaled"]
-    print(f"ssl-bench: {info['method']} prepared for fine-tuning (mode {mode}, input {prepared.input_space}, "
-          f"{', '.join(steps)}) -> {out}")
-    return 0
