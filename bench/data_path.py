@@ -47,7 +47,8 @@ def sync(device: str) -> None:
 
 def loader_rate(dm: ImageDataModule, device: str, passes: int, on_device: str = "") -> float:
     """images/s over ``passes`` epochs of the train loader, after one warm-up batch (worker start).
-    on_device: "crop" (cache: crop_flip at the samples' seeded offsets), "decode" (data.decode=device) or "" (nothing)."""
+    on_device: "crop" (cache: crop_flip at the samples' seeded offsets), "decode" (data.decode=device)
+    or "" (nothing)."""
     if on_device == "decode":
         dm._decode_on_device = lambda: True  # as while a trainer runs: the loader hands over file bytes
     loader = dm.train_dataloader()

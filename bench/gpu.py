@@ -1,7 +1,8 @@
 """GPU measurements in one short run on a CUDA machine.
 
 Depends on torch and numpy only (no Lightning / Hydra / W&B), so it runs on a bare GPU image from a
-copy of the repository (``PYTHONPATH=. python bench/gpu.py`` when the package is not installed). Data are synthetic uint8 batches resident on the device; every step includes
+copy of the repository (``PYTHONPATH=. python bench/gpu.py`` when the package is not installed).
+Data are synthetic uint8 batches resident on the device; every step includes
 the pretext's own machinery (Lab + ab decimation + exact soft-encoding for colorization; patch-pair
 sampling for context prediction; masks for the context encoder) on the device.
 
@@ -125,7 +126,8 @@ def context_encoder(batch: int, dtype: str, device: str, size: int = 128):
     layers, ch, res = [], c5, size // 16
     while res < size:  # the suite's decoder shape: up-convolutions doubling the resolution
         out = 3 if res * 2 >= size else max(16, ch // 2)
-        layers += [nn.ConvTranspose2d(ch, out, 4, 2, 1)] + ([nn.BatchNorm2d(out), nn.ReLU()] if out != 3 else [nn.Tanh()])
+        layers += [nn.ConvTranspose2d(ch, out, 4, 2, 1)] + (
+            [nn.BatchNorm2d(out), nn.ReLU()] if out != 3 else [nn.Tanh()])
         ch, res = out, res * 2
     decoder = nn.Sequential(*layers).to(device)
     opt = torch.optim.Adam(list(trunk.parameters()) + list(decoder.parameters()), lr=2e-4, betas=(0.5, 0.999))
@@ -137,7 +139,8 @@ def context_encoder(batch: int, dtype: str, device: str, size: int = 128):
         x = trunk_input(images, "rgb").masked_fill(hole, 0.0)
         target = images.float() / 127.5 - 1
         with autocast(dtype, device):
-            feat = trunk.pool5(trunk.forward_features(x.contiguous(memory_format=torch.channels_last), ("conv5",))["conv5"])
+            feat = trunk.pool5(
+                trunk.forward_features(x.contiguous(memory_format=torch.channels_last), ("conv5",))["conv5"])
             pred = F.interpolate(decoder(feat).float(), size=(size, size), mode="bilinear", align_corners=False)
         loss = (weights * (pred - target).pow(2).sum(1, keepdim=True)).sum() / weights.sum()
         opt.zero_grad(set_to_none=True)

@@ -103,14 +103,17 @@ def main() -> None:
     res["cache"] = cache_runs(a.quick)
     sys.argv = argv
     print(f"torch={res['torch']} threads={res['threads']}")
-    print("| probe step | batch | crop | conv5 only (s) | conv1..conv5 (s) | ratio (target <= 1.5) |\n|---|---|---|---|---|---|")
+    print("| probe step | batch | crop | conv5 only (s) | conv1..conv5 (s) | ratio (target <= 1.5) |"
+          "\n|---|---|---|---|---|---|")
     for row in res["one_vs_five"]:
         print(f"| {row['trunk']} | {row['batch']} | {row['crop']} | {row['one_layer_s']:.3f} | "
               f"{row['five_layers_s']:.3f} | {row['ratio']:.2f} |")
-    print("| probe run (faithful AlexNet, 128px synthetic) | first run (s) | cache hit (s) | speed-up (target >= 5) |\n|---|---|---|---|")
+    print("| probe run (faithful AlexNet, 128px synthetic) | first run (s) | cache hit (s) | speed-up (target >= 5) |"
+          "\n|---|---|---|---|")
     for k, v in res["cache"].items():
         print(f"| {k} | {v['first_s']:.1f} | {v['cached_s']:.1f} | {v['speedup']:.1f}x |")
-    res["rows"] = [{"benchmark": "probe", "case": f"step {r['trunk']} b{r['batch']} c{r['crop']}: conv1..conv5 vs conv5 only",
+    res["rows"] = [{"benchmark": "probe",
+                    "case": f"step {r['trunk']} b{r['batch']} c{r['crop']}: conv1..conv5 vs conv5 only",
                     "ours": r["five_layers_s"], "reference": r["one_layer_s"], "unit": "s/step", "ratio": r["ratio"],
                     "target": "<= 1.5" if r["trunk"] == "alexnet" else None} for r in res["one_vs_five"]]
     res["rows"] += [{"benchmark": "probe", "case": f"{k} probe run: cache hit vs first run (speed-up)",

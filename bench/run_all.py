@@ -10,8 +10,8 @@ Each script runs in its own process as ``python bench/<name>.py [--quick] --json
 
 ``ours`` and ``reference`` are the two measurements in ``unit``; ``ratio`` is the figure the target
 applies to (a speed-up, a cost ratio, a fraction: each script says which), ours / reference when a
-row leaves the key out, none when it is null; ``target`` is a comparison such as "<= 1.15" or ">= 5" on the ratio, or null
-(reported, no target). A script that is absent, fails or writes no rows gets a row saying so and
+row leaves the key out, none when it is null; ``target`` is a comparison such as "<= 1.15" or ">= 5"
+on the ratio, or null (reported, no target). A script that is absent, fails or writes no rows gets a row saying so and
 the others go on. All rows also land in OUT/summary.json. Exit status 1 when a script is missing or
 failed; unmet targets are reported, not enforced (timings depend on the machine's load).
 """

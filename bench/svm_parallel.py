@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     for n_jobs in (1, args.jobs):
         res = svm_voc07(train_x, train_y, test_x, test_y, n_jobs=n_jobs, seed=args.seed)
         runs[n_jobs] = res
-        print(f"n_jobs={n_jobs}: {res['seconds']:.1f} s wall, {res['fit_cpu_seconds']:.1f} s CPU in fits, mAP {100 * res['mAP']:.2f} "
+        print(f"n_jobs={n_jobs}: {res['seconds']:.1f} s wall, {res['fit_cpu_seconds']:.1f} s CPU in fits, "
+              f"mAP {100 * res['mAP']:.2f} "
               f"(11-point {100 * res['mAP_voc07']:.2f}), {res['fits']} fits, "
               f"{res['not_converged']} hit max_iter", flush=True)
 
@@ -159,9 +160,11 @@ def main(argv: list[str] | None = None) -> int:
             "fit_cpu_seconds_sequential": seq["fit_cpu_seconds"],
             "fit_cpu_seconds_parallel": par["fit_cpu_seconds"],
             "speedup": ratio, "identical": identical,
-            "available_parallelism": [avail_before, avail_after], "load_average_before": load_before, "mAP": seq["mAP"], "fits": seq["fits"],
+            "available_parallelism": [avail_before, avail_after], "load_average_before": load_before,
+            "mAP": seq["mAP"], "fits": seq["fits"],
             "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
-            "rows": [{"benchmark": "svm_parallel", "case": f"VOC07 SVMs {n_train}x{dim}: n_jobs={args.jobs} vs one by one "
+            "rows": [{"benchmark": "svm_parallel",
+                      "case": f"VOC07 SVMs {n_train}x{dim}: n_jobs={args.jobs} vs one by one "
                       f"(speed-up; available parallelism {avail:.2f}x; APs identical: {'yes' if identical else 'NO'})",
                       "ours": par["seconds"], "reference": seq["seconds"], "unit": "s", "ratio": ratio,
                       "target": ">= 1.8"}],

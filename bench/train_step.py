@@ -139,15 +139,19 @@ def main() -> None:
     for row in rows:
         print(f"| {row['trunk']} | {row['batch']} | {row['crop']} | {row['bf16']} | {row['channels_last']} "
               f"| {row['images_per_s']:.1f} |")
-    res["rows"] = [{"benchmark": "train_step", "case": f"{trunk} b{b} c{c}: full colorization step vs network-only step",
+    res["rows"] = [{"benchmark": "train_step",
+                    "case": f"{trunk} b{b} c{c}: full colorization step vs network-only step",
                     "ours": res[k]["full_step_s"] * 1e3, "reference": res[k]["network_step_s"] * 1e3,
                     "unit": "ms/step", "ratio": res[k]["ratio"], "target": "<= 1.15"}
-                   for k, trunk, b, c in (("overhead_small", "alexnet_small", 128, 56), ("overhead_faithful", "alexnet", 4, 180))]
+                   for k, trunk, b, c in (("overhead_small", "alexnet_small", 128, 56),
+                                          ("overhead_faithful", "alexnet", 4, 180))]
     for row in rows:
         ref = next(r for r in rows if r["trunk"] == row["trunk"] and not r["bf16"] and not r["channels_last"])
         if row is not ref:
-            res["rows"].append({"benchmark": "train_step", "case": f"{row['trunk']} b{row['batch']} c{row['crop']}: "
-                                f"{'bf16' if row['bf16'] else 'fp32'} {'channels_last' if row['channels_last'] else 'contiguous'}"
+            res["rows"].append({"benchmark": "train_step",
+                                "case": f"{row['trunk']} b{row['batch']} c{row['crop']}: "
+                                f"{'bf16' if row['bf16'] else 'fp32'} "
+                                f"{'channels_last' if row['channels_last'] else 'contiguous'}"
                                 " vs fp32 contiguous", "ours": row["images_per_s"], "reference": ref["images_per_s"],
                                 "unit": "images/s", "ratio": row["images_per_s"] / ref["images_per_s"], "target": None})
     if a.json:

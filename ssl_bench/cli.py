@@ -1,15 +1,18 @@
 """ssl-bench command line: a thin dispatcher onto Hydra jobs and a few plain commands.
 
     ssl-bench pretrain [hydra overrides]        pretrain a trunk (Hydra; -m for multirun)
-    ssl-bench probe [hydra overrides]           per-layer probes of a frozen trunk (checkpoint=... or init=gaussian|kraehenbuehl)
+    ssl-bench probe [hydra overrides]           per-layer probes of a frozen trunk
+                                                (checkpoint=... or init=gaussian|kraehenbuehl)
     ssl-bench finetune task=voc_cls|voc_det|voc_seg checkpoint=... voc_root=...   PASCAL VOC transfer
     ssl-bench prepare-weights CHECKPOINT --out PATH [--mode ...]   absorb BN, rescale, colour branch
     ssl-bench colorize IMAGE_OR_DIR... checkpoint=CKPT [decode=annealed_mean T=0.38] [--out DIR]
     ssl-bench evaluate-colorization checkpoint=CKPT [classifier=CKPT] [data=...]   AuC raw/rebal, classifier top-1
     ssl-bench gallery --data DIR [--l2 CKPT] [--class CKPT] [--full CKPT] [--out DIR]
     ssl-bench prior-figure --data DIR | --checkpoint CKPT [--out prior.png]
-    ssl-bench turing-test --checkpoint CKPT --data DIR [--port 8765]   real-vs-fake page (and: turing-test results --db F)
-    ssl-bench leaderboard DIR... [--out DIR] [--wandb-project P ...]   gather results.json files into one table (and a W&B run)
+    ssl-bench turing-test --checkpoint CKPT --data DIR [--port 8765]   real-vs-fake page
+                                                (and: turing-test results --db F)
+    ssl-bench leaderboard DIR... [--out DIR] [--wandb-project P ...]   gather results.json files into one table
+                                                (and a W&B run)
     ssl-bench benchmark [preset=demo|smoke] [overrides]   pretrain -> probes -> VOC -> leaderboard, resumable
     ssl-bench demo [overrides]                  = ssl-bench benchmark preset=demo (the embedded default)
     ssl-bench data synthetic --out DIR [...]    write the synthetic ImageFolder tree

@@ -38,8 +38,8 @@ from typing import Any, Literal, NamedTuple, Union
 
 import numpy as np
 
-__all__ = ["voc_prefix", "AP_MODES", "Detections", "GroundTruth", "average_precision", "box_iou_voc", "confusion_matrix",
-           "detection_ap", "detection_map", "mean_average_precision", "mean_iou", "per_class_iou",
+__all__ = ["voc_prefix", "AP_MODES", "Detections", "GroundTruth", "average_precision", "box_iou_voc",
+           "confusion_matrix", "detection_ap", "detection_map", "mean_average_precision", "mean_iou", "per_class_iou",
            "pixel_accuracy", "precision_recall_points"]
 
 APMode = Literal["area", "voc07"]

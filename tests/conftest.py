@@ -1,4 +1,4 @@
-"""Shared fixtures: the real configs, shrunk, and tiny generated data."""
+"""Shared fixtures: tiny generated data, in-process CLI runs (plain helpers live in helpers.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -22,17 +19,6 @@ def tiny_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data") / "tiny"
     return generate(out, SyntheticSpec(num_classes=10, train_per_class=8, val_per_class=2,
                                        image_size=64, seed=3), workers=1)
-
-
-def tiny_overrides(data_root: Path, out_dir: Path, cache: Path) -> list[str]:
-    """The real pretrain config shrunk to seconds on a CPU."""
-    return [
-        f"data.root={data_root}", "data.synthetic=null", "data.batch_size=16", "data.num_workers=0",
-        f"paths.cache_dir={cache}", f"paths.log_dir={out_dir.parent}", f"hydra.run.dir={out_dir}",
-        "backbone.widths=[16,32,48,48,32]", "backbone.fc_channels=64",
-        "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
-        "callbacks.samples.every_n_steps=2", "checkpoint.every_n_train_steps=1",
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -58,23 +44,3 @@ def run_cli(monkeypatch):
             return int(e.code or 0)
         return 0
     return run
-
-
-POOL_AFTER = {"conv1": "pool1", "conv2": "pool2", "conv5": "pool5"}
-
-
-def pre_activations(trunk, x):
-    """Each AlexNet layer's conv output (before BN/ReLU), from the previous block's (pooled) output:
-    computed through the public forward_features, independently of any hook-based code under test."""
-    import torch
-
-    from ssl_bench.models.alexnet import LAYERS
-    with torch.no_grad():
-        feats = trunk.forward_features(x, LAYERS)
-        out = {}
-        for i, name in enumerate(LAYERS):
-            inp = x if i == 0 else feats[LAYERS[i - 1]]
-            if i and LAYERS[i - 1] in POOL_AFTER:
-                inp = getattr(trunk, POOL_AFTER[LAYERS[i - 1]])(inp)
-            out[name] = getattr(trunk, name)[0](inp)
-    return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import brute_force_ap
 from sklearn.metrics import average_precision_score
 
 from ssl_bench.metrics import (
@@ -23,36 +24,6 @@ from ssl_bench.metrics import (
     per_class_iou,
     pixel_accuracy,
 )
-
-
-def brute_force_ap(scores: np.ndarray, labels: np.ndarray, mode: str) -> float:
-    """The definitions, spelled out with loops over thresholds (O(n^2), no shared code).
-
-    The PR curve has one point per distinct score t: the items with score >= t are predicted
-    positive.  Interpolated precision at recall r = max precision over points with recall >= r.
-    """
-    labels = np.asarray(labels)
-    if (labels == -1).any():                      # devkit convention: 0 = ignored
-        keep = labels != 0
-        scores, labels = np.asarray(scores)[keep], labels[keep]
-    pos = labels > 0
-    n_pos = pos.sum()
-    points = []                                   # (recall, precision)
-    for t in sorted(set(scores.tolist()), reverse=True):
-        sel = scores >= t
-        points.append((pos[sel].sum() / n_pos, pos[sel].sum() / sel.sum()))
-    if mode == "voc07":
-        total = 0.0
-        for k in range(11):
-            ps = [p for r, p in points if r >= k / 10]
-            total += max(ps) if ps else 0.0
-        return total / 11
-    ap, prev_r = 0.0, 0.0
-    for r, _ in points:
-        ap += (r - prev_r) * max(p for r2, p in points if r2 >= r)
-        prev_r = r
-    return ap
-
 
 # ------------------------------------------------------------------------------- hand-worked
 

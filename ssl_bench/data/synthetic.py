@@ -671,49 +671,16 @@ def generate(out: str | Path, spec: SyntheticSpec = SyntheticSpec(), *, workers:
     workers: processes to render with (default min(2, cpu count)); the files are byte-identical
     for any value.  progress: print progress lines to stderr.
     """
-    if not isinstance(spec, SyntheticSpec):
-        raise TypeError(f"spec: expected a SyntheticSpec, got {type(spec).__name__}")
-    SyntheticSpec.__post_init__(spec)  # guards against specs mutated with object.__setattr__
-    if workers is None:
-        workers = min(2, os.cpu_count() or 1)
-    if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers: expected a positive integer, got {workers!r}")
+    workers = _check_generate_args(spec, workers)
     out = Path(out).expanduser()
     manifest = _manifest(spec)
-    if out.exists() or out.is_symlink():
-        problem = _describe_existing(out, manifest)
-        if problem is None:
-            return out
-        if not overwrite:
-            raise FileExistsError(f"{out} {problem}; pass overwrite=True to replace it")
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)  # left over by a crashed run of a process with our pid
+    if _already_there(out, manifest, overwrite):
+        return out
+    tmp = _fresh_tmp(out)
     total = spec.count("train") + spec.count("val")
     t0 = time.monotonic()
     try:
-        for split in ("train", "val"):
-            for name in manifest["class_names"]:
-                (tmp / split / name).mkdir(parents=True)
-        chunk = max(16, min(256, total // (8 * workers) + 1))
-        jobs = list(_chunks(spec, tmp, chunk))
-        done = 0
-        report = _progress_reporter(total, progress)
-        if workers == 1:
-            for job in jobs:
-                done += _write_chunk(job)
-                report(done)
-        else:
-            # spawn, not fork: the caller may hold threads (torch, loaders) that fork would copy.
-            ctx = multiprocessing.get_context("spawn")
-            with ctx.Pool(processes=workers) as pool:
-                for k in pool.imap_unordered(_write_chunk, jobs):
-                    done += k
-                    report(done)
-        # The manifest is written last: its presence marks a complete tree.
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        _write_tree(tmp, spec, manifest, workers, _progress_reporter(total, progress))
         _install(tmp, out, manifest, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -722,6 +689,64 @@ def generate(out: str | Path, spec: SyntheticSpec = SyntheticSpec(), *, workers:
         print(f"synthetic: wrote {total} images to {out} in {time.monotonic() - t0:.1f} s",
               file=sys.stderr, flush=True)
     return out
+
+
+def _check_generate_args(spec: SyntheticSpec, workers: int | None) -> int:
+    """Validate ``generate``'s spec and worker count; returns the worker count to use."""
+    if not isinstance(spec, SyntheticSpec):
+        raise TypeError(f"spec: expected a SyntheticSpec, got {type(spec).__name__}")
+    SyntheticSpec.__post_init__(spec)  # guards against specs mutated with object.__setattr__
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1)
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers: expected a positive integer, got {workers!r}")
+    return workers
+
+
+def _already_there(out: Path, manifest: dict[str, Any], overwrite: bool) -> bool:
+    """True when ``out`` already holds this tree.  Anything else there raises FileExistsError
+    unless ``overwrite``."""
+    if out.exists() or out.is_symlink():
+        problem = _describe_existing(out, manifest)
+        if problem is None:
+            return True
+        if not overwrite:
+            raise FileExistsError(f"{out} {problem}; pass overwrite=True to replace it")
+    return False
+
+
+def _fresh_tmp(out: Path) -> Path:
+    """The (absent) sibling folder that ``out`` is rendered into."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)  # left over by a crashed run of a process with our pid
+    return tmp
+
+
+def _write_tree(tmp: Path, spec: SyntheticSpec, manifest: dict[str, Any], workers: int,
+                report: Callable[[int], None]) -> None:
+    """Render every image of ``spec`` into ``tmp``, then its manifest."""
+    for split in ("train", "val"):
+        for name in manifest["class_names"]:
+            (tmp / split / name).mkdir(parents=True)
+    total = spec.count("train") + spec.count("val")
+    chunk = max(16, min(256, total // (8 * workers) + 1))
+    jobs = list(_chunks(spec, tmp, chunk))
+    done = 0
+    if workers == 1:
+        for job in jobs:
+            done += _write_chunk(job)
+            report(done)
+    else:
+        # spawn, not fork: the caller may hold threads (torch, loaders) that fork would copy.
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(processes=workers) as pool:
+            for k in pool.imap_unordered(_write_chunk, jobs):
+                done += k
+                report(done)
+    # The manifest is written last: its presence marks a complete tree.
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def _progress_reporter(total: int, enabled: bool) -> Callable[[int], None]:

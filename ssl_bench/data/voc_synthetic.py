@@ -59,7 +59,7 @@ class _Instance:
 
 
 # Difficult = small or heavily occluded, measured on the visible pixels; the thresholds give ~9%
-# of all objects (measured on the defaults; see tests/test_voc.py).
+# of all objects (measured on the defaults; see tests/data/test_voc.py).
 _DIFFICULT_MIN_SIDE = 0.13        # visible box side below this fraction of the image
 _DIFFICULT_MIN_VISIBLE = 0.4      # or less than this fraction of it visible (hidden / off-image)
 

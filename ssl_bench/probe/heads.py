@@ -149,8 +149,9 @@ class ProbeHeads(nn.Module):
         self.lr_of = {f"{k}@{lr:g}": float(lr) for k in dims for lr in lrs} if lrs else {}
         self.names = tuple(self.layer_of)
         # ModuleDict keys cannot hold "." (the learning rate), hence the index keys
-        self.heads = nn.ModuleList(nn.Sequential(GlobalBatchNorm1d(dims[k], affine=False), nn.Linear(dims[k], num_classes))
-                                   for k in self.layer_of.values())
+        self.heads = nn.ModuleList(
+            nn.Sequential(GlobalBatchNorm1d(dims[k], affine=False), nn.Linear(dims[k], num_classes))
+            for k in self.layer_of.values())
         self.index = {n: i for i, n in enumerate(self.names)}
         for head in self.heads:
             nn.init.normal_(head[1].weight, std=0.01)

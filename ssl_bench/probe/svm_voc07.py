@@ -27,13 +27,13 @@ The work is cut into ``classes x folds`` cross-validation units (each fits every
 and one refit unit per class.  With ``n_jobs > 1`` they run on joblib's reusable **loky** process
 pool: all CV units are queued at once and a class's refit is queued as soon as its folds are in (no
 barrier between the phases), and the normalised features travel once, as .npy files in /dev/shm
-that the workers map read-only.  Threads are not an option even though liblinear releases the GIL: scikit-learn's liblinear draws its
-coordinate order from one *process-global* Mersenne twister (``sklearn/svm/src/newrand/newrand.h``),
-seeded per fit before the GIL is released, so concurrent fits in threads would interleave their
-random streams and give run-to-run different models.  In separate processes every fit reseeds the
-generator from ``random_state`` and sees exactly the data it sees when run alone, and each unit runs
-with BLAS limited to one thread (in the sequential path too), so ``n_jobs=1`` and ``n_jobs=k`` give
-bit-identical scores, chosen costs and APs.
+that the workers map read-only.  Threads are not an option even though liblinear releases the GIL:
+scikit-learn's liblinear draws its coordinate order from one *process-global* Mersenne twister
+(``sklearn/svm/src/newrand/newrand.h``), seeded per fit before the GIL is released, so concurrent
+fits in threads would interleave their random streams and give run-to-run different models.  In
+separate processes every fit reseeds the generator from ``random_state`` and sees exactly the data
+it sees when run alone, and each unit runs with BLAS limited to one thread (in the sequential path
+too), so ``n_jobs=1`` and ``n_jobs=k`` give bit-identical scores, chosen costs and APs.
 """
 
 from __future__ import annotations
@@ -257,6 +257,30 @@ def svm_voc07(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
     with too few training positives / negatives for the folds or no test positives (naming it).
     """
     t0 = time.perf_counter()
+    train_x, train_y, test_x, test_y = _check_data(train_x, train_y, test_x, test_y)
+    names = _class_names(class_names, train_y.shape[1])
+    grid = _check_settings(costs, folds, n_jobs, max_iter)
+    folds, n_jobs, seed = int(folds), int(n_jobs), int(seed)
+    _check_classes(train_y, test_y, names, folds)
+
+    n_workers = cpu_count() if n_jobs == -1 else n_jobs
+    executor, warm = None, []
+    if n_workers > 1:
+        # Start the workers now: they spawn and import scikit-learn while this process normalises.
+        executor = get_reusable_executor(max_workers=n_workers)
+        warm = [executor.submit(_noop) for _ in range(n_workers)]
+
+    run = _Run(l2_normalise(train_x), l2_normalise(test_x), train_y, grid, folds, seed, max_iter, tol)
+    if executor is None:
+        _run_serial(run)
+    else:
+        _run_parallel(run, executor, warm)
+    return _result(run, test_y, names, seed, n_jobs, t0, return_scores)
+
+
+def _check_data(train_x: Any, train_y: Any, test_x: Any, test_y: Any
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The four arrays, checked one by one and against each other."""
     train_x = _check_features(train_x, "train_x")
     test_x = _check_features(test_x, "test_x")
     train_y = _check_labels(train_y, "train_y")
@@ -270,7 +294,10 @@ def svm_voc07(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
                          f"{test_x.shape[1]}")
     if train_y.shape[1] != test_y.shape[1]:
         raise ValueError(f"train_y has {train_y.shape[1]} classes but test_y has {test_y.shape[1]}")
-    n_classes = train_y.shape[1]
+    return train_x, train_y, test_x, test_y
+
+
+def _class_names(class_names: Sequence[str] | None, n_classes: int) -> list[str]:
     if class_names is None:
         if n_classes == 20:
             class_names = _VOC_CLASSES
@@ -279,6 +306,11 @@ def svm_voc07(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
     names = [str(n) for n in class_names]
     if len(names) != n_classes:
         raise ValueError(f"class_names: expected {n_classes} names, got {len(names)}")
+    return names
+
+
+def _check_settings(costs: Sequence[float], folds: Any, n_jobs: Any, max_iter: Any) -> list[float]:
+    """Validate the scalar settings; returns the cost grid (sorted, without duplicates)."""
     grid = sorted({float(c) for c in costs})
     if not grid or not all(math.isfinite(c) and c > 0 for c in grid):
         raise ValueError(f"costs: expected a non-empty list of positive finite numbers, got {list(costs)}")
@@ -288,9 +320,11 @@ def svm_voc07(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
         raise ValueError(f"n_jobs: expected a positive integer or -1, got {n_jobs!r}")
     if not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
         raise ValueError(f"max_iter: expected a positive integer, got {max_iter!r}")
-    folds, n_jobs, seed = int(folds), int(n_jobs), int(seed)
+    return grid
 
-    targets = np.where(train_y > 0, 1, -1).astype(np.float64)  # difficult (0) -> negative
+
+def _check_classes(train_y: np.ndarray, test_y: np.ndarray, names: list[str], folds: int) -> None:
+    """Every class needs ``folds`` training positives and negatives, and a test positive."""
     for c, name in enumerate(names):
         n_pos = int((train_y[:, c] > 0).sum())
         n_neg = train_y.shape[0] - n_pos
@@ -300,77 +334,108 @@ def svm_voc07(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
         if not (test_y[:, c] > 0).any():
             raise ValueError(f"class {name!r}: no positive test images (AP is undefined)")
 
-    n_workers = cpu_count() if n_jobs == -1 else n_jobs
-    executor = None
-    if n_workers > 1:
-        # Start the workers now: they spawn and import scikit-learn while this process normalises.
-        executor = get_reusable_executor(max_workers=n_workers)
-        warm = [executor.submit(_noop) for _ in range(n_workers)]
 
-    x = l2_normalise(train_x)
-    xt = l2_normalise(test_x)
-    # Fold split per class, fixed before any fitting so it cannot depend on the schedule.
-    splits = [list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, targets[:, c]))
-              for c in range(n_classes)]
-    fit_args = (seed, max_iter, tol)
-    fold_aps: list[list[Any]] = [[None] * folds for _ in range(n_classes)]  # AP per cost, per fold
-    cv_aps = np.empty((n_classes, len(grid)), dtype=np.float64)
-    chosen: list[float] = [0.0] * n_classes
-    best: list[float] = [0.0] * n_classes
-    scores = np.empty((xt.shape[0], n_classes), dtype=np.float64)
-    not_converged = 0
-    cpu = 0.0
+class _Run:
+    """One call's shared inputs and the results its units add, in whatever order they finish.
 
-    def choose(c: int) -> float:
-        cv_aps[c], chosen[c], best[c] = _choose(np.stack(fold_aps[c]), grid)
-        return chosen[c]
+    Each unit is a pure function of the arguments built here, so the order in which the results
+    arrive cannot change them.
+    """
 
-    if executor is None:
-        # The reference schedule: every fit in this process, one after the other.
-        for c in range(n_classes):
-            for f, (tr, va) in enumerate(splits[c]):
-                fold_aps[c][f], bad, t = _cv_unit(x, targets[:, c], tr, va, grid, *fit_args)
-                not_converged, cpu = not_converged + bad, cpu + t
-            scores[:, c], bad, t = _final_unit(x, targets[:, c], xt, choose(c), *fit_args)
-            not_converged, cpu = not_converged + bad, cpu + t
-    else:
-        # Dynamic schedule without a barrier: all (class, fold) units are queued at once, and a
-        # class's refit is queued as soon as its last fold is in, so no worker idles between the
-        # phases.  Every unit is a pure function of its inputs, so the schedule cannot change a
-        # result.  The features go to the workers once, as .npy files in shared memory.
-        shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-        folder = tempfile.mkdtemp(prefix="ssl_bench_svm_", dir=shm)
-        pending: dict[Future, tuple[str, int, int]] = {}
+    def __init__(self, x: np.ndarray, xt: np.ndarray, train_y: np.ndarray, grid: list[float], folds: int,
+                 seed: int, max_iter: int, tol: float) -> None:
+        self.x, self.xt, self.grid, self.folds = x, xt, grid, folds
+        self.fit_args = (seed, max_iter, tol)
+        self.n_classes = train_y.shape[1]
+        self.targets = np.where(train_y > 0, 1, -1).astype(np.float64)  # difficult (0) -> negative
+        # Fold split per class, fixed before any fitting so it cannot depend on the schedule.
+        self.splits = [list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, self.targets[:, c]))
+                       for c in range(self.n_classes)]
+        self.fold_aps: list[list[Any]] = [[None] * folds for _ in range(self.n_classes)]  # AP per cost
+        self.folds_left = [folds] * self.n_classes
+        self.cv_aps = np.empty((self.n_classes, len(grid)), dtype=np.float64)
+        self.chosen: list[float] = [0.0] * self.n_classes
+        self.best: list[float] = [0.0] * self.n_classes
+        self.scores = np.empty((xt.shape[0], self.n_classes), dtype=np.float64)
+        self.not_converged = 0
+        self.cpu = 0.0
+
+    def cv_args(self, c: int, f: int, x: ArrayRef) -> tuple[Any, ...]:
+        tr, va = self.splits[c][f]
+        return (x, self.targets[:, c], tr, va, self.grid, *self.fit_args)
+
+    def final_args(self, c: int, x: ArrayRef, xt: ArrayRef) -> tuple[Any, ...]:
+        return (x, self.targets[:, c], xt, self.chosen[c], *self.fit_args)
+
+    def add_cv(self, c: int, f: int, aps: np.ndarray, bad: int, cpu: float) -> bool:
+        """Record one fold; once the class's last fold is in, choose its cost and return True."""
+        self.fold_aps[c][f] = aps
+        self.not_converged, self.cpu = self.not_converged + bad, self.cpu + cpu
+        self.folds_left[c] -= 1
+        if self.folds_left[c]:
+            return False
+        self.cv_aps[c], self.chosen[c], self.best[c] = _choose(np.stack(self.fold_aps[c]), self.grid)
+        return True
+
+    def add_final(self, c: int, scores: np.ndarray, bad: int, cpu: float) -> None:
+        self.scores[:, c] = scores
+        self.not_converged, self.cpu = self.not_converged + bad, self.cpu + cpu
+
+
+def _run_serial(run: _Run) -> None:
+    """The reference schedule: every fit in this process, one after the other."""
+    for c in range(run.n_classes):
+        for f in range(run.folds):
+            run.add_cv(c, f, *_cv_unit(*run.cv_args(c, f, run.x)))
+        run.add_final(c, *_final_unit(*run.final_args(c, run.x, run.xt)))
+
+
+@contextlib.contextmanager
+def _shared_copies(x: np.ndarray, xt: np.ndarray) -> Iterator[tuple[str, str]]:
+    """The train and test features as .npy files in shared memory (when available), removed on exit."""
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    folder = tempfile.mkdtemp(prefix="ssl_bench_svm_", dir=shm)
+    try:
+        x_ref, xt_ref = os.path.join(folder, "train.npy"), os.path.join(folder, "test.npy")
+        np.save(x_ref, x)
+        np.save(xt_ref, xt)
+        yield x_ref, xt_ref
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run_parallel(run: _Run, executor: Any, warm: list[Future]) -> None:
+    """Dynamic schedule without a barrier on the worker pool.
+
+    All (class, fold) units are queued at once, and a class's refit is queued as soon as its last
+    fold is in, so no worker idles between the phases.  The features go to the workers once.
+    """
+    pending: dict[Future, tuple[str, int, int]] = {}
+    with _shared_copies(run.x, run.xt) as (x_ref, xt_ref):
         try:
-            x_ref, xt_ref = os.path.join(folder, "train.npy"), os.path.join(folder, "test.npy")
-            np.save(x_ref, x)
-            np.save(xt_ref, xt)
-            for c in range(n_classes):
-                for f, (tr, va) in enumerate(splits[c]):
-                    fut = executor.submit(_cv_unit, x_ref, targets[:, c], tr, va, grid, *fit_args)
-                    pending[fut] = ("cv", c, f)
+            for c in range(run.n_classes):
+                for f in range(run.folds):
+                    pending[executor.submit(_cv_unit, *run.cv_args(c, f, x_ref))] = ("cv", c, f)
             wait(warm)
-            todo = [folds] * n_classes
             while pending:
                 done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
                 for fut in done:
                     kind, c, f = pending.pop(fut)
-                    result, bad, t = fut.result()  # re-raises a worker's exception here
-                    not_converged, cpu = not_converged + bad, cpu + t
+                    result = fut.result()  # re-raises a worker's exception here
                     if kind == "final":
-                        scores[:, c] = result
-                        continue
-                    fold_aps[c][f] = result
-                    todo[c] -= 1
-                    if todo[c] == 0:
-                        fut = executor.submit(_final_unit, x_ref, targets[:, c], xt_ref, choose(c),
-                                              *fit_args)
+                        run.add_final(c, *result)
+                    elif run.add_cv(c, f, *result):
+                        fut = executor.submit(_final_unit, *run.final_args(c, x_ref, xt_ref))
                         pending[fut] = ("final", c, -1)
         finally:
             for fut in pending:
                 fut.cancel()
-            shutil.rmtree(folder, ignore_errors=True)
 
+
+def _result(run: _Run, test_y: np.ndarray, names: list[str], seed: int, n_jobs: int, t0: float,
+            return_scores: bool) -> dict[str, Any]:
+    """The dict ``svm_voc07`` returns (test APs from the final scores, plus the run's records)."""
+    scores, n_classes = run.scores, run.n_classes
     ap = [average_precision(scores[:, c], test_y[:, c], "area", ignore_zero=True)
           for c in range(n_classes)]
     ap07 = [average_precision(scores[:, c], test_y[:, c], "voc07", ignore_zero=True)
@@ -378,11 +443,11 @@ def svm_voc07(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
     out: dict[str, Any] = {
         "ap": ap, "mAP": float(np.mean(ap)),
         "ap_voc07": ap07, "mAP_voc07": float(np.mean(ap07)),
-        "costs": chosen, "cv_ap": best,
-        "cv_ap_grid": cv_aps.tolist(), "cost_grid": grid,
-        "class_names": names, "folds": folds, "seed": seed, "n_jobs": n_jobs,
-        "fits": n_classes * (folds * len(grid) + 1), "not_converged": not_converged,
-        "seconds": time.perf_counter() - t0, "fit_cpu_seconds": cpu,
+        "costs": run.chosen, "cv_ap": run.best,
+        "cv_ap_grid": run.cv_aps.tolist(), "cost_grid": run.grid,
+        "class_names": names, "folds": run.folds, "seed": seed, "n_jobs": n_jobs,
+        "fits": n_classes * (run.folds * len(run.grid) + 1), "not_converged": run.not_converged,
+        "seconds": time.perf_counter() - t0, "fit_cpu_seconds": run.cpu,
     }
     if return_scores:
         out["scores"] = scores

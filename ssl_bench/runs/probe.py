@@ -137,7 +137,8 @@ def fit_heads(cfg: DictConfig, dims: dict[str, int], num_classes: int, train: Da
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("probe/") and "loss" not in k}
 
 
-def select_on_holdout(raw: dict[str, float], layers: list[str], grid: list[float]) -> tuple[dict[str, float], dict[str, float]]:
+def select_on_holdout(raw: dict[str, float], layers: list[str],
+                      grid: list[float]) -> tuple[dict[str, float], dict[str, float]]:
     """Per layer, the learning rate whose head scores best on the held-out part of train; report that
     head's test numbers (the test split never influences the choice)."""
     chosen = {l: max(grid, key=lambda lr: raw[f"probe/holdout/{l}@{lr:g}/top1"]) for l in layers}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF
+from helpers import CONF, TINY_TRUNK, save_suite_checkpoint
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -30,9 +30,6 @@ from ssl_bench.models.checkpoint import CheckpointMismatchError
 from ssl_bench.pretext.colorization import ColorizationPretext, ColorObjective
 from ssl_bench.pretext.supervised import SupervisedPretext
 from ssl_bench.runs.colorization_eval import run as run_colorization_eval
-
-TINY = dict(widths=(16, 32, 48, 48, 32), fc_channels=64)
-
 
 # ------------------------------------------------------------------------------- AuC by hand
 
@@ -137,19 +134,14 @@ def test_annealed_mean_between_mean_and_mode():
 # ------------------------------------------------------------------------------- end to end
 
 
-def save_suite_checkpoint(module, path: Path) -> Path:
-    torch.save({"state_dict": module.state_dict(), "ssl_bench": module.checkpoint_meta}, path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("ckpts")
     torch.manual_seed(0)
-    col = ColorizationPretext(alexnet_small(**TINY), ColorObjective(rebalance=False), None)
+    col = ColorizationPretext(alexnet_small(**TINY_TRUNK), ColorObjective(rebalance=False), None)
     with torch.no_grad():
         col.head.weight.mul_(20)
-    sup = SupervisedPretext(alexnet_small(input_space="rgb", **TINY), None, 10)
+    sup = SupervisedPretext(alexnet_small(input_space="rgb", **TINY_TRUNK), None, 10)
     return save_suite_checkpoint(col, d / "color.ckpt"), save_suite_checkpoint(sup, d / "sup.ckpt")
 
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from conftest import tiny_overrides
+from helpers import tiny_overrides
 
 
 def metrics(out) -> dict:
@@ -40,7 +40,8 @@ def test_same_seed_gives_identical_pretraining(tiny_data, tmp_path, run_cli):
         out = tmp_path / name
         assert run_cli("pretrain", *tiny_overrides(tiny_data, out, tmp_path / "cache"), "init=gaussian",
                        "trainer.deterministic=true") == 0
-        states.append(torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"])
+        states.append(
+            torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"])
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 

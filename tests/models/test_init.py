@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import pre_activations  # noqa: E402  (shared by the trunk tests)
+from helpers import pre_activations  # noqa: E402  (shared by the trunk tests)
 from torch import nn
 
 from ssl_bench.models.alexnet import LAYERS, alexnet_small

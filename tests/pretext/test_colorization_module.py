@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import train_losses
 
 from ssl_bench import color
 from ssl_bench.data.synthetic import SyntheticSpec, render
@@ -30,15 +31,11 @@ def make(objective: ColorObjective, images: torch.Tensor) -> ColorizationPretext
 def test_loss_falls_over_20_steps(objective):
     images = batch()
     module = make(objective, images)
-    opt = module.configure_optimizers()
-    losses = []
-    for _ in range(20):
+
+    def loss(_: int) -> torch.Tensor:
         out, ab, _ = module(images)
-        loss, _ = module.objective.loss(out, ab, module.bin_weights)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+        return module.objective.loss(out, ab, module.bin_weights)[0]
+    losses = train_losses(loss, module.configure_optimizers(), 20)
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
 
 

@@ -8,37 +8,23 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_overrides
+from helpers import TINY_TRUNK, synthetic_batch, tiny_overrides, train_losses
 
-from ssl_bench.data.synthetic import SyntheticSpec, render
 from ssl_bench.models.alexnet import alexnet_small
 from ssl_bench.models.checkpoint import read_checkpoint
 from ssl_bench.pretext.supervised import SupervisedPretext
 
-TINY_TRUNK = dict(widths=(16, 32, 48, 48, 32), fc_channels=64)
-
-
-def synthetic_batch(n: int, classes: int = 4, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    spec = SyntheticSpec(num_classes=classes, train_per_class=n, val_per_class=1, image_size=size, seed=1)
-    pairs = [render(spec, "train", i) for i in range(n)]
-    images = torch.from_numpy(np.stack([p[0] for p in pairs])).permute(0, 3, 1, 2).contiguous()
-    return images, torch.tensor([p[1] for p in pairs])
-
 
 def test_supervised_loss_falls_on_synthetic_labels():
     torch.manual_seed(0)
-    images, labels = synthetic_batch(48)
+    images, labels = synthetic_batch(48, classes=4)
     model = SupervisedPretext(alexnet_small(input_space="rgb", **TINY_TRUNK), torch.optim.Adam,
                               num_classes=int(labels.max()) + 1)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    losses = []
-    for step in range(40):
+
+    def loss(_: int) -> torch.Tensor:
         idx = torch.randperm(48)[:16]
-        loss = torch.nn.functional.cross_entropy(model(images[idx]), labels[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+        return torch.nn.functional.cross_entropy(model(images[idx]), labels[idx])
+    losses = train_losses(loss, torch.optim.Adam(model.parameters(), lr=2e-3), 40)
     assert np.mean(losses[-8:]) < 0.6 * np.mean(losses[:8])
 
 

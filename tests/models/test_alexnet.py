@@ -65,7 +65,9 @@ def test_rgb_trunk_and_bad_arguments():
 def test_checkpoint_mismatch_lists_keys():
     small, big = alexnet_small(), alexnet()
     check_state_dict(small, alexnet_small().state_dict(), "same")  # fits
-    with pytest.raises(CheckpointMismatchError, match=r"shape mismatches: .*conv1\.0\.weight: checkpoint \(48, 1, 11, 11\) vs model \(96, 1, 11, 11\)") as e:
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"shape mismatches: .*conv1\.0\.weight: "
+                             r"checkpoint \(48, 1, 11, 11\) vs model \(96, 1, 11, 11\)") as e:
         check_state_dict(big, small.state_dict(), "small.ckpt")
     assert "small.ckpt" in str(e.value)
     state = dict(small.state_dict())
@@ -93,8 +95,9 @@ def test_prepared_gpu_script_runs_on_cpu(tmp_path):
     import json
     import subprocess
     import sys
-    from pathlib import Path
-    script = Path(__file__).resolve().parents[1] / "bench" / "gpu.py"
+
+    from helpers import ROOT
+    script = ROOT / "bench" / "gpu.py"
     out = tmp_path / "gpu.json"
     subprocess.run([sys.executable, str(script), "--quick", "--device", "cpu", "--json", str(out)],
                    check=True, capture_output=True, timeout=600)

@@ -37,7 +37,9 @@ def test_shards_partition_every_one_process_batch(n, bs, world, monkeypatch):
 
 
 def test_seeded_random_batches_agree_across_ranks_and_unseeded_is_refused(monkeypatch):
-    make = lambda: BatchSampler(RandomSampler(range(20), generator=torch.Generator().manual_seed(5)), 6, False)
+    def make():
+        return BatchSampler(RandomSampler(range(20), generator=torch.Generator().manual_seed(5)), 6, False)
+
     one = list(make())
     a, b = shards(make, 2, monkeypatch)
     assert [sorted(x + y) for x, y in zip(a, b)] == [sorted(x) for x in one]
@@ -82,7 +84,7 @@ def test_probe_on_two_gloo_processes_equals_one_process(tmp_path):
 def test_pretraining_on_two_gloo_processes(tiny_data, tmp_path):
     """DDP pretraining: each rank takes its half of every epoch (the datamodule shards, Lightning's
     sampler is off), one rank writes results and samples."""
-    from conftest import tiny_overrides
+    from helpers import tiny_overrides
     out = tmp_path / "run"
     args = [a for a in tiny_overrides(tiny_data, out, tmp_path / "cache") if not a.startswith("trainer.max_epochs")]
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import tiny_overrides
+from helpers import tiny_overrides
 
 from ssl_bench.report import tracking
 from ssl_bench.report.tracking import layer_rows, wandb_run_kwargs

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ROOT
 from PIL import Image
 
 from ssl_bench.models.layers import CONV_LAYERS
@@ -19,7 +20,7 @@ from ssl_bench.report.render import OUTPUT_NAMES, csv_columns, render, to_markdo
 from ssl_bench.report.table import build_table
 from ssl_bench.runs.leaderboard import main as leaderboard_main
 
-PROTOCOLS_MD = Path(__file__).resolve().parents[1] / "docs" / "protocols.md"
+PROTOCOLS_MD = ROOT / "docs" / "protocols.md"
 
 # per-seed top-1 of two methods; the expected statistics below are worked out by hand
 COLOR = {  # colorization/full, seeds 0, 1, 2

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_overrides
+from helpers import tiny_overrides
 from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import pre_activations  # noqa: E402  (shared by the trunk tests)
+from helpers import TINY_TRUNK, pre_activations  # noqa: E402  (shared by the trunk tests)
 from PIL import Image
 from torch import nn
 
@@ -29,9 +29,6 @@ from ssl_bench.models.prepare import (
     rescale_for_transfer,
 )
 from ssl_bench.runs.prepare_weights import main as prepare_weights_main
-
-TINY = dict(widths=(16, 32, 48, 48, 32), fc_channels=64)
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -146,7 +143,7 @@ def test_absorbing_a_bn_free_trunk_returns_an_independent_copy():
 def test_faithful_fc6_geometry_absorbs_too():
     """fc6 6x6 dilation 2 (the authors' layout) on a narrow trunk."""
     torch.manual_seed(0)
-    trunk = AlexNet(**TINY, fc6_kernel=6, fc6_dilation=2)
+    trunk = AlexNet(**TINY_TRUNK, fc6_kernel=6, fc6_dilation=2)
     with torch.no_grad():
         for m in trunk.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -221,9 +218,9 @@ def test_colour_branch_needs_an_l_trunk():
 
 def test_fc_layers_equal_undilated_convolutions_on_a_k_by_k_roi():
     torch.manual_seed(0)
-    trunk = absorb_batch_norm(AlexNet(**TINY, fc6_kernel=6, fc6_dilation=2).eval())
+    trunk = absorb_batch_norm(AlexNet(**TINY_TRUNK, fc6_kernel=6, fc6_dilation=2).eval())
     fc6, fc7 = fc_layers(trunk)
-    k, c5, fc = 6, TINY["widths"][-1], TINY["fc_channels"]
+    k, c5, fc = 6, TINY_TRUNK["widths"][-1], TINY_TRUNK["fc_channels"]
     assert isinstance(fc6, nn.Linear) and fc6.weight.shape == (fc, c5 * k * k)
     assert isinstance(fc7, nn.Linear) and fc7.weight.shape == (fc, fc)
     roi = torch.randn(3, c5, k, k)
@@ -385,7 +382,7 @@ def test_prepare_weights_cli(tmp_path, capsys):
 
 def test_prepare_weights_cli_user_errors(tmp_path, capsys):
     rgb = tmp_path / "rgb.ckpt"
-    suite_checkpoint(rgb, alexnet_small(input_space="rgb", **TINY))
+    suite_checkpoint(rgb, alexnet_small(input_space="rgb", **TINY_TRUNK))
     assert prepare_weights_main([str(rgb), "--out", str(tmp_path / "o.pt"), "--mode", "color"]) == 2
     err = capsys.readouterr().err
     assert "finetune.mode" in err and "'rgb'" in err and "'L'" in err and len(err.strip().splitlines()) == 1

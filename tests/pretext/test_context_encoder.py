@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from helpers import synthetic_batch, train_losses
 from torch.utils.data import DataLoader
 
-from ssl_bench.data.synthetic import SyntheticSpec, render
 from ssl_bench.models.alexnet import alexnet_small
 from ssl_bench.models.inputs import trunk_input
 from ssl_bench.pretext.callbacks import CheckpointMetadata, SampleGrids
@@ -32,8 +32,7 @@ def gen(seed: int = 0) -> torch.Generator:
 
 
 def images(n: int = 16, size: int = 48, seed: int = 1) -> torch.Tensor:
-    spec = SyntheticSpec(num_classes=10, image_size=size, seed=seed)
-    return torch.from_numpy(np.stack([render(spec, "train", i)[0] for i in range(n)])).permute(0, 3, 1, 2).contiguous()
+    return synthetic_batch(n, size=size, seed=seed)[0]
 
 
 def module(size: int = 48, lr: float = 1e-3, **kw) -> ContextEncoderPretext:
@@ -134,15 +133,11 @@ def test_loss_equals_a_brute_force_per_pixel_sum():
 def test_l2_loss_falls_on_synthetic_images():
     x = images(16, 48)
     model = module(48)
-    opt = model.configure_optimizers()
-    losses = []
-    for _ in range(50):
+
+    def loss(_: int) -> torch.Tensor:
         pred, target, _, weights = model.inpaint(x)
-        loss = masked_l2(pred, target, weights)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+        return masked_l2(pred, target, weights)
+    losses = train_losses(loss, model.configure_optimizers(), 50)
     assert np.isfinite(losses).all()
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10]), losses
 
@@ -171,7 +166,10 @@ def test_adversarial_step_runs_both_optimisers_under_a_trainer(tmp_path):
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
                          callbacks=[SampleGrids(every_n_steps=1)])
     trainer.fit(model, train_dataloaders=batches(x), val_dataloaders=batches(x, 1))
-    changed = lambda before, after: any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
+
+    def changed(before, after):
+        return any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
+
     assert changed(disc0, model.discriminator.state_dict())
     assert changed(dec0, model.decoder.state_dict())
     metrics = trainer.callback_metrics

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_overrides
+from helpers import tiny_overrides
 from PIL import Image
 
 pytestmark = pytest.mark.slow

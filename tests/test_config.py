@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, ROOT
+from helpers import CONF, ROOT
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -116,7 +116,8 @@ def test_experiment_composes(name, tmp_path):
 
 
 # The paper's three colorization variants: the objective each one builds.
-VARIANTS = {"full": {"kind": "classification", "rebalance": True}, "class": {"kind": "classification", "rebalance": False},
+VARIANTS = {"full": {"kind": "classification", "rebalance": True},
+            "class": {"kind": "classification", "rebalance": False},
             "l2": {"kind": "regression", "rebalance": False}}
 
 

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import synthetic_batch, train_losses
 
-from ssl_bench.data.synthetic import SyntheticSpec, render
 from ssl_bench.models.alexnet import alexnet_small
 from ssl_bench.pretext.callbacks import CheckpointMetadata, SampleGrids
 from ssl_bench.pretext.context_prediction import ContextPredictionPretext
@@ -149,8 +149,7 @@ def test_pixelate_keeps_about_the_requested_number_of_pixels():
 
 
 def synthetic_images(n: int) -> torch.Tensor:
-    spec = SyntheticSpec(num_classes=10, image_size=64, seed=2)
-    return torch.from_numpy(np.stack([render(spec, "train", i)[0] for i in range(n)])).permute(0, 3, 1, 2).contiguous()
+    return synthetic_batch(n, seed=2)[0]
 
 
 def small_trunk(input_space: str = "rgb"):
@@ -183,15 +182,8 @@ def test_forward_shapes_and_loss_falls_on_synthetic_images(color, margin):
     module = make(color=color)
     logits, labels = module(images)
     assert logits.shape == (32, 8) and labels.shape == (32,) and labels.dtype == torch.int64
-    opt = module.configure_optimizers()
-    losses = []
-    for _ in range(60):
-        logits, labels = module(images)
-        loss = torch.nn.functional.cross_entropy(logits, labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_losses(lambda _: torch.nn.functional.cross_entropy(*module(images)),
+                          module.configure_optimizers(), 60)
     first, last = np.mean(losses[:10]), np.mean(losses[-10:])
     assert last < math.log(8) - margin and last < first - margin, (first, last, losses)
 

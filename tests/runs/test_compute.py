@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_overrides
+from helpers import tiny_overrides
 
 pytestmark = pytest.mark.slow
 

@@ -10,27 +10,13 @@ import os
 
 import numpy as np
 import pytest
+from helpers import brute_force_ap
 from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import LinearSVC
 
 from ssl_bench.probe.svm_voc07 import DEFAULT_COSTS, svm_voc07
 
 SMALL_GRID = [1e-3, 0.1, 10.0]
-
-
-def brute_force_ap(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the interpolated PR curve, difficult (0) excluded, by loops over thresholds."""
-    keep = labels != 0
-    scores, pos = scores[keep], labels[keep] > 0
-    pts = []
-    for t in sorted(set(scores.tolist()), reverse=True):
-        sel = scores >= t
-        pts.append((pos[sel].sum() / pos.sum(), pos[sel].sum() / sel.sum()))
-    ap, prev = 0.0, 0.0
-    for r, _ in pts:
-        ap += (r - prev) * max(p for r2, p in pts if r2 >= r)
-        prev = r
-    return ap
 
 
 def clusters(n_train: int = 240, n_test: int = 200, dim: int = 24, n_classes: int = 4,

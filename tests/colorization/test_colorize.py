@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_TRUNK, save_suite_checkpoint
 from PIL import Image
 
 from ssl_bench import color
@@ -17,18 +18,10 @@ from ssl_bench.pretext.colorization import ColorizationPretext, ColorObjective
 from ssl_bench.pretext.supervised import SupervisedPretext
 from ssl_bench.runs.colorize import main as colorize_main
 
-TINY = dict(widths=(16, 32, 48, 48, 32), fc_channels=64)
-
-
-def save_suite_checkpoint(module, path: Path) -> Path:
-    """The suite's checkpoint format: Lightning's state_dict plus the ``ssl_bench`` entry."""
-    torch.save({"state_dict": module.state_dict(), "ssl_bench": module.checkpoint_meta}, path)
-    return path
-
 
 def colorizer_checkpoint(path: Path, kind: str = "classification") -> Path:
     torch.manual_seed(0)
-    module = ColorizationPretext(alexnet_small(**TINY), ColorObjective(kind=kind, rebalance=False), None)
+    module = ColorizationPretext(alexnet_small(**TINY_TRUNK), ColorObjective(kind=kind, rebalance=False), None)
     with torch.no_grad():  # a head that predicts something colourful rather than near-uniform logits
         module.head.weight.mul_(20)
     return save_suite_checkpoint(module, path)
@@ -36,7 +29,7 @@ def colorizer_checkpoint(path: Path, kind: str = "classification") -> Path:
 
 def supervised_checkpoint(path: Path, num_classes: int = 10) -> Path:
     torch.manual_seed(0)
-    module = SupervisedPretext(alexnet_small(input_space="rgb", **TINY), None, num_classes)
+    module = SupervisedPretext(alexnet_small(input_space="rgb", **TINY_TRUNK), None, num_classes)
     return save_suite_checkpoint(module, path)
 
 

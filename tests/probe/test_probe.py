@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import CONF, tiny_overrides
+from helpers import CONF, tiny_overrides
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
@@ -110,7 +110,8 @@ def test_heads_learn_a_linear_rule(tmp_path):
     w = torch.randn(d, c, generator=g)
     y = (x @ w).argmax(1)
     feats = {"conv2": x.numpy().astype(np.float16), "conv4": torch.randn(n, 8, generator=g).numpy().astype(np.float16)}
-    probe = LinearProbe(ProbeHeads({"conv2": d, "conv4": 8}, c), lambda gr: torch.optim.SGD(gr, lr=0.1, momentum=0.9), c)
+    probe = LinearProbe(ProbeHeads({"conv2": d, "conv4": 8}, c),
+                        lambda gr: torch.optim.SGD(gr, lr=0.1, momentum=0.9), c)
     train = feature_loader(feats, y.numpy(), 100, True, np.arange(1000))
     test = feature_loader(feats, y.numpy(), 100, False, np.arange(1000, n))
     trainer = pl.Trainer(max_epochs=15, logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -8,7 +8,7 @@ import pickle
 from pathlib import Path
 
 import pytest
-from conftest import CONF, tiny_overrides
+from helpers import CONF, tiny_overrides
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ROOT
 from PIL import Image
 
 from ssl_bench.colorization.study.analysis import summarize
@@ -27,7 +28,6 @@ from ssl_bench.colorization.study.sessions import TuringApp
 from ssl_bench.colorization.study.storage import open_db
 from ssl_bench.runs import turing_test as cli
 
-ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
 

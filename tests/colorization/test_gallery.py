@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import save_suite_checkpoint
 from PIL import Image
 
 from ssl_bench import color
@@ -51,8 +52,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
         torch.manual_seed(len(out))
         m = ColorizationPretext(alexnet_small(widths=(16, 32, 48, 48, 32), fc_channels=64), objective,
                                 optimizer=lambda p: None, prior=prior if objective.rebalance else None)
-        torch.save({"state_dict": m.state_dict(), "ssl_bench": m.checkpoint_meta}, d / f"{key}.ckpt")
-        out[key] = d / f"{key}.ckpt"
+        out[key] = save_suite_checkpoint(m, d / f"{key}.ckpt")
     return out
 
 

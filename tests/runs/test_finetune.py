@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import tiny_overrides
+from helpers import tiny_overrides
 
 from ssl_bench.report.collect import collect
 from ssl_bench.report.table import build_table

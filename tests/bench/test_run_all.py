@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+BENCH = ROOT / "bench"
 
 
 @pytest.fixture(scope="module")
