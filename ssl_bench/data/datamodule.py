@@ -26,11 +26,13 @@ from ssl_bench.data.decoded_cache import (
 from ssl_bench.data.images import (
     DataLayoutError,
     ImageDataset,
+    SkippedImagesError,
     collate_skip,
     eval_transform,
     fingerprint,
     image_folder_samples,
     list_images,
+    skipped_summary,
     train_transform,
 )
 from ssl_bench.data.resumable import EpochBatchSampler, ResumableLoader
@@ -58,13 +60,17 @@ class ImageDataModule(pl.LightningDataModule):
             over the file bytes and `on_after_batch_transfer` decodes each batch where the model runs
             (``torchvision.io.decode_jpeg``, nvJPEG on CUDA), then resizes and crops there. Loaders used
             outside the trainer (init statistics, the colour prior) still decode on the CPU.
+        max_skipped_fraction: the most undecodable files a split may hold, as a fraction of it;
+            beyond it the run stops (`SkippedImagesError`, naming the first files) instead of
+            training on what is left. Counted per split, each file once, in `on_after_batch_transfer`
+            (and from the decoded cache's list at setup); `skipped_by_split` has the counts.
     """
 
     def __init__(self, root: str, layout: str = "imagefolder", crop_size: int = 176,
                  load_size: int | None = 256, batch_size: int = 80, num_workers: int = 2,
                  val_fraction: float = 0.02, max_train_images: int | None = None,
                  synthetic: SyntheticSpec | None = None, seed: int = 0,
-                 decoded_cache: str | None = None, decode: str = "cpu") -> None:
+                 decoded_cache: str | None = None, decode: str = "cpu", max_skipped_fraction: float = 0.05) -> None:
         super().__init__()
         if layout not in ("imagefolder", "folder"):
             raise ValueError(f"data.layout: expected 'imagefolder' or 'folder', got {layout!r}")
@@ -84,6 +90,10 @@ class ImageDataModule(pl.LightningDataModule):
             raise ValueError("data.decode=device decodes the image files; it cannot be combined with "
                              "data.decoded_cache (already decoded): set one of them")
         self.decode = decode
+        if not 0.0 <= max_skipped_fraction <= 1.0:
+            raise ValueError(f"data.max_skipped_fraction: expected a fraction in [0, 1], got {max_skipped_fraction!r}")
+        self.max_skipped_fraction = max_skipped_fraction
+        self._skipped: dict[str, dict[str, None]] = {"train": {}, "val": {}}  # ordered sets of paths
         self._cache_meta: dict[str, dict] = {}
         self._train_loader: ResumableLoader | None = None
         self._resume_at: list[int] | None = None
@@ -101,11 +111,14 @@ class ImageDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self._discover()
-        if self.decoded_cache is not None and not self._cache_meta:
-            for split in ("train", "val"):
-                fp = self.fingerprint if split == "train" else None
-                self._cache_meta[split] = check_cache(self.decoded_cache / split, self._samples(split), self.root,
-                                                      self.cache_size, dataset_fingerprint=fp)
+        for split in ("train", "val") if self.decoded_cache is not None else ():
+            if split in self._cache_meta:
+                continue
+            fp = self.fingerprint if split == "train" else None
+            meta = check_cache(self.decoded_cache / split, self._samples(split), self.root,
+                               self.cache_size, dataset_fingerprint=fp)
+            self.count_skipped(split, [str(self.root / f) for f in meta["skipped_files"]])
+            self._cache_meta[split] = meta  # only once accepted: a refused cache is checked again
 
     def _samples(self, split: str) -> list[tuple[Path, int]]:
         return self.train_samples if split == "train" else self.val_samples
@@ -140,7 +153,7 @@ class ImageDataModule(pl.LightningDataModule):
             if not self.root.is_dir():
                 raise DataLayoutError(f"data.root={self.root} does not exist; expected a folder of "
                                       "images (searched recursively)")
-            paths = list_images(self.root)
+            paths = list_images(self.root, "data.root")
             if len(paths) < 2:
                 raise DataLayoutError(f"data.root={self.root} holds {len(paths)} image(s); expected "
                                       "a folder of images (searched recursively)")
@@ -234,23 +247,45 @@ class ImageDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Cached train batches arrive as uint8 S x S: random crop + flip them here, on the device;
-        encoded batches (data.decode=device) are decoded, resized and cropped here."""
+        encoded batches (data.decode=device) are decoded, resized and cropped here. Every batch's
+        skipped files are counted against data.max_skipped_fraction."""
         trainer = getattr(self, "trainer", None)
         training = trainer is not None and trainer.training
         if isinstance(batch, dict) and "encoded" in batch:
             t = train_transform if training else eval_transform
-            return decode_on_device(batch, t(self.crop_size, self.load_size))
-        if self.decoded_cache is not None and training:  # offsets from the train loader's per-sample seeds
+            batch = decode_on_device(batch, t(self.crop_size, self.load_size))
+        elif self.decoded_cache is not None and training:  # offsets from the train loader's per-sample seeds
             images = batch["image"]
             top, left, flip = seeded_offsets(batch.pop("seeds"), images.shape[-2], images.shape[-1], self.crop_size)
             batch["image"] = crop_flip(images, top, left, flip, self.crop_size)
+        if isinstance(batch, dict) and batch.get("skipped"):
+            self.count_skipped("train" if training else "val", batch["skipped"])
         return batch
+
+    def count_skipped(self, split: str, paths: list[str]) -> None:
+        """Record undecodable files of a split (each once, however many epochs report it); raise
+        `SkippedImagesError` when they exceed data.max_skipped_fraction of the split."""
+        seen = self._skipped[split]
+        seen.update(dict.fromkeys(paths))
+        total = len(self._samples(split))
+        if total and len(seen) > self.max_skipped_fraction * total:
+            raise SkippedImagesError(
+                f"data.max_skipped_fraction={self.max_skipped_fraction}: {len(seen)} of the {total} {split} "
+                f"images of data.root={self.root} ({len(seen) / total:.1%}) could not be decoded: "
+                f"{skipped_summary(list(seen))}; repair or remove these files, or raise data.max_skipped_fraction")
+
+    @property
+    def skipped_by_split(self) -> dict[str, int]:
+        """Undecodable files met so far per split, each counted once: {"train": n, "val": m}."""
+        return {split: len(seen) for split, seen in self._skipped.items()}
 
     def first_train_images(self, n: int) -> torch.Tensor:
         """The first ``n`` decodable train images, centre-cropped: uint8 n x 3 x crop x crop
         (data-dependent initialisation measures statistics on them)."""
         chunks, count = [], 0
         for batch in self.split_loader("train", batch_size=min(n, self.batch_size)):
+            if not batch["image"].shape[0]:  # all undecodable: its placeholder has another image size
+                continue
             chunks.append(batch["image"])
             count += batch["image"].shape[0]
             if count >= n:

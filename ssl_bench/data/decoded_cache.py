@@ -22,8 +22,9 @@ The cache is written in a temporary folder next to the target and moved into pla
 ``os.replace`` only when complete (meta.json last), so a killed build never leaves a folder that a
 later run trusts. A cache whose file-list fingerprint or size does not match the dataset raises
 `DecodedCacheMismatch` (naming the folder and ``data.decoded_cache``) instead of being reused.
-Unreadable images are skipped, named in meta.json, and reported by the reader in the batches' "skipped"
-lists once per epoch, as the file loaders do.
+Undecodable images are skipped, named in meta.json, and reported by the reader in the batches' "skipped"
+lists once per epoch, as the file loaders do; a file that cannot be read (an I/O error) stops the build
+(`ssl_bench.data.images.ImageReadError`).
 """
 
 from __future__ import annotations
@@ -39,12 +40,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from ssl_bench.data.images import DECODE_ERRORS, DataLayoutError, decode_rgb, fingerprint
+from ssl_bench.data.images import (
+    DECODE_ERRORS,
+    DataLayoutError,
+    decode_rgb,
+    decode_rgb_bytes,
+    fingerprint,
+    image_size,
+    read_with_retries,
+)
 
 FORMAT_VERSION = 1
 CONFIG_KEY = "data.decoded_cache"
@@ -57,14 +65,13 @@ class DecodedCacheMismatch(DataLayoutError):
 # ----------------------------------------------------------------------------------------- building
 
 def native_size(paths: Sequence[Path]) -> int:
-    """Short side of the first readable image (header only): the cache size when data.load_size=null."""
+    """Short side of the first decodable image (header only): the cache size when data.load_size=null."""
     for p in paths:
         try:
-            with Image.open(p) as im:
-                return int(min(im.size))
+            return int(min(image_size(p)))
         except DECODE_ERRORS:
             continue
-    raise DataLayoutError(f"no readable image among {len(paths)} files (first: {paths[0] if paths else None})")
+    raise DataLayoutError(f"no decodable image among {len(paths)} files (first: {paths[0] if paths else None})")
 
 
 def decode_square(path: Path, size: int) -> Tensor:
@@ -86,7 +93,7 @@ def _decode_task(args: tuple[str, int]) -> np.ndarray | None:
 
 
 def _decoded(paths: Sequence[Path], size: int, workers: int) -> Iterator[np.ndarray | None]:
-    """Decoded squares in input order (None for unreadable files); a process pool when workers > 1."""
+    """Decoded squares in input order (None for undecodable files); a process pool when workers > 1."""
     tasks = [(str(p), size) for p in paths]
     if workers <= 1:
         yield from map(_decode_task, tasks)
@@ -335,7 +342,8 @@ class EncodedBatch:
 
 
 class EncodedImages(Dataset):
-    """(path, label) samples as raw file bytes (uint8 numpy); an unreadable file yields (None, path)."""
+    """(path, label) samples as raw file bytes (uint8 numpy); a file that cannot be read raises
+    `ImageReadError` (after retries) naming it; undecodable bytes are found on the device."""
 
     def __init__(self, samples: Sequence[tuple[Path, int]]) -> None:
         self.samples = list(samples)
@@ -345,10 +353,8 @@ class EncodedImages(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         path, label = self.samples[index]
-        try:
-            return (np.frombuffer(Path(path).read_bytes(), dtype=np.uint8), str(path)), label
-        except OSError:
-            return None, str(path)
+        data = read_with_retries(path, Path(path).read_bytes)
+        return (np.frombuffer(data, dtype=np.uint8), str(path)), label
 
 
 def collate_encoded(batch: list[tuple[Any, Any]]) -> dict[str, Any]:
@@ -360,27 +366,67 @@ def collate_encoded(batch: list[tuple[Any, Any]]) -> dict[str, Any]:
             "skipped": [lab for enc, lab in batch if enc is None]}
 
 
-def _decode_all(data: list[np.ndarray], device: torch.device) -> list[Tensor | None]:
-    """uint8 3 x H x W per file on ``device`` (None = undecodable). One batched ``decode_jpeg`` call
-    (nvJPEG on CUDA); when it fails (a PNG, a corrupt file) each file is decoded on its own, non-JPEG
-    files on the CPU."""
-    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
-    tensors = [torch.from_numpy(a.copy()) for a in data]  # frombuffer arrays are read-only
-    if not tensors:
-        return []
-    try:
-        return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device))
-    except RuntimeError:
-        pass
-    out: list[Tensor | None] = []
-    for t in tensors:
+# Substrings of the errors torchvision's JPEG decoders raise for bad data: on the CPU "Image is
+# incomplete or truncated" and libjpeg's messages ("Not a JPEG file", "Corrupt JPEG data", "Bogus
+# marker length", ...); on CUDA nvJPEG's status failures ("Failed to get image info"), all wrapped in
+# "Error while decoding JPEG images".
+_DATA_ERROR_MARKERS = ("JPEG", "truncated", "incomplete", "marker", "Huffman", "Failed to get image info",
+                       "chroma subsampling", "Premature end", "Corrupt", "Bogus", "Unsupported")
+# Device and memory failures, also inside that wrapper (an allocation fails while decoding): never
+# "bad data".
+_DEVICE_ERROR_MARKERS = ("out of memory", "not enough memory", "cuda", "device", "nvjpeg", "allocator",
+                         "execution_failed", "internal_error", "not initialized")
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def is_decode_failure(e: RuntimeError) -> bool:
+    """True when a device decoder's error says the file's data is bad; False for out-of-memory,
+    device and any other errors, which must stop the run instead of turning images into skips."""
+    if isinstance(e, torch.cuda.OutOfMemoryError) or type(e).__name__ == "AcceleratorError":
+        return False
+    msg = str(e)
+    if any(m in msg.lower() for m in _DEVICE_ERROR_MARKERS):
+        return False
+    return any(m in msg for m in _DATA_ERROR_MARKERS)
+
+
+def _decode_one(data: np.ndarray, path: str, device: torch.device) -> Tensor | None:
+    """One file: ``decode_jpeg`` on ``device`` for JPEGs; other formats, and JPEGs it rejects
+    (nvJPEG lacks e.g. CMYK), through `decode_rgb_bytes` on the CPU, as the file loader decodes them.
+    None = undecodable."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+    if data[:3].tobytes() == _JPEG_MAGIC:
         try:
-            out.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=device))
-        except RuntimeError:
-            try:
-                out.append(decode_image(t, mode=ImageReadMode.RGB).to(device))
-            except RuntimeError:
-                out.append(None)
+            return decode_jpeg(torch.from_numpy(data.copy()), mode=ImageReadMode.RGB, device=device)
+        except RuntimeError as e:
+            if not is_decode_failure(e):
+                raise
+    try:
+        return decode_rgb_bytes(data, path).to(device)
+    except DECODE_ERRORS:
+        return None
+
+
+def _decode_all(data: list[np.ndarray], paths: list[str], device: torch.device) -> list[Tensor | None]:
+    """uint8 3 x H x W per file on ``device`` (None = undecodable). The JPEGs go through one batched
+    ``decode_jpeg`` call (nvJPEG on CUDA); when it reports bad data (a corrupt file), and for the
+    other files, each file is decoded on its own (`_decode_one`)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+    out: list[Tensor | None] = [None] * len(data)
+    jpegs = [i for i, a in enumerate(data) if a[:3].tobytes() == _JPEG_MAGIC]
+    done: set[int] = set()
+    if jpegs:
+        try:  # frombuffer arrays are read-only: copy
+            batch = decode_jpeg([torch.from_numpy(data[i].copy()) for i in jpegs], mode=ImageReadMode.RGB,
+                                device=device)
+            out = [dict(zip(jpegs, batch)).get(i) for i in range(len(data))]
+            done = set(jpegs)
+        except RuntimeError as e:
+            if not is_decode_failure(e):
+                raise
+    for i in range(len(data)):
+        if i not in done:
+            out[i] = _decode_one(data[i], paths[i], device)
     return out
 
 
@@ -390,7 +436,7 @@ def decode_on_device(batch: dict[str, Any], transform: Any) -> dict[str, Any]:
     `collate_skip` format; undecodable files join "skipped"."""
     enc: EncodedBatch = batch["encoded"]
     device = batch["label"].device
-    decoded = _decode_all(enc.data, device)
+    decoded = _decode_all(enc.data, enc.paths, device)
     keep = [i for i, img in enumerate(decoded) if img is not None]
     skipped = list(batch["skipped"]) + [enc.paths[i] for i, img in enumerate(decoded) if img is None]
     if keep:  # sizes differ before the transform: one image at a time

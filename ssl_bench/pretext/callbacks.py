@@ -1,5 +1,6 @@
-"""Lightning callbacks for what every pretext run does besides learning: the checkpoint's metadata
-and pictures of what the network sees and predicts.
+"""Lightning callbacks and plugins for what every pretext run does besides learning: the checkpoint's
+metadata, checkpoint files that are never half-written, and pictures of what the network sees and
+predicts.
 
 Protocol with the pretext modules (``ssl_bench.pretext.common``):
 - ``checkpoint_meta`` (a dict) and ``skips`` (a `SkipCounter`);
@@ -9,10 +10,16 @@ Protocol with the pretext modules (``ssl_bench.pretext.common``):
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
+from pytorch_lightning.plugins import TorchCheckpointIO
+
+from ssl_bench.io import atomic_writer
 
 # Top-level checkpoint key; the trunk loaders (ssl_bench.models, ssl_bench.colorization) read it.
 META_KEY = "ssl_bench"
@@ -30,6 +37,30 @@ class CheckpointMetadata(pl.Callback):
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
         pl_module.skips.count = checkpoint.get(META_KEY, {}).get("skipped_images", 0)
+
+
+# a ValueError too: the CLI reports user-fixable errors (ssl_bench.runs.jobs.user_errors) in one
+# line, and a full disk is one the user fixes
+class CheckpointWriteError(OSError, ValueError):
+    """A checkpoint could not be written for lack of disk space; the message names the file."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes every checkpoint (step, last, any ``trainer.save_checkpoint``) to a temporary file
+    beside it and renames it into place: a full disk or a kill mid-write leaves the previous file
+    loadable and no truncated one, so ``ckpt_path=auto`` can always resume."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__}.save_checkpoint: storage_options are not supported")
+        try:
+            with atomic_writer(path) as f:
+                torch.save(checkpoint, f)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise CheckpointWriteError(e.errno, f"not enough disk space to write the checkpoint {Path(path)} "
+                                                f"({e.strerror or e}); the earlier checkpoints are kept") from e
 
 
 def _samples(outputs: Any) -> tuple[Any, ...] | None:
@@ -69,4 +100,4 @@ class SampleGrids(pl.Callback):
             pl_module.save_samples(*samples, tag=f"val_epoch_{pl_module.current_epoch:03d}")
 
 
-__all__ = ["CheckpointMetadata", "META_KEY", "SampleGrids"]
+__all__ = ["AtomicCheckpointIO", "CheckpointMetadata", "CheckpointWriteError", "META_KEY", "SampleGrids"]

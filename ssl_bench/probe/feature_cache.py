@@ -3,6 +3,11 @@
 A cache entry is a folder keyed by (trunk weights, transform, split, dataset fingerprint); inside it
 one file per layer. The trunk is identified by a hash of its weights and batch-norm statistics, so
 features of a different checkpoint are never reused even if it has the same file name.
+
+An entry is written in a temporary folder ``.<key>.<pid>@<host>.<random>`` beside it, then renamed
+into place. A writer that was killed leaves its temporary folder behind (as large as the entry):
+the next write under the same root removes those of writers that are gone (their process no longer
+runs on this host) once they are a minute old.
 """
 
 from __future__ import annotations
@@ -10,8 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +43,45 @@ def trunk_fingerprint(trunk: nn.Module) -> str:
 def cache_key(trunk_id: str, transform: str, split: str, dataset_fingerprint: str) -> str:
     text = json.dumps([trunk_id, transform, split, dataset_fingerprint])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+# a temporary folder left by a writer that is gone is removed once this old (seconds): a folder just
+# made by another host's writer on a shared file system is not, whatever its pid means here
+STALE_AFTER_S = 60.0
+_TMP_NAME = re.compile(r"^\.[^.]+\.(?P<pid>\d+)@(?P<host>.+)\.[^.]+$")
+
+
+def _tmp_prefix(key: str) -> str:
+    return f".{key}.{os.getpid()}@{socket.gethostname()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temp(root: Path, now: float | None = None) -> list[Path]:
+    """Remove the temporary folders under ``root`` of writers on this host that are no longer running
+    and that are older than STALE_AFTER_S; returns the folders removed."""
+    now = time.time() if now is None else now
+    host, removed = socket.gethostname(), []
+    for path in root.glob(".*"):
+        m = _TMP_NAME.match(path.name)
+        if m is None or m["host"] != host or not path.is_dir() or _alive(int(m["pid"])):
+            continue
+        try:
+            if now - path.stat().st_mtime < STALE_AFTER_S:
+                continue
+        except FileNotFoundError:  # another run removed it first
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
 
 
 class FeatureStore:
@@ -65,7 +112,8 @@ class FeatureStore:
         half-filled entry that a later run would trust.
         """
         self.dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=self.dir.parent, prefix=f".{self.dir.name}."))
+        remove_stale_temp(self.dir.parent)
+        tmp = Path(tempfile.mkdtemp(dir=self.dir.parent, prefix=_tmp_prefix(self.dir.name)))
         try:
             maps: dict[str, np.memmap] = {}
             labels: list[np.ndarray] = []  # int64 N (classes) or int8 N x 20 (VOC), so kept whole

@@ -26,14 +26,17 @@ Parallelism and determinism
 The work is cut into ``classes x folds`` cross-validation units (each fits every cost on one fold)
 and one refit unit per class.  With ``n_jobs > 1`` they run on joblib's reusable **loky** process
 pool: all CV units are queued at once and a class's refit is queued as soon as its folds are in (no
-barrier between the phases), and the normalised features travel once, as .npy files in /dev/shm
-that the workers map read-only.  Threads are not an option even though liblinear releases the GIL:
-scikit-learn's liblinear draws its coordinate order from one *process-global* Mersenne twister
-(``sklearn/svm/src/newrand/newrand.h``), seeded per fit before the GIL is released, so concurrent
-fits in threads would interleave their random streams and give run-to-run different models.  In
-separate processes every fit reseeds the generator from ``random_state`` and sees exactly the data
-it sees when run alone, and each unit runs with BLAS limited to one thread (in the sequential path
-too), so ``n_jobs=1`` and ``n_jobs=k`` give bit-identical scores, chosen costs and APs.
+barrier between the phases), and the normalised features travel once, as .npy files that the workers
+map read-only: in ``shared_dir`` when given, else in /dev/shm when it has room for them, else in the
+system temp dir (containers often give /dev/shm only 64 MB, while VOC07 conv features take ~0.8 GB;
+a file that does not fit there fails part-way).  Threads are not an option even though liblinear
+releases the GIL: scikit-learn's liblinear draws its coordinate order from one *process-global*
+Mersenne twister (``sklearn/svm/src/newrand/newrand.h``), seeded per fit before the GIL is released,
+so concurrent fits in threads would interleave their random streams and give run-to-run different
+models.  In separate processes every fit reseeds the generator from ``random_state`` and sees
+exactly the data it sees when run alone, and each unit runs with BLAS limited to one thread (in the
+sequential path too), so ``n_jobs=1`` and ``n_jobs=k`` give bit-identical scores, chosen costs and
+APs.
 """
 
 from __future__ import annotations
@@ -77,6 +80,9 @@ _VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", 
                 "train", "tvmonitor")
 DEFAULT_MAX_ITER = 2000  # as in the reference code
 DEFAULT_TOL = 1e-4
+# A folder holds the shared copies only with this much free beyond their size: /dev/shm is shared
+# with other programs and with loky's own semaphores and memmaps, so it is not filled to the brim.
+_ROOM_FACTOR, _ROOM_SLACK = 1.25, 8 << 20
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -229,7 +235,8 @@ def _check_features(x: Any, name: str) -> np.ndarray:
 def svm_voc07(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
               costs: Sequence[float] = DEFAULT_COSTS, folds: int = 3, n_jobs: int = 2, seed: int = 0,
               *, max_iter: int = DEFAULT_MAX_ITER, tol: float = DEFAULT_TOL,
-              class_names: Sequence[str] | None = None, return_scores: bool = False) -> dict[str, Any]:
+              class_names: Sequence[str] | None = None, return_scores: bool = False,
+              shared_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Run the VOC07 SVM protocol on one layer's features (see the module docstring).
 
     train_x: N x D features; train_y: N x C labels in {1, 0, -1} (devkit convention, e.g. from
@@ -243,6 +250,9 @@ def svm_voc07(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
         worker is re-raised here.
     class_names: C names for messages and the result (default: VOC_CLASSES when C == 20).
     return_scores: add "scores", the final SVMs' test scores (float64 M x C).
+    shared_dir: the folder where, with n_jobs > 1, the normalised features are written once for
+        the workers (float64, (N + M) x D x 8 bytes); None = /dev/shm when it has room, else the
+        system temp dir.  Its free space is checked first; a given folder without room is an error.
 
     Returns a dict:
         "ap": C test APs, "mAP": their mean (interpolated area, the protocol's metric);
@@ -250,11 +260,14 @@ def svm_voc07(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
         "costs": chosen cost per class; "cv_ap": best mean CV AP per class;
         "cv_ap_grid": C x K mean CV AP per cost; "cost_grid": the K costs;
         "class_names", "folds", "seed", "n_jobs", "fits" (number of SVMs trained),
-        "not_converged" (fits that stopped at max_iter), "seconds" (wall time of the call),
+        "not_converged" (fits that stopped at max_iter), "not_converged_per_class" (the same per
+        class, C counts of at most folds x K + 1), "shared_dir" (the folder that held the workers'
+        copies; None when n_jobs == 1), "seconds" (wall time of the call),
         "fit_cpu_seconds" (CPU time of the fitting units summed over processes: compare it
         between n_jobs values to see parallel overhead apart from other programs' load).
-    Raises ValueError on shape mismatches, labels outside {1, 0, -1}, non-finite features, or a class
-    with too few training positives / negatives for the folds or no test positives (naming it).
+    Raises ValueError on shape mismatches, labels outside {1, 0, -1}, non-finite features, a class
+    with too few training positives / negatives for the folds or no test positives (naming it), or
+    no room for the shared copies.
     """
     t0 = time.perf_counter()
     train_x, train_y, test_x, test_y = _check_data(train_x, train_y, test_x, test_y)
@@ -264,8 +277,9 @@ def svm_voc07(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
     _check_classes(train_y, test_y, names, folds)
 
     n_workers = cpu_count() if n_jobs == -1 else n_jobs
-    executor, warm = None, []
+    executor, warm, folder = None, [], None
     if n_workers > 1:
+        folder = _shared_folder(shared_dir, (train_x.shape[0] + test_x.shape[0]) * train_x.shape[1] * 8)
         # Start the workers now: they spawn and import scikit-learn while this process normalises.
         executor = get_reusable_executor(max_workers=n_workers)
         warm = [executor.submit(_noop) for _ in range(n_workers)]
@@ -274,8 +288,8 @@ def svm_voc07(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
     if executor is None:
         _run_serial(run)
     else:
-        _run_parallel(run, executor, warm)
-    return _result(run, test_y, names, seed, n_jobs, t0, return_scores)
+        _run_parallel(run, executor, warm, folder)
+    return _result(run, test_y, names, seed, n_jobs, t0, return_scores) | {"shared_dir": folder}
 
 
 def _check_data(train_x: Any, train_y: Any, test_x: Any, test_y: Any
@@ -357,7 +371,7 @@ class _Run:
         self.chosen: list[float] = [0.0] * self.n_classes
         self.best: list[float] = [0.0] * self.n_classes
         self.scores = np.empty((xt.shape[0], self.n_classes), dtype=np.float64)
-        self.not_converged = 0
+        self.not_converged = [0] * self.n_classes  # fits that stopped at max_iter, per class
         self.cpu = 0.0
 
     def cv_args(self, c: int, f: int, x: ArrayRef) -> tuple[Any, ...]:
@@ -370,7 +384,8 @@ class _Run:
     def add_cv(self, c: int, f: int, aps: np.ndarray, bad: int, cpu: float) -> bool:
         """Record one fold; once the class's last fold is in, choose its cost and return True."""
         self.fold_aps[c][f] = aps
-        self.not_converged, self.cpu = self.not_converged + bad, self.cpu + cpu
+        self.not_converged[c] += bad
+        self.cpu += cpu
         self.folds_left[c] -= 1
         if self.folds_left[c]:
             return False
@@ -379,7 +394,8 @@ class _Run:
 
     def add_final(self, c: int, scores: np.ndarray, bad: int, cpu: float) -> None:
         self.scores[:, c] = scores
-        self.not_converged, self.cpu = self.not_converged + bad, self.cpu + cpu
+        self.not_converged[c] += bad
+        self.cpu += cpu
 
 
 def _run_serial(run: _Run) -> None:
@@ -390,11 +406,35 @@ def _run_serial(run: _Run) -> None:
         run.add_final(c, *_final_unit(*run.final_args(c, run.x, run.xt)))
 
 
+def _shared_folder(shared_dir: str | os.PathLike | None, nbytes: int) -> str:
+    """Where the workers' copies of ``nbytes`` of features go (see ``svm_voc07``'s shared_dir).
+
+    Checked before any fitting: a tmpfs that runs out of room fails the write only after the pool
+    has started, and a short-of-room /dev/shm is the usual case in containers.
+    """
+    if shared_dir is not None:
+        folder = os.fspath(shared_dir)
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise ValueError(f"shared_dir: {folder} is not a writable folder")
+        candidates = [folder]
+    else:
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        candidates = [shm] * (shm is not None) + [tempfile.gettempdir()]
+    needed = int(nbytes * _ROOM_FACTOR) + _ROOM_SLACK
+    free = {}
+    for folder in candidates:
+        free[folder] = shutil.disk_usage(folder).free
+        if free[folder] >= needed:
+            return folder
+    have = ", ".join(f"{f} has {n / 2**20:.0f} MiB free" for f, n in free.items())
+    raise ValueError(f"shared_dir: the features' copies for the SVM workers need {needed / 2**20:.0f} MiB "
+                     f"with margin; {have}. Give shared_dir a folder with room (or use n_jobs=1)")
+
+
 @contextlib.contextmanager
-def _shared_copies(x: np.ndarray, xt: np.ndarray) -> Iterator[tuple[str, str]]:
-    """The train and test features as .npy files in shared memory (when available), removed on exit."""
-    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    folder = tempfile.mkdtemp(prefix="ssl_bench_svm_", dir=shm)
+def _shared_copies(x: np.ndarray, xt: np.ndarray, parent: str) -> Iterator[tuple[str, str]]:
+    """The train and test features as .npy files in a new folder under ``parent``, removed on exit."""
+    folder = tempfile.mkdtemp(prefix="ssl_bench_svm_", dir=parent)
     try:
         x_ref, xt_ref = os.path.join(folder, "train.npy"), os.path.join(folder, "test.npy")
         np.save(x_ref, x)
@@ -404,14 +444,14 @@ def _shared_copies(x: np.ndarray, xt: np.ndarray) -> Iterator[tuple[str, str]]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _run_parallel(run: _Run, executor: Any, warm: list[Future]) -> None:
+def _run_parallel(run: _Run, executor: Any, warm: list[Future], parent: str) -> None:
     """Dynamic schedule without a barrier on the worker pool.
 
     All (class, fold) units are queued at once, and a class's refit is queued as soon as its last
     fold is in, so no worker idles between the phases.  The features go to the workers once.
     """
     pending: dict[Future, tuple[str, int, int]] = {}
-    with _shared_copies(run.x, run.xt) as (x_ref, xt_ref):
+    with _shared_copies(run.x, run.xt, parent) as (x_ref, xt_ref):
         try:
             for c in range(run.n_classes):
                 for f in range(run.folds):
@@ -446,7 +486,8 @@ def _result(run: _Run, test_y: np.ndarray, names: list[str], seed: int, n_jobs: 
         "costs": run.chosen, "cv_ap": run.best,
         "cv_ap_grid": run.cv_aps.tolist(), "cost_grid": run.grid,
         "class_names": names, "folds": run.folds, "seed": seed, "n_jobs": n_jobs,
-        "fits": n_classes * (run.folds * len(run.grid) + 1), "not_converged": run.not_converged,
+        "fits": n_classes * (run.folds * len(run.grid) + 1), "not_converged": sum(run.not_converged),
+        "not_converged_per_class": list(run.not_converged),
         "seconds": time.perf_counter() - t0, "fit_cpu_seconds": run.cpu,
     }
     if return_scores:

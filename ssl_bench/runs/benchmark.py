@@ -6,7 +6,12 @@ Every stage runs in a folder named after a hash of its composed config and of th
 from, so re-running the same command skips what already finished (a stage whose results.json says
 "completed"), resumes a killed pretraining from its last checkpoint, and reruns a stage whose
 config changed in a new folder. A failed stage is recorded (``failed.json`` with the error) and the
-pipeline goes on with the other methods; the leaderboard lists what is missing and why.
+pipeline goes on with the other methods; the leaderboard lists what is missing and why. A SIGTERM
+during a pretraining stops the whole benchmark (exit 143); the same command resumes it.
+
+One benchmark at a time per output folder (a lock file in it; a second run is refused). Its
+``benchmark_summary.json`` gives the wall time of every finished stage, including the stages a
+re-run skipped (the time measured when they ran), and which stages ran this time.
 
 ``logger=wandb`` makes every stage that has a logger a W&B run (named after the stage, in one
 group), then logs the leaderboard as one more run (job_type "leaderboard"); the logger choice is
@@ -15,12 +20,14 @@ passed to the stages at run time and is not part of the stage hash, so switching
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +40,8 @@ from ssl_bench.runs.jobs import fail, root_cause, run_hydra, user_errors
 # method -> (kind, overrides). "pretrain" methods train a trunk; "init" methods are untrained rows.
 # Presets add their own overrides per method (e.g. the demo's experiment files).
 KINDS = ("pretrain", "init")
+SUMMARY_NAME = "benchmark_summary.json"
+LOCK_NAME = ".benchmark.lock"
 
 
 def stage_key(config: DictConfig | dict, upstream: str = "") -> str:
@@ -46,14 +55,39 @@ def stage_key(config: DictConfig | dict, upstream: str = "") -> str:
 
 
 
-def completed(stage_dir: Path) -> bool:
+def finished(stage_dir: Path) -> dict | None:
+    """The stage's results record when it says "completed", else None."""
     path = stage_dir / "results.json"
     if not path.is_file():
-        return False
+        return None
     try:
-        return json.loads(path.read_text()).get("status") == "completed"
+        record = json.loads(path.read_text())
     except (OSError, ValueError):
-        return False
+        return None
+    return record if isinstance(record, dict) and record.get("status") == "completed" else None
+
+
+class OutputFolderBusy(RuntimeError):
+    """Another benchmark holds the output folder's lock."""
+
+
+@contextmanager
+def exclusive(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the benchmark folder while the stages run: two runs in one folder
+    would train the same stage into the same files. The kernel drops the lock when the process ends,
+    crash or kill included, so a stale lock file never blocks the next run."""
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / LOCK_NAME
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputFolderBusy(f"benchmark: output folder {out} is in use by another ssl-bench benchmark "
+                                   f"(lock {lock}); wait for it to end or set out_dir to another folder") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 class Stage:
@@ -66,11 +100,16 @@ class Stage:
         self.config = compose(config_name, overrides)
         inputs = "+".join(s.key for s in (upstream, also_reads) if s is not None)
         self.key = stage_key(self.config, inputs)
-        self.dir = out_dir / f"{name}-{self.key}"
+        self.dir = out_dir / self.rel
 
     @property
     def checkpoint(self) -> Path:
         return self.dir / "checkpoints" / "last.ckpt"
+
+    @property
+    def rel(self) -> str:
+        """The stage folder under the benchmark folder (the summary's key for its time)."""
+        return f"{self.name}-{self.key}"
 
 
 def shared_decoded(cfg: DictConfig, config_name: str, overrides: list[str]) -> list[str]:
@@ -165,32 +204,72 @@ def leaderboard_args(cfg: DictConfig, out: Path) -> list[str]:
     return [str(out), "--out", str(out), *leaderboard_wandb_args(_wandb(cfg), group=wandb_group(cfg))]
 
 
+def earlier_times(out: Path) -> dict[str, float]:
+    """Stage times of the previous summary, by stage folder (a changed config is another folder)."""
+    try:
+        prev = json.loads((out / SUMMARY_NAME).read_text())
+        return {prev["stage_dirs"][k]: float(v) for k, v in prev["times"].items() if k in prev["stage_dirs"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}  # none, or unreadable: it is about to be rewritten, times fall back to results.json
+
+
+def skipped_time(stage: Stage, record: dict, earlier: dict[str, float]) -> float | None:
+    """A finished stage's time: the one the benchmark measured when it ran, else its own wall time."""
+    if stage.rel in earlier:
+        return earlier[stage.rel]
+    wall = record.get("wall_time_s")
+    return float(wall) if isinstance(wall, (int, float)) else None
+
+
+def run_one(stage: Stage, runner: Callable[[str, list[str]], None], extra: list[str]) -> str | None:
+    """Run one stage; returns None, or the reason it failed (also written to its failed.json)."""
+    try:
+        runner(stage.config_name, [*stage.overrides, *extra, f"hydra.run.dir={stage.dir}"])
+    except (Exception, SystemExit) as e:  # one failed stage must not stop the others
+        from ssl_bench.runs.pretrain import TrainingInterrupted
+        if isinstance(e, TrainingInterrupted):  # SIGTERM: stop here, the same command resumes
+            print(f"ssl-bench: benchmark: stopped in {stage.name}; run the same command again to resume")
+            raise
+        reason = f"{type(e).__name__}: {e}"
+        stage.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(stage.dir / "failed.json", json.dumps(
+            {"stage": stage.name, "reason": reason, "traceback": traceback.format_exc()}, indent=2))
+        return reason
+    return None
+
+
 def run_stages(stages: list[Stage], runner: Callable[[str, list[str]], None],
-               extra: Callable[[Stage], list[str]] = lambda stage: []) -> tuple[dict, dict]:
+               extra: Callable[[Stage], list[str]] = lambda stage: [],
+               earlier: dict[str, float] | None = None) -> dict[str, Any]:
     """Run each stage unless its results exist; a failure is recorded and its dependants skipped.
-    ``extra(stage)``: run-time overrides that are not part of the stage's hash (its loggers)."""
+    ``extra(stage)``: run-time overrides that are not part of the stage's hash (its loggers).
+    ``earlier``: stage times of the previous run by stage folder, kept for the stages skipped now.
+    Returns {"times", "ran", "skipped", "failures"}."""
     times: dict[str, float] = {}
+    ran: list[str] = []
+    skipped: list[str] = []
     failures: dict[str, str] = {}
     for stage in stages:
         if stage.upstream is not None and stage.upstream.name in failures:
             failures[stage.name] = f"not run: {stage.upstream.name} failed"
             continue
-        if completed(stage.dir):
+        record = finished(stage.dir)
+        if record is not None:
             print(f"ssl-bench: benchmark: {stage.name} done before ({stage.dir}); skipped")
+            skipped.append(stage.name)
+            t = skipped_time(stage, record, earlier or {})
+            if t is not None:
+                times[stage.name] = t
             continue
         t0 = time.perf_counter()
-        try:
-            runner(stage.config_name, [*stage.overrides, *extra(stage), f"hydra.run.dir={stage.dir}"])
-        except (Exception, SystemExit) as e:  # one failed stage must not stop the others
-            failures[stage.name] = f"{type(e).__name__}: {e}"
-            stage.dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(stage.dir / "failed.json", json.dumps(
-                {"stage": stage.name, "reason": failures[stage.name], "traceback": traceback.format_exc()},
-                indent=2))
-            print(f"ssl-bench: benchmark: {stage.name} failed ({failures[stage.name]}); going on")
+        reason = run_one(stage, runner, extra(stage))
+        if reason is not None:
+            failures[stage.name] = reason
+            print(f"ssl-bench: benchmark: {stage.name} failed ({reason}); going on")
             continue
         times[stage.name] = time.perf_counter() - t0
-    return times, failures
+        ran.append(stage.name)
+    return {"times": times, "ran": ran, "skipped": skipped, "failures": failures}
 
 
 def validate(cfg: DictConfig) -> None:
@@ -210,18 +289,24 @@ def validate(cfg: DictConfig) -> None:
 
 
 def run_benchmark(cfg: DictConfig, runner: Callable[[str, list[str]], None]) -> dict[str, Any]:
-    """The pipeline for ``cfg.methods``; returns {"out_dir", "times", "failures"}."""
+    """The pipeline for ``cfg.methods``; returns the summary it writes to benchmark_summary.json:
+    {"out_dir", "times" (every stage that finished, now or before), "ran", "skipped", "stage_dirs",
+    "failures"}."""
     validate(cfg)
     stages = plan(cfg)
     out = Path(cfg.out_dir)
-    times, failures = run_stages(stages, runner, lambda stage: log_overrides(cfg, stage))
-    from ssl_bench.runs.leaderboard import main as leaderboard_main
-    leaderboard_main(leaderboard_args(cfg, out))
-    summary = {"out_dir": str(out), "times": times, "failures": failures}
-    atomic_write_text(out / "benchmark_summary.json", json.dumps(summary, indent=2))
-    print("ssl-bench: benchmark stages (wall s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
-    if failures:
-        print("ssl-bench: benchmark: failed stages: " + "; ".join(f"{k}: {v}" for k, v in failures.items()))
+    with exclusive(out):
+        result = run_stages(stages, runner, lambda stage: log_overrides(cfg, stage), earlier_times(out))
+        from ssl_bench.runs.leaderboard import main as leaderboard_main
+        leaderboard_main(leaderboard_args(cfg, out))
+        summary = {"out_dir": str(out), **result,
+                   "stage_dirs": {st.name: st.rel for st in stages if st.name in result["times"]}}
+        atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=2))
+    earlier = set(result["skipped"])
+    print("ssl-bench: benchmark stages (wall s): " + ", ".join(
+        f"{k} {v:.0f}" + (" (earlier run)" if k in earlier else "") for k, v in result["times"].items()))
+    if result["failures"]:
+        print("ssl-bench: benchmark: failed stages: " + "; ".join(f"{k}: {v}" for k, v in result["failures"].items()))
     print(f"ssl-bench: benchmark finished in {out}")
     return summary
 
@@ -233,6 +318,9 @@ def _stage(name: str, args: list[str]) -> None:
     try:
         run_hydra(name, args, f"ssl-bench {name}", errors)
     except SystemExit as e:
+        from ssl_bench.runs.pretrain import TrainingInterrupted
+        if isinstance(e, TrainingInterrupted):
+            raise
         if e.code:
             raise (errors[-1] if errors else RuntimeError(f"exit code {e.code}")) from None
 
@@ -243,7 +331,7 @@ def main(argv: Sequence[str]) -> int:
     from hydra.errors import HydraException
     try:
         summary = run_benchmark(compose("benchmark", argv), _stage)
-    except (HydraException, *user_errors()) as e:
+    except (HydraException, OutputFolderBusy, *user_errors()) as e:
         if os.environ.get("SSL_BENCH_DEBUG"):
             raise
         fail(root_cause(e))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+import signal
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,10 +16,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ssl_bench.models.checkpoint import check_state_dict, read_checkpoint
 from ssl_bench.models.init import apply_init
-from ssl_bench.pretext.callbacks import CheckpointMetadata
+from ssl_bench.pretext.callbacks import AtomicCheckpointIO, CheckpointMetadata
 from ssl_bench.pretext.common import NonFiniteLossError
 from ssl_bench.report.tracking import finish_run, wandb_run_kwargs
 from ssl_bench.runs.common import RunClock, finish_record
@@ -142,6 +145,64 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
             if c is not None]
 
 
+class TrainingInterrupted(SystemExit):
+    """SIGTERM stopped the training before its end. Exit status 143 (128 + SIGTERM, what a shell
+    reports for a killed process): a stopped run wrote no results.json and must not read as a success.
+    Raised on every DDP rank; the benchmark stops on it instead of going on with the next stage."""
+
+    def __init__(self) -> None:
+        super().__init__(128 + signal.SIGTERM)
+
+
+def interrupted_message(cfg: DictConfig, step: int, last: Path) -> str:
+    """What a SIGTERM left and the command that resumes (``resolve_resume``)."""
+    if not last.is_file():
+        how = "no checkpoint was written yet, so the same command starts over"
+    elif cfg.ckpt_path == "auto":
+        how = f"run the same command again to resume from the last checkpoint {last}"
+    else:
+        how = f"run it again with ckpt_path={last} to resume from the last checkpoint"
+    return f"ssl-bench: pretraining stopped by SIGTERM at step {step}, before the end (no results.json); {how}"
+
+
+def fit(cfg: DictConfig, trainer: pl.Trainer, model: pl.LightningModule, dm: Any, resume: str | None) -> None:
+    """``trainer.fit``; a NaN loss or a SIGTERM stops it with one line naming the checkpoint kept."""
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    try:
+        trainer.fit(model, datamodule=dm, ckpt_path=resume)
+    except NonFiniteLossError as e:
+        kept = f"last good checkpoint: {last}" if last.is_file() else "no checkpoint was written yet"
+        raise NonFiniteLossError(f"{e}; training stopped ({kept})") from e
+    except SIGTERMException:
+        # Lightning ends the fit after the batch in progress and leaves SystemExit(None): exit status 0
+        if trainer.is_global_zero:
+            print(interrupted_message(cfg, trainer.global_step, last), file=sys.stderr)
+        raise TrainingInterrupted() from None
+
+
+def remove_partial_checkpoints(ckpt_dir: Path) -> None:
+    """Delete the temporary files of checkpoint writes that a killed run left (``ssl_bench.io``'s
+    ``.<name>.*.tmp``, as large as a checkpoint). Called before training starts, when no write of
+    this folder's run is in progress (DDP ranks > 0 get here while rank 0 waits for them)."""
+    for tmp in ckpt_dir.glob(".*.ckpt.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def build_trainer(cfg: DictConfig, step_times: StepTimes, loggers: list[Any]) -> pl.Trainer:
+    """The configured trainer with the run's callbacks; checkpoints are written atomically (a full
+    disk or a kill never leaves a truncated last.ckpt for ``ckpt_path=auto`` to trip on)."""
+    out_dir = Path(cfg.paths.output_dir)
+    remove_partial_checkpoints(out_dir / "checkpoints")
+    checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="step{step:07d}", save_last=True,
+                                 save_top_k=1, monitor=None,
+                                 every_n_train_steps=cfg.checkpoint.every_n_train_steps,
+                                 save_on_train_epoch_end=True, auto_insert_metric_name=False)
+    # the datamodule's loaders shard themselves across DDP ranks (resumable train order, no padded val)
+    return instantiate(cfg.trainer, default_root_dir=str(out_dir), precision=cfg.precision,
+                       use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
+                       callbacks=build_callbacks(cfg, checkpoint, step_times), logger=loggers)
+
+
 def pretrain(cfg: DictConfig) -> dict[str, Any]:
     """Run one pretraining job; returns the results.json record."""
     clock = RunClock()
@@ -155,26 +216,13 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("compile"):
         compile_trunk(model)
     step_times = StepTimes()
-    ckpt_dir = out_dir / "checkpoints"
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:07d}", save_last=True,
-                                 save_top_k=1, monitor=None,
-                                 every_n_train_steps=cfg.checkpoint.every_n_train_steps,
-                                 save_on_train_epoch_end=True, auto_insert_metric_name=False)
     loggers = build_loggers(cfg)
-    # the datamodule's loaders shard themselves across DDP ranks (resumable train order, no padded val)
-    trainer = instantiate(cfg.trainer, default_root_dir=str(out_dir), precision=cfg.precision,
-                          use_distributed_sampler=False,
-                          callbacks=build_callbacks(cfg, checkpoint, step_times), logger=loggers)
+    trainer = build_trainer(cfg, step_times, loggers)
     if resume:
         check_state_dict(model, read_checkpoint(resume)["state_dict"], resume)
     # re-seed after the preparation: a cached prior or a skipped init must not shift the data order
     pl.seed_everything(cfg.seed, workers=True)
-    try:
-        trainer.fit(model, datamodule=dm, ckpt_path=resume)
-    except NonFiniteLossError as e:
-        last = ckpt_dir / "last.ckpt"
-        kept = f"last good checkpoint: {last}" if last.is_file() else "no checkpoint was written yet"
-        raise NonFiniteLossError(f"{e}; training stopped ({kept})") from e
+    fit(cfg, trainer, model, dm, resume)
 
     samples = sorted(str(p.relative_to(out_dir)) for p in (out_dir / "samples").glob("*.png"))
     final = final_samples(model, dm) if trainer.is_global_zero else None  # one writer under DDP
@@ -189,8 +237,9 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         "metrics": metrics,
         "dataset": {"name": Path(str(dm.root)).name, "root": str(dm.root), "fingerprint": dm.fingerprint,
                     "num_train": len(dm.train_samples), "num_val": len(dm.val_samples),
-                    "skipped_images": model.skips.count},
-        "checkpoint": str((ckpt_dir / "last.ckpt").relative_to(out_dir)),
+                    "skipped_images": model.skips.count,
+                    "skipped_by_split": dm.skipped_by_split},
+        "checkpoint": str(Path("checkpoints") / "last.ckpt"),
         "trunk": meta,
         "init": model.trunk.init_report,
         "samples": samples + ([str(final.relative_to(out_dir))] if final else []),

@@ -8,6 +8,7 @@ train; the reported numbers are on the val/test split, which is never used for a
 from __future__ import annotations
 
 import random
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from ssl_bench.probe.feature_cache import CachedFeatures, trunk_fingerprint
 from ssl_bench.probe.features import Features
 from ssl_bench.probe.heads import RESIZE_MODES, FeatureExtractor, LinearProbe, ProbeHeads
 from ssl_bench.probe.knn import knn_predict, topk_accuracy
-from ssl_bench.probe.svm_voc07 import DEFAULT_COSTS, svm_voc07
+from ssl_bench.probe.svm_voc07 import DEFAULT_COSTS, DEFAULT_MAX_ITER, svm_voc07
 from ssl_bench.report.tracking import finish_run, wandb_run_kwargs
 from ssl_bench.runs.common import RunClock, device_for, finish_record
 
@@ -275,14 +276,22 @@ def run_svm_probe(cfg: DictConfig, trunk: torch.nn.Module, desc: dict[str, Any],
         loaded[split] = features.get(f"voc{cfg.probe.year}-{split}", loader, len(ds))
     (trx, tr_y), (tex, te_y) = loaded["trainval"], loaded["test"]
     costs = list(cfg.probe.costs) if cfg.probe.get("costs") else DEFAULT_COSTS
+    max_iter = int(cfg.probe.get("max_iter") or DEFAULT_MAX_ITER)
     metrics: dict[str, float] = {}
     per_class: dict[str, Any] = {}
     for layer in cfg.probe.layers:
         r = svm_voc07(trx[layer].astype("float32"), tr_y, tex[layer].astype("float32"), te_y, costs=costs,
-                      n_jobs=cfg.probe.n_jobs, seed=cfg.seed)
+                      n_jobs=cfg.probe.n_jobs, seed=cfg.seed, max_iter=max_iter,
+                      shared_dir=cfg.probe.get("shared_dir"))
         metrics[f"voc07/svm/{layer}/mAP"] = 100 * r["mAP"]
         metrics[f"voc07/svm/{layer}/mAP_11pt"] = 100 * r["mAP_voc07"]
-        per_class[layer] = {"ap": r["ap"], "costs": r["costs"], "class_names": list(r["class_names"])}
+        metrics[f"voc07/svm/{layer}/not_converged"] = r["not_converged"]
+        per_class[layer] = {"ap": r["ap"], "costs": r["costs"], "class_names": list(r["class_names"]),
+                            "not_converged": r["not_converged_per_class"]}
+        if r["not_converged"]:  # an SVM cut short may score below its protocol value
+            hit = ", ".join(f"{n} {k}" for n, k in zip(r["class_names"], r["not_converged_per_class"]) if k)
+            warnings.warn(f"VOC07 SVM, layer {layer}: {r['not_converged']} of {r['fits']} fits stopped at "
+                          f"probe.max_iter={max_iter} (per class: {hit})", stacklevel=2)
     best = max(cfg.probe.layers, key=lambda l: metrics[f"voc07/svm/{l}/mAP"])
     record = {
         "kind": "probe", "probe": "svm_voc07", "method": desc["method"], "status": "completed",

@@ -22,7 +22,9 @@ still inclusive, as py-faster-rcnn did.  Detections are compared to them with th
 IoU (``+1`` widths), which is invariant to the common shift.  Training drops ground-truth boxes
 marked difficult (py-faster-rcnn's default; ``use_difficult_in_training=True`` keeps them), and a
 degenerate 1-pixel-wide box is widened to 1 pixel in continuous coordinates (torchvision rejects
-zero-width training boxes).
+zero-width training boxes).  The reader's policy (``ssl_bench.data.voc``) applies: an unusable
+annotation stops the run naming the file; boxes partly outside their image are clipped to it and
+counted (``<prefix>/clipped_boxes_train`` / ``_test`` in ``results``).
 
 Metric: per class the VOC2007 devkit's 11-point AP at IoU > 0.5 -- detections sorted by score, each
 matched greedily to its best-overlapping GT box of that image; a match to a difficult box is ignored,
@@ -36,7 +38,6 @@ from __future__ import annotations
 
 import math
 import random
-import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable
@@ -53,7 +54,7 @@ from torchvision.models.detection.rpn import AnchorGenerator
 from torchvision.ops import MultiScaleRoIAlign
 
 from ssl_bench.data.images import DECODE_ERRORS, SkipCounter, decode_rgb
-from ssl_bench.data.voc import VOC_CLASSES, parse_annotation, read_image_set, voc_root
+from ssl_bench.data.voc import VOC_CLASSES, read_annotations, voc_root
 from ssl_bench.metrics import detection_ap, voc_prefix
 from ssl_bench.models.inputs import trunk_input
 from ssl_bench.pretext.common import check_finite, configure_optimizers
@@ -75,10 +76,13 @@ class VOCDetectionDataset(Dataset):
     or all with ``use_difficult_in_training=True``), "image_id": str}.  Every box is returned, so the
     same items serve evaluation (which needs the difficult ones).
 
-    All annotations are parsed at construction: an image whose XML is malformed is left out, counted
-    in ``skipped_annotations`` (ids in ``skipped_ids``) and reported in one warning.  A missing split
-    file, image or annotation file raises FileNotFoundError naming the path.  An image that exists but
-    cannot be decoded yields ``(None, path)`` and is dropped (and reported) by ``collate_detection``.
+    All annotations are parsed at construction with the shared reader
+    (``ssl_bench.data.voc.read_annotations``), so its policy holds: a missing split file, image or
+    annotation is a FileNotFoundError, and an unusable annotation (malformed XML, unknown class,
+    inverted box, ...) a ValueError, both naming the file -- never a silently smaller data set.
+    Boxes partly outside their image are clipped to it; ``clipped_boxes`` counts them (the task
+    records it).  An image that exists but cannot be decoded yields ``(None, path)`` and is dropped
+    (and counted) by ``collate_detection`` and the task.
 
     transform: optional ``f(image, target) -> (image, target)`` (e.g. ``hflip_detection``).
     """
@@ -91,24 +95,10 @@ class VOCDetectionDataset(Dataset):
         self.year, self.split = str(year), split
         self.use_difficult_in_training = bool(use_difficult_in_training)
         self.transform = transform
-        ids = read_image_set(self.root, year, split)
         self.items: list[tuple[str, Path, dict[str, Any]]] = []
-        self.skipped_ids: list[str] = []
-        first_error = ""
-        for image_id in ids:
-            img = self.root / "JPEGImages" / f"{image_id}.jpg"
-            if not img.is_file():
-                raise FileNotFoundError(f"{img}: image listed in ImageSets/Main/{split}.txt is missing")
-            xml = self.root / "Annotations" / f"{image_id}.xml"
-            if not xml.is_file():
-                raise FileNotFoundError(f"{xml}: annotation of image {image_id} "
-                                        f"(ImageSets/Main/{split}.txt) is missing")
-            try:
-                ann = parse_annotation(xml)
-            except ValueError as e:
-                self.skipped_ids.append(image_id)
-                first_error = first_error or str(e)
-                continue
+        self.clipped_boxes = 0
+        for image_id, img, ann in read_annotations(self.root, year, split):
+            self.clipped_boxes += int(ann.clipped.sum())
             difficult = torch.from_numpy(ann.difficult.astype(bool))
             self.items.append((image_id, img, {
                 "boxes": torch.from_numpy(ann.boxes.astype(np.float32)).reshape(-1, 4) - 1.0,
@@ -117,15 +107,6 @@ class VOCDetectionDataset(Dataset):
                 "train_keep": torch.ones_like(difficult) if self.use_difficult_in_training else ~difficult,
                 "image_id": image_id,
             }))
-        if self.skipped_ids:
-            warnings.warn(f"ssl_bench: VOC{self.year} {split}: skipped {len(self.skipped_ids)} image(s) with a "
-                          f"malformed annotation (first: {first_error})", stacklevel=2)
-        if not self.items:
-            raise ValueError(f"{self.root}: no usable annotation in ImageSets/Main/{split}.txt")
-
-    @property
-    def skipped_annotations(self) -> int:
-        return len(self.skipped_ids)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -393,9 +374,22 @@ class VOCDetectionTask(pl.LightningModule):
             dets = [d for part in gathered for d in part[0]]
             gts = [g for part in gathered for g in part[1]]
         self.results, self.excluded_classes = evaluate_detections(dets, gts, self.year)
+        self.results.update(self.clipped_box_counts())
         for k, v in self.results.items():
             self.log(k, v, sync_dist=False, rank_zero_only=True)
         self._test_dets, self._test_gts = [], []
+
+    def clipped_box_counts(self) -> dict[str, float]:
+        """``<prefix>/clipped_boxes_{train,test}``: ground-truth boxes of the datamodule's data sets
+        that reached outside their image and were clipped (so results.json shows how much of the
+        ground truth was repaired); empty without a datamodule."""
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        out = {}
+        for name in ("train", "test"):
+            ds = getattr(dm, f"{name}_set", None)
+            if isinstance(ds, VOCDetectionDataset):
+                out[f"{self.prefix}/clipped_boxes_{name}"] = float(ds.clipped_boxes)
+        return out
 
     def configure_optimizers(self) -> Any:
         return configure_optimizers(self.parameters(), self.optimizer_factory, self.scheduler_factory)

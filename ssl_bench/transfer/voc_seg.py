@@ -67,7 +67,9 @@ before the metrics are computed.  (Lightning's distributed sampler pads the last
 images; run the test on one device for the exact number.)
 
 Unreadable images are skipped and counted (``task.skips``); an unreadable or invalid mask is an
-error (it would silently change the benchmark).
+error naming the file (it would silently change the benchmark) -- the policy of every VOC task
+(``ssl_bench.data.voc``).  An RGB mask is accepted only when every colour is exactly a VOC class or
+void colour (then mapped back to indices); otherwise it is an error.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ssl_bench.data.images import DECODE_ERRORS, SkipCounter, decode_rgb
-from ssl_bench.data.voc import VOC_CLASSES, read_image_set, voc_root
+from ssl_bench.data.voc import VOC_CLASSES, read_image_set, voc_colormap, voc_root
 from ssl_bench.metrics import confusion_matrix, mean_iou, per_class_iou, pixel_accuracy, voc_prefix
 from ssl_bench.models.inputs import RGB_MEAN, trunk_input
 from ssl_bench.pretext.common import check_finite, configure_optimizers
@@ -115,17 +117,37 @@ def _check_labels(a: np.ndarray, path: Path | str) -> np.ndarray:
     return a.astype(np.uint8, copy=False)
 
 
+def _rgb_to_classes(rgb: np.ndarray, path: Path) -> np.ndarray:
+    """An RGB mask painted in the devkit's colours -> class indices, exactly: every colour must be
+    the colour of a class 0..20 or of void; any other colour (a blended edge, a JPEG artefact, a
+    foreign palette) is an error, since guessing its class would change the ground truth."""
+    index = {tuple(int(v) for v in voc_colormap()[i]): i for i in _VALID_LABELS}
+    colours, inverse = np.unique(rgb.reshape(-1, 3), axis=0, return_inverse=True)
+    found = [tuple(int(v) for v in c) for c in colours]
+    unknown = [c for c in found if c not in index]
+    if unknown:
+        raise ValueError(f"{path}: RGB segmentation mask holds {len(unknown)} colour(s) that are not VOC "
+                         f"class colours, e.g. {unknown[:5]}; expected a palette ('P') PNG of class "
+                         "indices or exactly the devkit's colours for classes 0..20 and void")
+    lut = np.array([index[c] for c in found], dtype=np.uint8)
+    return lut[inverse.reshape(-1)].reshape(rgb.shape[:2])
+
+
 def read_mask(path: str | Path) -> np.ndarray:
     """A VOC ``SegmentationClass`` PNG as uint8 H x W class indices (0..20, 255 void).
 
-    Palette ("P") PNGs give their palette indices (not colours); greyscale ("L") PNGs their values.
-    ValueError naming the file for another mode or for values outside 0..20 and 255.
+    Palette ("P") PNGs give their palette indices (not colours); greyscale ("L") PNGs their values;
+    RGB PNGs are mapped back through the devkit's colour map when every colour is a class or void
+    colour.  ValueError naming the file for another mode, another colour, or values outside 0..20
+    and 255.
     """
     path = Path(path)
     with Image.open(path) as im:
+        if im.mode == "RGB":
+            return _rgb_to_classes(np.array(im), path)
         if im.mode not in ("P", "L"):
             raise ValueError(f"{path}: segmentation mask has PIL mode {im.mode!r}; expected a palette "
-                             "('P') or greyscale ('L') PNG of class indices")
+                             "('P') or greyscale ('L') PNG of class indices, or an RGB PNG in VOC colours")
         a = np.array(im)
     return _check_labels(a, path)
 

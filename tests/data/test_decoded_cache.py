@@ -339,3 +339,120 @@ def test_pretraining_with_device_decode(tiny_data, tmp_path, run_cli, monkeypatc
     res = json.loads((out / "results.json").read_text())
     assert res["status"] == "completed" and res["metrics"]["pretrain/steps"] == 5
     assert res["dataset"]["skipped_images"] == 0 and res["config"]["data"]["decode"] == "device"
+
+
+def encoded_batch(paths: list[Path]) -> dict:
+    data = [np.frombuffer(p.read_bytes(), dtype=np.uint8) for p in paths]
+    return {"encoded": dc.EncodedBatch(data, [str(p) for p in paths]),
+            "label": torch.arange(len(paths)), "skipped": []}
+
+
+@pytest.fixture
+def jpeg_pair(tmp_path) -> tuple[Path, Path]:
+    good = tmp_path / "good.jpg"
+    smooth_image(40, 48, 3).save(good, quality=95)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(good.read_bytes()[:4] + b"\x00" * 64)  # a JPEG's magic, then nothing valid
+    return good, bad
+
+
+def test_device_decode_skips_bad_data(jpeg_pair):
+    good, bad = jpeg_pair
+    out = dc.decode_on_device(encoded_batch([bad, good]), lambda x: x)
+    with Image.open(good) as img:
+        want = np.asarray(img.convert("RGB")).transpose(2, 0, 1)
+    assert out["skipped"] == [str(bad)] and out["label"].tolist() == [1]
+    assert np.array_equal(out["image"][0].numpy(), want)
+
+
+@pytest.mark.parametrize("message, bad_data", [
+    ("decode_jpeg, /w/vision/csrc/io/image/cpu/decode_jpeg.cpp:171, Image is incomplete or truncated", True),
+    ("Error while decoding JPEG images: Failed to get image info: 3", True),
+    ("Not a JPEG file: starts with 0x89 0x50", True),
+    ("Error while decoding JPEG images: CUDA out of memory. Tried to allocate 20.00 MiB", False),
+    ("CUDA error: an illegal memory access was encountered", False),
+    ("decode_jpegs_cuda: torchvision not compiled with nvJPEG support", False),
+    ("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory: you tried to allocate 8", False),
+    ("something else went wrong", False),
+])
+def test_decoder_errors_are_told_apart_by_message(message, bad_data):
+    """Messages as torchvision's CPU and CUDA decoders and torch's allocators word them."""
+    assert dc.is_decode_failure(RuntimeError(message)) is bad_data
+    assert not dc.is_decode_failure(torch.cuda.OutOfMemoryError(message))
+
+
+@pytest.mark.parametrize("error", [
+    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    RuntimeError("Error while decoding JPEG images: CUDA out of memory. Tried to allocate 20.00 MiB"),
+    RuntimeError("CUDA error: an illegal memory access was encountered"),
+    RuntimeError("something else went wrong"),
+])
+def test_device_decode_reraises_device_errors(jpeg_pair, monkeypatch, error):
+    import torchvision.io
+
+    def failing(*a, **k):
+        raise error
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", failing)
+    with pytest.raises(type(error)) as e:
+        dc.decode_on_device(encoded_batch(list(jpeg_pair)), lambda x: x)
+    assert e.value is error
+
+
+def test_device_decode_falls_back_on_decoder_data_errors(jpeg_pair, monkeypatch):
+    """nvJPEG's way of rejecting a file (wrapped status failure): the file goes to the CPU decoder,
+    which skips the bad one and decodes the good one."""
+    import torchvision.io
+    good, bad = jpeg_pair
+    real = torchvision.io.decode_jpeg
+
+    def nvjpeg_like(inp, *a, **k):
+        if isinstance(inp, list) or inp.numpy().tobytes() == bad.read_bytes():
+            raise RuntimeError("Error while decoding JPEG images: Failed to get image info: 3")
+        return real(inp, *a, **k)
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", nvjpeg_like)
+    out = dc.decode_on_device(encoded_batch([good, bad]), lambda x: x)
+    with Image.open(good) as img:
+        want = np.asarray(img.convert("RGB")).transpose(2, 0, 1)
+    assert out["skipped"] == [str(bad)] and np.array_equal(out["image"][0].numpy(), want)
+
+
+def test_io_error_stops_the_build_naming_the_file(tiny_data, tmp_path, monkeypatch):
+    import errno
+
+    import PIL.Image
+
+    from ssl_bench.data import images
+    samples, classes = image_folder_samples(tiny_data / "train", "root")
+    victim = samples[5][0]
+    real = PIL.Image.open
+
+    def eio(fp, *a, **k):
+        if Path(fp) == victim:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(fp, *a, **k)
+
+    monkeypatch.setattr(PIL.Image, "open", eio)
+    monkeypatch.setattr(images, "IO_RETRY_DELAY_S", 0.0)
+    with pytest.raises(images.ImageReadError, match=victim.name):
+        dc.build_cache(tmp_path / "dc" / "train", samples, tiny_data, 64, classes=classes, progress=False)
+    assert list((tmp_path / "dc").iterdir()) == [], "nothing half-written left"
+
+
+def test_cache_with_too_many_skipped_files_is_refused_at_setup(tiny_data, tmp_path):
+    from ssl_bench.data.images import SkippedImagesError
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    cls = sorted(p.name for p in (data / "train").iterdir())[0]
+    for i in range(5):  # 5 of 85 = 5.9 %
+        (data / "train" / cls / f"broken{i}.jpg").write_bytes(b"not a jpeg")
+    kw = dict(crop_size=56, load_size=None, num_workers=0, decoded_cache=str(tmp_path / "dc"))
+    dm = ImageDataModule(str(data), **kw)
+    dm.prepare_data()
+    with pytest.raises(SkippedImagesError, match=r"data\.max_skipped_fraction=0\.05: 5 of the 85 train") as e:
+        dm.setup()
+    assert str(data / "train" / cls / "broken0.jpg") in str(e.value)
+    ok = ImageDataModule(str(data), max_skipped_fraction=0.06, **kw)
+    ok.setup()
+    assert ok.skipped_by_split == {"train": 5, "val": 0}

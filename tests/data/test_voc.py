@@ -29,7 +29,7 @@ from ssl_bench.data.voc_synthetic import _void_band, write_synthetic_voc
 from ssl_bench.probe.svm_voc07 import svm_voc07
 
 
-def obj_xml(name: str, box: tuple[float, float, float, float], difficult: int | None = 0) -> str:
+def obj_xml(name: str, box: tuple[float, float, float, float], difficult: int | str | None = 0) -> str:
     diff = "" if difficult is None else f"<difficult>{difficult}</difficult>"
     return (f"<object><name>{name}</name><pose>Left</pose><truncated>0</truncated>{diff}"
             f"<bndbox><xmin>{box[0]}</xmin><ymin>{box[1]}</ymin><xmax>{box[2]}</xmax>"
@@ -73,9 +73,25 @@ def test_parse_annotation(tmp_path: Path) -> None:
     assert a.boxes.tolist() == [[1, 2, 30, 25], [5.5, 6, 7, 8], [3, 4, 5, 6]]
     assert a.labels.dtype == np.int64 and a.labels.tolist() == [11, 14, 7]
     assert a.difficult.tolist() == [False, True, False]  # a missing <difficult> means 0
+    assert a.clipped.tolist() == [False, False, False]
     empty = tmp_path / "b.xml"
     empty.write_text(ann_xml("000008", []))
     assert parse_annotation(empty).boxes.shape == (0, 4)
+    # an empty <difficult></difficult> is 0 as well
+    f.write_text(ann_xml("000009", [obj_xml("dog", (1, 2, 3, 4), difficult="")]))
+    assert parse_annotation(f).difficult.tolist() == [False]
+
+
+def test_boxes_partly_outside_are_clipped(tmp_path: Path) -> None:
+    # 40 x 30 image: VOC's 1-based inclusive coordinates run 1..40 and 1..30.
+    f = tmp_path / "a.xml"
+    f.write_text(ann_xml("000001", [obj_xml("dog", (-3, 0, 45, 10)),      # left, top and right
+                                    obj_xml("cat", (1, 1, 40, 30)),       # exactly the image: kept
+                                    obj_xml("cow", (35.5, 20, 41, 31)),   # right and bottom
+                                    obj_xml("car", (5, 5, 5, 5))], w=40, h=30))  # 1-pixel box: valid
+    a = parse_annotation(f)
+    assert a.boxes.tolist() == [[1, 1, 40, 10], [1, 1, 40, 30], [35.5, 20, 40, 30], [5, 5, 5, 5]]
+    assert a.clipped.tolist() == [True, False, True, False]
 
 
 @pytest.mark.parametrize("text, match", [
@@ -84,6 +100,14 @@ def test_parse_annotation(tmp_path: Path) -> None:
     (ann_xml("1", ["<object><name>dog</name></object>"]), "missing <bndbox>"),
     ("<annotation><filename>x.jpg</filename></annotation>", "missing <size>"),
     (ann_xml("1", [obj_xml("dog", (1, "a", 2, 2))]), "not a number"),
+    # inverted boxes name the object; so do boxes with no pixel inside the 40 x 30 image
+    (ann_xml("1", [obj_xml("dog", (1, 1, 2, 2)), obj_xml("cat", (9, 1, 8, 5))]),
+     r"<object> #2 \(cat\).*xmin > xmax or ymin > ymax"),
+    (ann_xml("1", [obj_xml("cat", (1, 6, 8, 5))]), r"<object> #1 \(cat\).*ymin 6.*ymax 5"),
+    (ann_xml("1", [obj_xml("cat", (-9, 1, 0, 5))]), r"#1 \(cat\).*entirely outside the 40 x 30 image"),
+    (ann_xml("1", [obj_xml("cat", (1, 31, 8, 35))]), r"#1 \(cat\).*entirely outside"),
+    (ann_xml("1", [obj_xml("cat", (1, 1, 8, 5), difficult="yes")]), "<difficult> in <object> #1 is 'yes'"),
+    (ann_xml("1", [], w=0), r"<size> is 0 x 30"),
 ])
 def test_parse_annotation_errors_name_the_file(tmp_path: Path, text: str, match: str) -> None:
     f = tmp_path / "bad.xml"

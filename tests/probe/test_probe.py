@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +53,7 @@ def test_frozen_trunk_is_bit_identical_after_probing(tmp_path):
     probe = LinearProbe(ProbeHeads(ex.dims(56), 3), lambda g: torch.optim.SGD(g, lr=0.1, momentum=0.9), 3, extractor=ex)
     probe.train()
     assert not trunk.training
+    start = copy.deepcopy(probe.heads.state_dict())
     batches = image_batches()
     trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=tmp_path)
@@ -60,9 +63,13 @@ def test_frozen_trunk_is_bit_identical_after_probing(tmp_path):
     for k in before:
         assert torch.equal(before[k], after[k]), f"{k} moved"
     assert any("running_mean" in k for k in before)  # the BN statistics were part of the check
-    heads_moved = any(not torch.equal(p, q) for p, q in zip(
-        ProbeHeads(ex.dims(56), 3).parameters(), probe.heads.parameters()))
-    assert heads_moved and trainer.global_step == 6
+    # while every head's classifier moved away from its own starting weights
+    trained = probe.heads.state_dict()
+    weights = [k for k in start if k.endswith(".1.weight")]
+    assert len(weights) == len(CONV_LAYERS)
+    for k in weights:
+        assert not torch.equal(start[k], trained[k]), f"{k} did not train"
+    assert trainer.global_step == 6
 
 
 def test_optimiser_holds_only_head_parameters():
@@ -76,10 +83,18 @@ def test_optimiser_holds_only_head_parameters():
     assert not trunk_ids & {id(p) for g in opt.param_groups for p in g["params"]}
 
 
-# Feature dimensions of the faithful AlexNet (widths 96-256-384-384-256) under the configured
-# pooling: bilinear is ~9k dims whatever the crop; Goyal et al.'s avgpool kernels follow the map size
-# (conv1/conv2/conv3-5 maps of 57/29/15 pixels at crop 227, 45/23/12 at crop 180).
+# Feature dimensions of the faithful AlexNet (widths 96-256-384-384-256), worked out by hand.
+# bilinear resizes to a fixed side whatever the crop (docs/protocols.md §3.1):
+#   conv1 10*10*96 = 9600, conv2 6*6*256 = 9216, conv3 and conv4 5*5*384 = 9600, conv5 6*6*256 = 9216.
 BILINEAR_DIMS = {"conv1": 9600, "conv2": 9216, "conv3": 9600, "conv4": 9600, "conv5": 9216}
+# avgpool (Goyal et al.: conv1 k19 s4, conv2 k12 s3, conv3/conv4 k9 s1, conv5 k8 s1) on the map sizes
+# of the trunk's geometry: conv1 11x11 stride 4 pad 5 gives floor((crop + 10 - 11) / 4) + 1, and each
+# of pool1/pool2 (3x3 stride 2 pad 1) gives floor((h - 1) / 2) + 1; conv2..conv5 keep the size.
+#   crop 227: conv1 57, conv2 29, conv3-5 15 -> pooled sides floor((57-19)/4)+1 = 10,
+#     floor((29-12)/3)+1 = 6, 15-9+1 = 7, 15-8+1 = 8:
+#     conv1 10*10*96 = 9600, conv2 6*6*256 = 9216, conv3/4 7*7*384 = 18816, conv5 8*8*256 = 16384.
+#   crop 180: conv1 45, conv2 23, conv3-5 12 -> sides floor(26/4)+1 = 7, floor(11/3)+1 = 4, 4, 5:
+#     conv1 7*7*96 = 4704, conv2 4*4*256 = 4096, conv3/4 4*4*384 = 6144, conv5 5*5*256 = 6400.
 AVGPOOL_DIMS = {227: {"conv1": 9600, "conv2": 9216, "conv3": 18816, "conv4": 18816, "conv5": 16384},
                 180: {"conv1": 4704, "conv2": 4096, "conv3": 6144, "conv4": 6144, "conv5": 6400}}
 
@@ -233,19 +248,51 @@ def test_probe_bad_requests_fail_before_work(tiny_data, tiny_checkpoint, tmp_pat
 
 
 @pytest.mark.slow
-def test_svm_voc07_probe_on_generated_voc_tree(tiny_checkpoint, tmp_path, run_cli):
-    out = tmp_path / "svm"
+def test_svm_voc07_probe_on_generated_voc_tree(tiny_checkpoint, tmp_path, run_cli, monkeypatch):
     args = ["probe=svm_voc07", "probe.voc_root=synthetic", "probe.synthetic.num_trainval=100",
             "probe.synthetic.num_test=60", "probe.synthetic.image_size=64", "probe.crop_size=56",
             "probe.layers=[conv2,conv5]", "probe.costs=[0.01,0.1,1.0]", "probe.num_workers=0",
-            f"paths.data_dir={tmp_path}/data", f"paths.cache_dir={tmp_path}/cache", f"hydra.run.dir={out}"]
-    code = run_cli("probe", f"checkpoint={tiny_checkpoint}", *args)
+            f"paths.data_dir={tmp_path}/data", f"paths.cache_dir={tmp_path}/cache"]
+    out = tmp_path / "svm"
+    code = run_cli("probe", f"checkpoint={tiny_checkpoint}", *args, f"hydra.run.dir={out}")
     assert code == 0
     res = json.loads((out / "results.json").read_text())
     assert res["probe"] == "svm_voc07" and res["dataset"]["num_train"] == 100
     for l in ("conv2", "conv5"):
         assert 0 < res["metrics"][f"voc07/svm/{l}/mAP"] <= 100
         assert len(res["per_class"][l]["ap"]) == 20
+        counts = res["per_class"][l]["not_converged"]
+        assert len(counts) == 20 and res["metrics"][f"voc07/svm/{l}/not_converged"] == sum(counts)
+
+    # probe.max_iter=1 stops every fit (scikit-learn flags a fit that used all its iterations): per
+    # layer 20 classes x (3 folds x 3 costs + 1 refit) = 200.  probe.shared_dir reaches the workers'
+    # copies: every temporary folder of the SVM is made there.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    made = []
+    mkdtemp = tempfile.mkdtemp
+
+    def recording_mkdtemp(*a, **kw):
+        if kw.get("prefix") == "ssl_bench_svm_":
+            made.append(str(kw.get("dir")))
+        return mkdtemp(*a, **kw)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", recording_mkdtemp)
+    out = tmp_path / "svm_short"
+    with pytest.warns(UserWarning, match="fits stopped at") as caught:
+        code = run_cli("probe", f"checkpoint={tiny_checkpoint}", *args, "probe.max_iter=1", "probe.n_jobs=2",
+                       f"probe.shared_dir={shared}", f"hydra.run.dir={out}")
+    assert code == 0
+    stops = [str(w.message) for w in caught if "fits stopped at" in str(w.message)]
+    assert [m.split(":")[0] for m in stops] == ["VOC07 SVM, layer conv2", "VOC07 SVM, layer conv5"]
+    for m in stops:
+        assert re.search(r": 200 of 200 fits stopped at probe.max_iter=1 "
+                         r"\(per class: aeroplane 10, bicycle 10, .*, tvmonitor 10\)$", m), m
+    res = json.loads((out / "results.json").read_text())
+    for l in ("conv2", "conv5"):
+        assert res["per_class"][l]["not_converged"] == [10] * 20
+        assert res["metrics"][f"voc07/svm/{l}/not_converged"] == 200
+    assert made == [str(shared)] * 2 and not list(shared.iterdir())
 
 
 @pytest.mark.slow

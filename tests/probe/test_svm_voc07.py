@@ -6,7 +6,10 @@ References are independent re-implementations in the test: scikit-learn fits wri
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -17,6 +20,13 @@ from sklearn.svm import LinearSVC
 from ssl_bench.probe.svm_voc07 import DEFAULT_COSTS, svm_voc07
 
 SMALL_GRID = [1e-3, 0.1, 10.0]
+MID_ITER = 200  # stops some of the 3-cost fits on clusters(seed=3), not all (checked in the test)
+# Goyal et al.'s cost grid (fair_self_supervision_benchmark, tools/svm: the costs_list 1e-7..100 in
+# decades, to which parse_cost_list appends 0.5**k for k in range(4, 20)), ascending: 26 values.
+GOYAL_COSTS = [1e-7, 1e-6, 1.9073486328125e-06, 3.814697265625e-06, 7.62939453125e-06, 1e-5,
+               1.52587890625e-05, 3.0517578125e-05, 6.103515625e-05, 1e-4, 0.0001220703125,
+               0.000244140625, 0.00048828125, 0.0009765625, 1e-3, 0.001953125, 0.00390625, 0.0078125,
+               1e-2, 0.015625, 0.03125, 0.0625, 0.1, 1.0, 10.0, 100.0]
 
 
 def clusters(n_train: int = 240, n_test: int = 200, dim: int = 24, n_classes: int = 4,
@@ -49,18 +59,23 @@ def test_high_ap_on_separable_clusters_and_costs_from_the_grid(problem) -> None:
     assert len(res["ap"]) == 4 and len(res["costs"]) == 4 and len(res["cv_ap"]) == 4
     assert min(res["ap"]) > 0.9, res["ap"]
     assert res["mAP"] == pytest.approx(np.mean(res["ap"]))
-    assert all(c in DEFAULT_COSTS for c in res["costs"])
-    assert res["fits"] == 4 * 3 * len(DEFAULT_COSTS) + 4
+    assert res["cost_grid"] == GOYAL_COSTS
+    assert res["fits"] == 4 * (3 * 26 + 1)
     grid = np.array(res["cv_ap_grid"])
-    assert grid.shape == (4, len(DEFAULT_COSTS))
+    assert grid.shape == (4, 26)
     # The chosen cost is the best mean CV AP, the smallest cost among equals.
     for c in range(4):
-        k = DEFAULT_COSTS.index(res["costs"][c])
+        k = GOYAL_COSTS.index(res["costs"][c])
         assert res["cv_ap"][c] == grid[c].max() == grid[c, k]
         assert (grid[c, :k] < grid[c, k]).all()
     # Harder data gives lower APs: the metric is not saturated by construction.
     hard = svm_voc07(*clusters(noise=4.0, seed=1), costs=SMALL_GRID, n_jobs=1)
     assert hard["mAP"] < res["mAP"] - 0.1
+
+
+def test_default_cost_grid_is_goyal_et_al() -> None:
+    assert len(GOYAL_COSTS) == 26 and GOYAL_COSTS == sorted(GOYAL_COSTS)
+    assert DEFAULT_COSTS == GOYAL_COSTS
 
 
 def test_parallel_results_are_identical(problem) -> None:
@@ -74,30 +89,59 @@ def test_parallel_results_are_identical(problem) -> None:
     assert other["cv_ap_grid"] != seq["cv_ap_grid"]
 
 
+def hand_svm(cost: float, max_iter: int = 2000) -> LinearSVC:
+    return LinearSVC(C=cost, class_weight={1: 2, -1: 1}, loss="squared_hinge", penalty="l2",
+                     intercept_scaling=1.0, dual=True, max_iter=max_iter, random_state=0)
+
+
+def hand_reference(tx: np.ndarray, ty: np.ndarray, vx: np.ndarray, costs: list[float], max_iter: int = 2000):
+    """The protocol redone with scikit-learn directly, per class: (mean fold AP per cost, chosen cost,
+    test scores, fits that ran all max_iter iterations, read from the models' n_iter_)."""
+    ntx = tx / np.sqrt((tx ** 2).sum(axis=1, keepdims=True))
+    nvx = vx / np.sqrt((vx ** 2).sum(axis=1, keepdims=True))
+    out = []
+    for c in range(ty.shape[1]):
+        y = np.where(ty[:, c] == 1, 1, -1)
+        cv, stopped = np.zeros(len(costs)), 0
+        for tr, va in StratifiedKFold(3, shuffle=True, random_state=0).split(ntx, y):
+            for k, cost in enumerate(costs):
+                svm = hand_svm(cost, max_iter).fit(ntx[tr], y[tr])
+                stopped += int(svm.n_iter_ >= max_iter)
+                cv[k] += brute_force_ap(svm.decision_function(ntx[va]), y[va]) / 3
+        best = costs[int(np.argmax(cv))]
+        svm = hand_svm(best, max_iter).fit(ntx, y)
+        out.append((cv, best, svm.decision_function(nvx), stopped + int(svm.n_iter_ >= max_iter)))
+    return out
+
+
 def test_protocol_matches_a_hand_written_reference() -> None:
     """Folds, SVM settings, normalisation, difficult-as-negative, cost choice and test AP, redone
     with scikit-learn directly for a 3-cost grid."""
     tx, ty, vx, vy = clusters(n_train=150, n_test=120, noise=2.0, seed=3)
     res = svm_voc07(tx, ty, vx, vy, costs=SMALL_GRID, n_jobs=1, return_scores=True)
-    ntx = tx / np.sqrt((tx ** 2).sum(axis=1, keepdims=True))
-    nvx = vx / np.sqrt((vx ** 2).sum(axis=1, keepdims=True))
-    for c in range(ty.shape[1]):
-        y = np.where(ty[:, c] == 1, 1, -1)
-        cv = np.zeros(len(SMALL_GRID))
-        for tr, va in StratifiedKFold(3, shuffle=True, random_state=0).split(ntx, y):
-            for k, cost in enumerate(SMALL_GRID):
-                svm = LinearSVC(C=cost, class_weight={1: 2, -1: 1}, loss="squared_hinge",
-                                penalty="l2", intercept_scaling=1.0, dual=True, max_iter=2000,
-                                random_state=0).fit(ntx[tr], y[tr])
-                cv[k] += brute_force_ap(svm.decision_function(ntx[va]), y[va]) / 3
+    for c, (cv, best, scores, _) in enumerate(hand_reference(tx, ty, vx, SMALL_GRID)):
         assert res["cv_ap_grid"][c] == pytest.approx(cv.tolist(), abs=1e-9)
-        best = SMALL_GRID[int(np.argmax(cv))]
         assert res["costs"][c] == best
-        svm = LinearSVC(C=best, class_weight={1: 2, -1: 1}, dual=True, max_iter=2000,
-                        random_state=0).fit(ntx, y)
-        scores = svm.decision_function(nvx)
         assert res["scores"][:, c] == pytest.approx(scores, abs=1e-9)
         assert res["ap"][c] == pytest.approx(brute_force_ap(scores, vy[:, c]), abs=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_fits_stopped_at_max_iter_are_counted_per_class() -> None:
+    tx, ty, vx, vy = clusters(n_train=150, n_test=120, noise=2.0, seed=3)
+    # max_iter=1: every fit uses its one iteration, 3 folds x 3 costs + 1 refit = 10 per class.
+    res = svm_voc07(tx, ty, vx, vy, costs=SMALL_GRID, n_jobs=1, max_iter=1)
+    assert res["not_converged_per_class"] == [10, 10, 10, 10] and res["not_converged"] == 40
+    # A limit that stops only some fits, so the classes differ; serial and parallel agree with the
+    # hand-written count.
+    expected = [stopped for *_, stopped in hand_reference(tx, ty, vx, SMALL_GRID, max_iter=MID_ITER)]
+    assert len(set(expected)) > 1 and 0 < sum(expected) < 40, expected
+    for n_jobs in (1, 2):
+        res = svm_voc07(tx, ty, vx, vy, costs=SMALL_GRID, n_jobs=n_jobs, max_iter=MID_ITER)
+        assert res["not_converged_per_class"] == expected and res["not_converged"] == sum(expected)
+    # Converged fits are not counted.
+    res = svm_voc07(tx, ty, vx, vy, costs=SMALL_GRID, n_jobs=1)
+    assert res["not_converged_per_class"] == [0, 0, 0, 0]
 
 
 def test_test_difficult_images_do_not_affect_ap(problem) -> None:
@@ -201,6 +245,44 @@ def test_worker_errors_propagate_and_leave_no_files(problem, tmp_path) -> None:
     assert leftovers() == before
     with pytest.raises(ValueError, match="max_iter"):
         svm_voc07(*problem, max_iter=0)
+
+
+def test_shared_copies_fall_back_to_disk_when_dev_shm_is_short(problem, monkeypatch, tmp_path) -> None:
+    """/dev/shm reporting 1 MiB free (less than the copies plus margin) sends them to the system temp
+    dir with identical results; an explicit shared_dir is used as given, and refused without room."""
+    if not os.access("/dev/shm", os.W_OK) or shutil.disk_usage("/dev/shm").free < 64 << 20:
+        pytest.skip("needs a writable /dev/shm with room")
+    made = []
+    real_mkdtemp, real_usage = tempfile.mkdtemp, shutil.disk_usage
+    short = {"/dev/shm"}
+
+    def recording_mkdtemp(*a, **kw):
+        if kw.get("prefix") == "ssl_bench_svm_":
+            made.append(str(kw.get("dir")))
+        return real_mkdtemp(*a, **kw)
+
+    def usage(path):
+        u = real_usage(path)
+        return u._replace(free=1 << 20) if os.fspath(path) in short else u
+
+    monkeypatch.setattr(tempfile, "mkdtemp", recording_mkdtemp)
+    run = functools.partial(svm_voc07, *problem, costs=SMALL_GRID, n_jobs=2, return_scores=True)
+    shm = run(shared_dir="/dev/shm")
+    monkeypatch.setattr(shutil, "disk_usage", usage)
+    fallback = run()
+    own = run(shared_dir=tmp_path)
+    assert made == ["/dev/shm", tempfile.gettempdir(), str(tmp_path)]
+    assert [shm["shared_dir"], fallback["shared_dir"], own["shared_dir"]] == made
+    for res in (fallback, own):
+        assert res["ap"] == shm["ap"] and res["costs"] == shm["costs"]
+        assert res["cv_ap_grid"] == shm["cv_ap_grid"] and np.array_equal(res["scores"], shm["scores"])
+    assert not list(tmp_path.iterdir())
+    short.add(os.fspath(tmp_path))
+    with pytest.raises(ValueError, match=r"shared_dir: .* need \d+ MiB .*has 1 MiB free"):
+        run(shared_dir=tmp_path)
+    with pytest.raises(ValueError, match="shared_dir: .* is not a writable folder"):
+        run(shared_dir=tmp_path / "missing")
+    assert len(made) == 3  # both refused before any copy was made
 
 
 def test_csr_input_gives_bit_identical_models() -> None:

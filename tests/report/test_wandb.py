@@ -428,7 +428,7 @@ def test_benchmark_with_wandb_logger_logs_stages_and_the_leaderboard(tmp_path, m
     # switching the logger back reruns nothing: the logger is not part of a stage's hash
     again = run_benchmark(compose("benchmark", ["preset=smoke", "methods=[colorization_full,gaussian_rgb]"]),
                           fake_stage)
-    assert again["times"] == {}
+    assert again["ran"] == []
 
 
 @pytest.mark.slow
@@ -457,6 +457,6 @@ def test_smoke_benchmark_with_wandb_logger_end_to_end(tmp_path, run_cli, monkeyp
     assert [line["method"] for line in measured] == ["gaussian/rgb"]
 
     assert run_cli(*args) == 0  # again: stages skipped, the leaderboard run continued (same id)
-    assert json.loads((out / "benchmark_summary.json").read_text())["times"] == {}
+    assert json.loads((out / "benchmark_summary.json").read_text())["ran"] == []
     runs = offline_runs(out)
     assert len(runs) == 2 and all(contents(r)["run"] == [first["id"]] for r in runs)

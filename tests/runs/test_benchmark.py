@@ -1,9 +1,14 @@
-"""ssl-bench benchmark: the smoke preset of the demo pipeline end to end, stage skipping on re-run,
-bad methods refused before anything starts, and a failed stage recorded without stopping the rest."""
+"""ssl-bench benchmark: the smoke preset of the demo pipeline end to end, stage skipping on re-run
+(with the skipped stages' times kept), bad methods refused before anything starts, a failed stage
+recorded without stopping the rest, one run at a time per output folder, and a SIGTERM stopping it."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -42,15 +47,26 @@ def test_smoke_pipeline_runs_every_stage_then_skips_them(outputs, run_cli, capsy
     assert len(image_stages) >= 6
     for p in image_stages:
         assert json.loads(p.read_text())["config"]["data"]["decoded_cache"] == str(decoded), p
+    assert summary["ran"] == list(summary["times"]) and summary["skipped"] == []
     capsys.readouterr()
-    # the same command again: every stage's results exist, nothing runs
+    # the same command again: every stage's results exist, nothing runs, the stage times are kept
     assert run_cli("benchmark", *SMOKE) == 0
-    assert json.loads((root / "benchmark_summary.json").read_text())["times"] == {}
+    rerun = json.loads((root / "benchmark_summary.json").read_text())
+    assert rerun["ran"] == [] and rerun["skipped"] == summary["ran"]
+    assert rerun["times"] == summary["times"] and all(t > 0 for t in rerun["times"].values())
     assert capsys.readouterr().out.count("skipped") == len(ran)
     # a new stage (VOC classification with all layers) runs; the finished ones stay skipped
     assert run_cli("benchmark", *SMOKE, "voc_tasks=[voc_cls_fc6,voc_cls_all]") == 0
-    again = set(json.loads((root / "benchmark_summary.json").read_text())["times"])
-    assert again == {"colorization_full/voc_cls_all", "supervised/voc_cls_all", "gaussian_rgb/voc_cls_all"}
+    again = json.loads((root / "benchmark_summary.json").read_text())
+    new = {"colorization_full/voc_cls_all", "supervised/voc_cls_all", "gaussian_rgb/voc_cls_all"}
+    assert set(again["ran"]) == new and set(again["times"]) == ran | new
+    assert {k: again["times"][k] for k in ran} == summary["times"]
+    # without the previous summary, a skipped stage's time is the wall time in its results.json
+    (root / "benchmark_summary.json").unlink()
+    assert run_cli("benchmark", *SMOKE) == 0
+    walls = {p.parent.parent.name + "/" + p.parent.name.rsplit("-", 1)[0]: json.loads(p.read_text())["wall_time_s"]
+             for p in root.glob("*/*/results.json")}
+    assert json.loads((root / "benchmark_summary.json").read_text())["times"] == {k: walls[k] for k in ran}
 
 
 def test_unknown_method_is_refused_before_anything_runs(outputs, run_cli, capsys):
@@ -85,3 +101,58 @@ def test_demo_plan_shares_one_decoded_copy(outputs):
     crops = {st.config.data.crop_size for st in stages if "data" in st.config and "crop_size" in st.config.data}
     assert len(copies) == 1 and crops == {56, 64}
     assert sum(1 for st in stages if any(o in copies for o in st.overrides)) == 18  # 6 pretrain, 9 probes, 3 colour
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from ssl_bench.runs.benchmark import exclusive
+with exclusive(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_second_benchmark_on_the_same_folder_is_refused(outputs, run_cli, capsys):
+    """A benchmark running in the folder (here a process holding its lock): a second one stops at once
+    with one line naming the folder, exit 2, and runs nothing; the lock goes when that process dies."""
+    from ssl_bench.runs.benchmark import LOCK_NAME, exclusive
+    root = outputs / "smoke"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(root)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert run_cli("benchmark", *SMOKE) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(root) in err[0] and "in use by another ssl-bench benchmark" in err[0]
+        assert [p.name for p in root.iterdir()] == [LOCK_NAME], "no stage ran"
+    finally:
+        holder.kill()
+        holder.wait()
+    with exclusive(root):  # a killed holder leaves the file but no lock
+        fd = os.open(root / LOCK_NAME, os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+
+
+def test_sigterm_in_a_stage_stops_the_benchmark(outputs, tmp_path, capsys):
+    """A pretraining stopped by SIGTERM stops the whole benchmark with its exit status: no failed.json
+    (the stage is resumed by the same command, not recorded as failed), no later stage started."""
+    from ssl_bench.config import compose
+    from ssl_bench.runs.benchmark import exclusive, run_benchmark
+    from ssl_bench.runs.pretrain import TrainingInterrupted
+    started = []
+
+    def runner(config_name, args):
+        started.append(config_name)
+        raise TrainingInterrupted()
+
+    with pytest.raises(SystemExit) as e:
+        run_benchmark(compose("benchmark", SMOKE), runner)
+    assert e.value.code == 143 and started == ["pretrain"]
+    assert not list(tmp_path.rglob("failed.json")) and not (outputs / "smoke" / "benchmark_summary.json").exists()
+    assert "run the same command again to resume" in capsys.readouterr().out
+    with exclusive(outputs / "smoke"):  # the lock went with the stopped run
+        pass

@@ -1,10 +1,17 @@
-"""End-to-end colorization pretraining on tiny generated data, through the real CLI and configs."""
+"""End-to-end colorization pretraining on tiny generated data, through the real CLI and configs:
+results, resuming after SIGTERM or SIGKILL inside an epoch, a full disk while checkpointing, bad input."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,15 +54,78 @@ def test_one_epoch_writes_checkpoint_results_and_samples(tiny_data, tmp_path, ru
     assert not list(out.rglob("*.tmp")), "no half-written files left"
 
 
-def test_killed_run_resumes_where_it_stopped(tiny_data, tmp_path, run_cli):
+STEPS_PER_EPOCH = 40  # 80 training images in batches of 2: an epoch long enough to stop inside it
+ENV = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
+
+
+def latest_step(ckpt_dir: Path) -> int:
+    steps = [int(p.stem[4:]) for p in ckpt_dir.glob("step*.ckpt") if p.stem[4:].isdigit()]
+    return max(steps, default=-1)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_killed_run_resumes_where_it_stopped(sig, tiny_data, tmp_path):
+    """Stop a pretraining strictly inside its epoch: SIGTERM exits 143 with a line saying how to
+    resume (SIGKILL just dies), no results.json; the same command then resumes and finishes the epoch."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "ssl_bench.cli", "pretrain", *tiny_overrides(tiny_data, out, tmp_path / "cache"),
+           "data.batch_size=2", "callbacks.samples.every_n_steps=0", "trainer.num_sanity_val_steps=0"]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while latest_step(out / "checkpoints") < 3:
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be stopped"
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert not (out / "results.json").exists()
+    last = out / "checkpoints" / "last.ckpt"
+    stopped_at = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert 2 <= stopped_at < STEPS_PER_EPOCH and stopped_at % STEPS_PER_EPOCH != 0, stopped_at  # inside epoch 1
+    if sig == signal.SIGTERM:
+        lines = [line for line in err.splitlines() if line.startswith("ssl-bench:")]
+        assert proc.returncode == 143 and len(lines) == 1 and "Traceback" not in err, (proc.returncode, err[-2000:])
+        assert f"stopped by SIGTERM at step {stopped_at}" in lines[0]
+        assert f"run the same command again to resume from the last checkpoint {last}" in lines[0]
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    partial = out / "checkpoints" / ".last.ckpt.k1ll3d.tmp"  # what a kill during a checkpoint write leaves
+    partial.write_bytes(b"PK\x03\x04 half a checkpoint")
+    os.utime(partial, (time.time() - 120, time.time() - 120))
+    rerun = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    res = read_results(out)
+    assert res["init"]["restored"] == "weights from the checkpoint"  # resumed, not started over
+    assert res["metrics"]["pretrain/steps"] == STEPS_PER_EPOCH
+    assert not list(out.rglob("*.tmp")), "the resumed run removed the partial checkpoint"
+
+
+def test_full_disk_while_checkpointing_keeps_the_last_good_checkpoint(tiny_data, tmp_path, run_cli, capsys,
+                                                                      monkeypatch):
+    """ENOSPC in the middle of writing the step-3 checkpoint: one line naming the file, no truncated
+    file at any checkpoint path, and the step-2 checkpoint still resumes."""
+    real_save = torch.save
+
+    def disk_fills(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("global_step") == 3:
+            f.write(b"PK\x03\x04 half a checkpoint")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_fills)
     out = tmp_path / "run"
     base = tiny_overrides(tiny_data, out, tmp_path / "cache")
-    assert run_cli("pretrain", *base) == 0
-    first = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    (out / "results.json").unlink()  # as if killed before the end
-    assert run_cli("pretrain", *base, "trainer.max_epochs=2") == 0
+    code = run_cli("pretrain", *base, "trainer.num_sanity_val_steps=0")
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("ssl-bench:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert "not enough disk space" in lines[0] and str(out / "checkpoints" / "step0000003.ckpt") in lines[0]
+    ckpts = out / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "step0000002.ckpt"], "no partial file left"
+    assert torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 2
+    monkeypatch.setattr(torch, "save", real_save)  # space freed: the same command resumes
+    assert run_cli("pretrain", *base, "trainer.num_sanity_val_steps=0") == 0
     res = read_results(out)
-    assert first["global_step"] == 5 and res["metrics"]["pretrain/steps"] == 10
+    assert res["init"]["restored"] == "weights from the checkpoint" and res["metrics"]["pretrain/steps"] == 5
 
 
 def test_corrupt_images_are_skipped_and_counted(tiny_data, tmp_path, run_cli):

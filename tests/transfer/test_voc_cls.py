@@ -217,3 +217,29 @@ def test_unreadable_image_is_skipped(voc, tmp_path):
     batch = next(iter(dm.test_dataloader()))
     assert batch["image"].shape[1:] == (10, 3, CROP, CROP)
     assert len(batch["skipped"]) == 1 and batch["image"].shape[0] == 7
+
+
+def _trainval_map(voc: Path, epochs: int) -> float:
+    """11-point mAP on trainval (10-crop test) after ``epochs`` of train_from=conv1 fine-tuning on it;
+    the same seed gives the same initial network for every ``epochs``."""
+    pl.seed_everything(0, workers=True)
+    task = VOCClassificationTask(alexnet_small(**TINY), functools.partial(torch.optim.Adam, lr=1e-3),
+                                 train_from="conv1")
+    dm = data(voc, test_split="trainval")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = trainer(epochs)
+        if epochs:
+            t.fit(task, datamodule=dm)
+        t.test(task, datamodule=dm, verbose=False)
+    return task.results["voc07/cls_all/mAP"]
+
+
+def test_fine_tuning_learns_the_training_labels(voc):
+    """The fit must learn, not just run: the untrained network (fixed seed) ranks the 24 trainval
+    images near chance (measured mAP 16.0; 16-24 over seeds 0-2), 150 epochs of fine-tuning on them
+    lift it far above (measured 99.2; 93.9-99.2 over seeds 0-2).  Labels detached from their images
+    would keep it near chance."""
+    untrained, trained = _trainval_map(voc, 0), _trainval_map(voc, 150)
+    assert untrained < 40.0, untrained
+    assert trained > 80.0 and trained > untrained + 40.0, (untrained, trained)

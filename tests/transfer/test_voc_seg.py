@@ -67,6 +67,26 @@ def test_read_mask_palette_indices_and_bad_values(tmp_path):
         read_mask(tmp_path / "bad.png")
 
 
+def test_read_mask_rgb_in_voc_colours_or_error(tmp_path):
+    """An RGB mask maps back to indices exactly when every colour is a class or void colour
+    (colours hand-copied from the devkit's VOClabelcolormap); any other colour is an error."""
+    colours = {0: (0, 0, 0), 1: (128, 0, 0), 15: (192, 128, 128), 20: (0, 64, 128), 255: (224, 224, 192)}
+    a = np.array([[0, 1, 15, 20], [255, 255, 1, 0], [15, 15, 20, 20]], dtype=np.uint8)
+    rgb = np.zeros((*a.shape, 3), dtype=np.uint8)
+    for k, c in colours.items():
+        rgb[a == k] = c
+    Image.fromarray(rgb, mode="RGB").save(tmp_path / "rgb.png")
+    got = read_mask(tmp_path / "rgb.png")
+    assert got.dtype == np.uint8 and np.array_equal(got, a)
+    rgb[1, 2] = (127, 0, 0)  # one pixel a shade off aeroplane: no exact class colour
+    Image.fromarray(rgb, mode="RGB").save(tmp_path / "off.png")
+    with pytest.raises(ValueError, match=r"off\.png: RGB segmentation mask holds 1 colour.*\(127, 0, 0\)"):
+        read_mask(tmp_path / "off.png")
+    Image.fromarray(np.dstack([rgb, np.full(a.shape, 255, np.uint8)]), mode="RGBA").save(tmp_path / "rgba.png")
+    with pytest.raises(ValueError, match=r"rgba\.png: segmentation mask has PIL mode 'RGBA'"):
+        read_mask(tmp_path / "rgba.png")
+
+
 def test_dataset_reads_synthetic_masks(voc):
     ds = VOCSegmentationDataset(voc.parent.parent, "2012", "val")
     assert ds.ids == read_image_set(voc, "2012", "val", task="Segmentation")

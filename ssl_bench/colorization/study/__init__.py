@@ -16,7 +16,8 @@ resized to a 256 px short side and centre-cropped to 256 x 256 (the paper showed
 written as PNG three times: ground truth, colorization, sentinel.
 
 Answers (``storage``). Each answer is one INSERT + COMMIT into an SQLite file (WAL mode) as it
-arrives, so stopping or killing the server loses nothing. Rows: rater (random id kept in the page's
+arrives, so stopping or killing the server loses nothing; the server's threads share one connection
+under the app's lock. Rows: rater (random id kept in the page's
 localStorage), session, trial id, image id (path relative to the image folder), method (the
 checkpoint's "colorization/<variant>"), is_sentinel, left_is_real, chose_left, correct (chose the
 real image), response_ms (from the moment the images were hidden to the click), timestamp (UTC,
@@ -27,6 +28,12 @@ HTTP API (JSON):
     GET  /api/trial?rater=R         next trial {trial_id, left_url, right_url, seconds, index, total}
     POST /api/answer                {rater, trial_id, chose: "left"|"right", response_ms} -> {"ok", "done"}
     GET  /images/<name>.png         a cached PNG (anything but a known plain file name is refused)
+
+Refusals (``payload``) are JSON {"ok": false, "error", "field"}: 400 for a rater or trial id that is
+not 1-64 characters of [A-Za-z0-9_-] (a trailing newline included), a choice other than left/right,
+a response time that is not a finite number >= 0 (NaN / Infinity literals refused), or a body that
+is not a JSON object nested at most 4 deep; 413 for a body over 10,000 bytes. An answer the log
+could not store is rolled back, logged and answered 500; the trial stays open for a retry.
 
 A session is a fixed number of trials (paper: 40; sentinels mixed in at random positions); a rater
 asking for a trial after finishing a session starts a new one.

@@ -46,14 +46,16 @@ def square_crop(path: Path, size: int = IMAGE_SIZE) -> Tensor:
     """uint8 3 x size x size: short side resized to ``size`` (bicubic), then centre-cropped."""
     import torch
     from PIL import Image
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        s = size / min(w, h)
-        nw, nh = max(size, round(w * s)), max(size, round(h * s))
-        im = im.resize((nw, nh), Image.BICUBIC)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        arr = np.asarray(im.crop((left, top, left + size, top + size)))
+
+    from ssl_bench.data.images import decode_rgb
+    # the suite's one decoder: same colour conversions, bad data told apart from I/O errors
+    im = Image.fromarray(decode_rgb(path).permute(1, 2, 0).numpy())
+    w, h = im.size
+    s = size / min(w, h)
+    nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    im = im.resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    arr = np.asarray(im.crop((left, top, left + size, top + size)))
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 

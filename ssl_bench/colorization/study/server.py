@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import mimetypes
 import re
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,14 +17,15 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ssl_bench.colorization.study import UserError
+from ssl_bench.colorization.study.payload import BadRequest, body_length, check_rater, parse_answer
 from ssl_bench.colorization.study.sessions import TuringApp
 
 __all__ = ["HOST", "STATIC_DIR", "TuringServer", "bind_server"]
 
 HOST = "127.0.0.1"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-_RATER_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_IMAGE_RE = re.compile(r"^[A-Za-z0-9_-]{1,80}\.png$")
+_IMAGE_RE = re.compile(r"[A-Za-z0-9_-]{1,80}\.png")  # fullmatch: ``$`` would also accept a trailing newline
+log = logging.getLogger(__name__)
 
 
 def _static_files() -> set[str]:
@@ -33,6 +35,7 @@ def _static_files() -> set[str]:
 class _Handler(BaseHTTPRequestHandler):
     server_version = "ssl-bench-turing/1"
     server: "TuringServer"
+    timeout = 30  # seconds: a client that stops sending mid-request frees its thread
 
     def log_message(self, fmt: str, *args: Any) -> None:
         if self.server.verbose:
@@ -60,7 +63,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, (STATIC_DIR / name).read_bytes(), ctype)
 
     def _image(self, app: TuringApp, name: str) -> None:
-        if not _IMAGE_RE.match(name) or "/" in name or "\\" in name:
+        if not _IMAGE_RE.fullmatch(name) or "/" in name or "\\" in name:
             self._json(403, {"ok": False, "error": "refused"})
         elif name not in app.images or not (app.cache_dir / name).is_file():
             self._json(404, {"ok": False, "error": "not found"})
@@ -68,11 +71,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, (app.cache_dir / name).read_bytes(), "image/png")
 
     def _trial(self, app: TuringApp, query: str) -> None:
-        rater = parse_qs(query).get("rater", [""])[0]
-        if not _RATER_RE.match(rater):
-            self._json(400, {"ok": False, "error": "rater: 1-64 characters of [A-Za-z0-9_-]"})
-        else:
-            self._json(200, app.next_trial(rater))
+        try:
+            rater = check_rater(parse_qs(query).get("rater", [""])[0])
+        except BadRequest as e:
+            self._json(e.status, e.reply())
+            return
+        self._json(200, app.next_trial(rater))
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         app = self.server.app
@@ -93,36 +97,47 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_HEAD = do_GET
 
-    def _answer_fields(self) -> tuple[str, str, Any, float | None]:
-        """(rater, trial_id, chose, response_ms) of the request's JSON body; ValueError/KeyError/TypeError."""
-        n = int(self.headers.get("Content-Length", "0"))
-        if not 0 < n <= 10_000:
-            raise ValueError("body size")
-        body = json.loads(self.rfile.read(n))
-        rater, trial_id, chose = str(body["rater"]), str(body["trial_id"]), body["chose"]
-        ms = body.get("response_ms")
-        return rater, trial_id, chose, None if ms is None else float(ms)
+    def _body(self) -> bytes:
+        """The request body, at most MAX_BODY_BYTES (anything larger is refused unread)."""
+        n = body_length(self.headers.get("Content-Length"))
+        try:
+            raw = self.rfile.read(n)
+        except TimeoutError:
+            raise BadRequest("body: not received in time", status=408) from None
+        if len(raw) < n:
+            raise BadRequest(f"body: {len(raw)} of {n} announced bytes received")
+        return raw
+
+    def _answer(self, app: TuringApp) -> None:
+        try:
+            req = parse_answer(self._body())
+        except BadRequest as e:
+            self.close_connection = True  # an unread or half-read body must not be taken for the next request
+            self._json(e.status, e.reply())
+            return
+        self._json(*app.answer(req.rater, req.trial_id, req.chose, req.response_ms))
 
     def do_POST(self) -> None:  # noqa: N802
         app = self.server.app
         if app is None:
             self._json(503, {"ok": False, "error": "not ready"})
-            return
-        if urlsplit(self.path).path != "/api/answer":
+        elif urlsplit(self.path).path != "/api/answer":
             self._json(404, {"ok": False, "error": "not found"})
-            return
-        try:
-            rater, trial_id, chose, ms = self._answer_fields()
-        except (ValueError, KeyError, TypeError) as e:
-            self._json(400, {"ok": False, "error": f"bad request: {e}"})
-            return
-        self._json(*app.answer(rater, trial_id, chose, ms))
+        else:
+            try:
+                self._answer(app)
+            except OSError:  # the client went away mid-reply: nobody is left to tell
+                self.close_connection = True
+            except Exception as e:  # one failing request must not end the rater's session with no reply
+                log.exception("POST %s failed", self.path)
+                self._json(500, {"ok": False, "error": f"internal error ({type(e).__name__})"})
 
 
 class TuringServer(ThreadingHTTPServer):
     """Answers 503 until ``app`` is set, so the port can be held while the pictures are prepared."""
 
     daemon_threads = True
+    request_queue_size = 128  # many raters at once: the default backlog of 5 drops connections under load
     app: TuringApp | None = None
     verbose: bool = False
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import secrets
+import sqlite3
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,6 +17,8 @@ from ssl_bench.colorization.study.images import ImageItem
 from ssl_bench.colorization.study.storage import Answer, insert_answer, open_db, write_meta
 
 __all__ = ["Trial", "Session", "TuringApp"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -134,8 +138,14 @@ class TuringApp:
             refusal = self._refusal(rater, t)
             if refusal is not None:
                 return refusal
-            insert_answer(self.db, Answer(rater, t.session, t.trial_id, t.image_id, self.method, t.is_sentinel,
-                                          t.left_is_real, chose == "left", response_ms))
+            try:
+                insert_answer(self.db, Answer(rater, t.session, t.trial_id, t.image_id, self.method,
+                                              t.is_sentinel, t.left_is_real, chose == "left", response_ms))
+            except sqlite3.Error as e:
+                # rolled back: the trial stays current, so the page's retry (or the next rater) can still land
+                log.error("answer of rater %s to trial %s not stored: %s: %s", rater, trial_id,
+                          type(e).__name__, e)
+                return 500, {"ok": False, "error": "the answer could not be saved (database error); please retry"}
             t.answered = True
             s = self.sessions[rater]
             s.position += 1

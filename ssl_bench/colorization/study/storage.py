@@ -55,7 +55,10 @@ def open_db(path: str | Path) -> sqlite3.Connection:
     """The answers file (created with its tables when new), in autocommit mode for explicit BEGIN/COMMIT."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # shared by the server's threads: the caller serialises every use (TuringApp holds its lock)
     con = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    # another process (a results run, a second server) may hold the write lock for a moment: wait, don't fail
+    con.execute("PRAGMA busy_timeout=5000")
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA synchronous=FULL")
     con.executescript(SCHEMA)
@@ -69,16 +72,26 @@ def write_meta(con: sqlite3.Connection, meta: dict[str, Any]) -> None:
 
 
 def insert_answer(con: sqlite3.Connection, answer: Answer) -> None:
-    """Store one answer, committed before returning (so a killed server loses no answer given)."""
+    """Store one answer, committed before returning (so a killed server loses no answer given).
+
+    On failure (constraint, full disk, ...) the transaction is rolled back and the sqlite3.Error re-raised:
+    the connection stays usable for the next answer.
+    """
     rater, session, trial_id, image_id, method, is_sentinel, left_is_real, chose_left, ms = astuple(answer)
     now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-    con.execute("BEGIN")
-    con.execute(
-        "INSERT INTO answers (rater, session, trial_id, image_id, method, is_sentinel, left_is_real,"
-        " chose_left, correct, response_ms, timestamp) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-        (rater, session, trial_id, image_id, method, int(is_sentinel), int(left_is_real), int(chose_left),
-         int(answer.correct), ms, now))
-    con.execute("COMMIT")
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        con.execute(
+            "INSERT INTO answers (rater, session, trial_id, image_id, method, is_sentinel, left_is_real,"
+            " chose_left, correct, response_ms, timestamp) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (rater, session, trial_id, image_id, method, int(is_sentinel), int(left_is_real), int(chose_left),
+             int(answer.correct), ms, now))
+        con.execute("COMMIT")
+    except BaseException:
+        # a transaction left open would make every later BEGIN fail: the log would take no more answers
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        raise
 
 
 def count_answers(con: sqlite3.Connection) -> int:
