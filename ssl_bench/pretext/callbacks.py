@@ -39,9 +39,7 @@ class CheckpointMetadata(pl.Callback):
         pl_module.skips.count = checkpoint.get(META_KEY, {}).get("skipped_images", 0)
 
 
-# a ValueError too: the CLI reports user-fixable errors (ssl_bench.runs.jobs.user_errors) in one
-# line, and a full disk is one the user fixes
-class CheckpointWriteError(OSError, ValueError):
+class CheckpointWriteError(OSError):
     """A checkpoint could not be written for lack of disk space; the message names the file."""
 
 

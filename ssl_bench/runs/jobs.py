@@ -42,11 +42,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the user's input: reported in one line, no traceback (SSL_BENCH_DEBUG=1 shows it)."""
     from omegaconf.errors import MissingMandatoryValue
 
-    from ssl_bench.data.images import DataLayoutError
+    from ssl_bench.data.images import DataLayoutError, ImageReadError
     from ssl_bench.models.checkpoint import CheckpointMismatchError
+    from ssl_bench.pretext.callbacks import CheckpointWriteError
     from ssl_bench.pretext.common import NonFiniteLossError
+    # a full disk and an unreadable data file are fixed by the user, not in the code: one line each
     return (DataLayoutError, CheckpointMismatchError, NonFiniteLossError, MissingMandatoryValue,
-            FileNotFoundError, FileExistsError, ValueError)
+            CheckpointWriteError, ImageReadError, FileNotFoundError, FileExistsError, ValueError)
 
 
 def root_cause(e: BaseException) -> BaseException:
