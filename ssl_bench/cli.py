@@ -5,6 +5,8 @@
                                                 (checkpoint=... or init=gaussian|kraehenbuehl)
     ssl-bench finetune task=voc_cls|voc_det|voc_seg checkpoint=... voc_root=...   PASCAL VOC transfer
     ssl-bench prepare-weights CHECKPOINT --out PATH [--mode ...]   absorb BN, rescale, colour branch
+    ssl-bench import-weights caffe|caffe2-pkl|vissl|state-dict ... --out CKPT   other frameworks' weights
+    ssl-bench export CKPT --format state-dict --out DIR   a plain PyTorch state dict and a model card
     ssl-bench colorize IMAGE_OR_DIR... checkpoint=CKPT [decode=annealed_mean T=0.38] [--out DIR]
     ssl-bench evaluate-colorization checkpoint=CKPT [classifier=CKPT] [data=...]   AuC raw/rebal, classifier top-1
     ssl-bench gallery --data DIR [--l2 CKPT] [--class CKPT] [--full CKPT] [--out DIR]
@@ -34,6 +36,8 @@ USAGE = __doc__
 # command -> (module, function) of a ``main(argv) -> int``; imported only when the command runs
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-weights": ("ssl_bench.runs.prepare_weights", "main"),
+    "import-weights": ("ssl_bench.runs.import_weights", "main"),
+    "export": ("ssl_bench.runs.export", "main"),
     "colorize": ("ssl_bench.runs.colorize", "main"),
     "gallery": ("ssl_bench.runs.gallery", "main"),
     "prior-figure": ("ssl_bench.runs.prior_figure", "main"),

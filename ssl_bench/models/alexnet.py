@@ -5,6 +5,12 @@ conv3 384 3x3, conv4 384 3x3 g2, conv5 256 3x3 g2, pool5 3x3/1 pad 1, fc6 as a 6
 with dilation 2 (pad 5), fc7 1x1. Batch norm without learned scale/shift follows every conv/fc, then
 ReLU. The trunk is fully convolutional: fc6/fc7 run densely on the pool5 map, which is what makes the
 faithful model cost about 52 GFLOP per 180x180 training image.
+
+The same weights also build in the ``deploy`` geometry the authors evaluate in downstream (standard
+CaffeNet): conv1 and the pools without padding, pools in Caffe's ceil mode, pool5 stride 2 and fc6 an
+undilated, unpadded convolution, so at a 227 input the conv maps are 55/27/13 (train geometry: 57/29/15)
+and fc6/fc7 are fully connected (1x1 maps). CaffeNet-family nets (Doersch, Pathak, Krähenbühl) also
+carry local response normalisation after pool1 and pool2 (``lrn=True``).
 """
 
 from __future__ import annotations
@@ -15,6 +21,18 @@ import torch
 from torch import Tensor, nn
 
 from ssl_bench.models.layers import CONV_LAYERS, LAYERS
+
+GEOMETRIES = ("train", "deploy")
+
+
+def _pool(deploy: bool, stride: int) -> nn.MaxPool2d:
+    """3x3 max pooling: padded in the train geometry, Caffe's unpadded ceil mode in deploy."""
+    return nn.MaxPool2d(3, stride, 0, ceil_mode=True) if deploy else nn.MaxPool2d(3, stride, 1)
+
+
+def _lrn() -> nn.LocalResponseNorm:
+    """Caffe's LRN (across channels): x / (1 + alpha/size * sum x^2)^beta, as torch defines it too."""
+    return nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=1.0)
 
 
 class ConvBNReLU(nn.Sequential):
@@ -42,38 +60,54 @@ class AlexNet(nn.Module):
         groups: use the original two-group convolutions in conv2, conv4, conv5.
         input_space: recorded in checkpoints so that evaluators prepare inputs the same way
             ("L" = centred lightness L-50, "rgb" = sRGB in [0,1]).
+        geometry: "train" (the authors' training net: padded conv1/pools, pool5 stride 1, dilated
+            fc6) or "deploy" (CaffeNet: see the module docstring). The state dict is the same.
+        lrn: Caffe's local response normalisation (size 5, alpha 1e-4, beta 0.75) after pool1/pool2.
+        dropout: dropout probability after fc6 and fc7 (active in train mode only; 0 = none).
     """
 
     def __init__(self, in_channels: int | None = None, widths: Sequence[int] = (96, 256, 384, 384, 256),
                  fc_channels: int = 4096, fc6_kernel: int = 6, fc6_dilation: int = 2,
-                 groups: bool = True, batch_norm: bool = True, input_space: str = "L") -> None:
+                 groups: bool = True, batch_norm: bool = True, input_space: str = "L",
+                 geometry: str = "train", lrn: bool = False, dropout: float = 0.0) -> None:
         super().__init__()
         if len(widths) != 5:
             raise ValueError(f"backbone.widths: expected 5 channel counts (conv1..conv5), got {list(widths)}")
         if input_space not in ("L", "rgb"):
             raise ValueError(f"backbone.input_space: expected 'L' or 'rgb', got {input_space!r}")
+        if geometry not in GEOMETRIES:
+            raise ValueError(f"backbone.geometry: expected one of {GEOMETRIES}, got {geometry!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"backbone.dropout: expected a probability in [0, 1), got {dropout!r}")
         if in_channels is None:
             in_channels = 1 if input_space == "L" else 3
         g = 2 if groups else 1
         # Constructor arguments, saved in checkpoints so any tool can rebuild the trunk.
         self.config = dict(in_channels=in_channels, widths=list(widths), fc_channels=fc_channels,
                            fc6_kernel=fc6_kernel, fc6_dilation=fc6_dilation, groups=groups,
-                           batch_norm=batch_norm, input_space=input_space)
+                           batch_norm=batch_norm, input_space=input_space, geometry=geometry, lrn=lrn,
+                           dropout=dropout)
         w1, w2, w3, w4, w5 = widths
-        self.in_channels, self.input_space = in_channels, input_space
+        self.in_channels, self.input_space, self.geometry = in_channels, input_space, geometry
         self.widths, self.fc_channels = tuple(widths), fc_channels
-        self.conv1 = ConvBNReLU(in_channels, w1, 11, 4, 5, batch_norm=batch_norm)
-        self.pool1 = nn.MaxPool2d(3, 2, 1)
+        deploy = geometry == "deploy"
+        self.conv1 = ConvBNReLU(in_channels, w1, 11, 4, 0 if deploy else 5, batch_norm=batch_norm)
+        self.pool1 = _pool(deploy, 2)
+        self.norm1 = _lrn() if lrn else nn.Identity()
         self.conv2 = ConvBNReLU(w1, w2, 5, 1, 2, groups=g, batch_norm=batch_norm)
-        self.pool2 = nn.MaxPool2d(3, 2, 1)
+        self.pool2 = _pool(deploy, 2)
+        self.norm2 = _lrn() if lrn else nn.Identity()
         self.conv3 = ConvBNReLU(w2, w3, 3, 1, 1, batch_norm=batch_norm)
         self.conv4 = ConvBNReLU(w3, w4, 3, 1, 1, groups=g, batch_norm=batch_norm)
         self.conv5 = ConvBNReLU(w4, w5, 3, 1, 1, groups=g, batch_norm=batch_norm)
-        self.pool5 = nn.MaxPool2d(3, 1, 1)
-        pad6 = fc6_dilation * (fc6_kernel - 1) // 2
-        self.fc6 = ConvBNReLU(w5, fc_channels, fc6_kernel, 1, pad6, dilation=fc6_dilation,
-                              batch_norm=batch_norm)
+        self.pool5 = _pool(deploy, 2 if deploy else 1)
+        # deploy: an undilated, unpadded fc6 = a fully connected layer on a 227 input (6x6 pool5 map)
+        dil6 = 1 if deploy else fc6_dilation
+        pad6 = 0 if deploy else fc6_dilation * (fc6_kernel - 1) // 2
+        self.fc6 = ConvBNReLU(w5, fc_channels, fc6_kernel, 1, pad6, dilation=dil6, batch_norm=batch_norm)
+        self.drop6 = nn.Dropout(dropout) if dropout else nn.Identity()
         self.fc7 = ConvBNReLU(fc_channels, fc_channels, 1, batch_norm=batch_norm)
+        self.drop7 = nn.Dropout(dropout) if dropout else nn.Identity()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -105,7 +139,6 @@ class AlexNet(nn.Module):
             raise ValueError(f"unknown layer(s) {sorted(unknown)}; expected a subset of {LAYERS}")
         last = max(LAYERS.index(name) for name in layers)
         out: dict[str, Tensor] = {}
-        pools = {"conv1": self.pool1, "conv2": self.pool2, "conv5": self.pool5}
         for name in LAYERS[: last + 1]:
             block = getattr(self, name)
             if name == "conv1" and conv1_residual is not None:
@@ -114,10 +147,16 @@ class AlexNet(nn.Module):
                 x = block[2](block[1](block[0](x) + conv1_residual))
             else:
                 x = block(x)
+            if name in ("fc6", "fc7"):  # Caffe's dropout is in place: the fc blob itself is dropped
+                x = getattr(self, f"drop{name[2]}")(x)
             if name in layers:
                 out[name] = x
-            if name in pools:
-                x = pools[name](x)
+            if name == "conv1":
+                x = self.norm1(self.pool1(x))
+            elif name == "conv2":
+                x = self.norm2(self.pool2(x))
+            elif name == "conv5":
+                x = self.pool5(x)
         return out
 
     def forward(self, x: Tensor) -> Tensor:

@@ -15,6 +15,7 @@ The two top-level keys differ so that one kind of file is never mistaken for the
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -134,25 +135,39 @@ class SuiteCheckpoint:
                 "input_space": self.meta.get("input_space", trunk.get("input_space")),
                 "source": str(self.path), "trunk": trunk}
 
-    def build_trunk(self) -> AlexNet:
-        """An untrained trunk of the recorded architecture (to build a whole model around)."""
+    def build_trunk(self, **overrides: Any) -> AlexNet:
+        """An untrained trunk of the recorded architecture (to build a whole model around).
+        ``overrides`` replace recorded constructor arguments that leave the state dict unchanged
+        (``geometry``, ``dropout``)."""
+        config = {**self.meta["trunk"], **overrides}
+        # a trunk of another class of the family records its constructor as a Hydra-style _target_
+        build = _locate(config.pop("_target_")) if "_target_" in config else AlexNet
         try:
-            return AlexNet(**self.meta["trunk"])
+            return build(**config)
         except (TypeError, ValueError) as e:
             raise CheckpointMismatchError(f"checkpoint {self.path}: cannot rebuild the trunk from its "
                                           f"recorded configuration {self.meta['trunk']}: {e}") from e
 
-    def load_trunk(self) -> AlexNet:
-        """The pretrained trunk (the state dict's ``trunk.`` keys), in eval mode."""
+    def load_trunk(self, **overrides: Any) -> AlexNet:
+        """The pretrained trunk (the state dict's ``trunk.`` keys), in eval mode; ``overrides`` as in
+        `build_trunk` (e.g. ``geometry="deploy"``)."""
         weights = {k[len(TRUNK_PREFIX):]: v for k, v in self.state_dict.items() if k.startswith(TRUNK_PREFIX)}
         if not weights:
             raise CheckpointMismatchError(f"checkpoint {self.path} has no trunk weights ('trunk.*' keys)")
-        return load_state(self.build_trunk(), weights, str(self.path)).eval()
+        return load_state(self.build_trunk(**overrides), weights, str(self.path)).eval()
 
     def load_model(self, model: ModelT) -> ModelT:
         """``model`` (built from this checkpoint's configuration: trunk and head) with the whole
         state dict loaded, in eval mode."""
         return load_state(model, self.state_dict, str(self.path)).eval()
+
+
+def _locate(target: str) -> Any:
+    """The callable named by a dotted path (``ssl_bench.models.x.Cls``); only ssl_bench's own names."""
+    module, _, attr = str(target).rpartition(".")
+    if not module.startswith("ssl_bench."):
+        raise CheckpointMismatchError(f"trunk _target_ {target!r} is not an ssl_bench class")
+    return getattr(importlib.import_module(module), attr)
 
 
 def read_suite_checkpoint(path: str | Path, pretext: str | None = None, expected: str | None = None,
