@@ -10,7 +10,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from omegaconf import OmegaConf
+
+from ssl_bench.config import CONF_DIR
+
 PAPER = "paper"
+
+
+def paper_recipe(job: str, evaluation: str) -> dict[str, Any]:
+    """The published protocol's recipe of ``evaluation`` in ``job`` (``conf/recipe/<job>/<evaluation>_paper.yaml``),
+    resolved, as the reference a run's own recipe is compared with."""
+    path = CONF_DIR / "recipe" / job / f"{evaluation}_{PAPER}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no published recipe for {job} {evaluation!r}: expected {path}")
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
 
 
 def deviations(recipe: Mapping[str, Any], paper: Mapping[str, Any], extra: Sequence[str] = ()) -> list[str]:
@@ -26,8 +39,8 @@ def deviations(recipe: Mapping[str, Any], paper: Mapping[str, Any], extra: Seque
 
 def protocol_record(name: str, recipe: Mapping[str, Any], paper: Mapping[str, Any],
                     extra: Sequence[str] = ()) -> dict[str, Any]:
-    """The ``protocol`` entry of a results.json: {"name", "deviations"} (deviations empty = comparable)."""
-    return {"name": str(name), "deviations": deviations(recipe, paper, extra)}
+    """The ``protocol`` entry of a results.json: {"name", "recipe", "deviations"} (no deviations = comparable)."""
+    return {"name": str(name), "recipe": dict(recipe), "deviations": deviations(recipe, paper, extra)}
 
 
 def is_comparable(protocol: Mapping[str, Any] | None) -> bool:
