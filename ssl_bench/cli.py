@@ -29,7 +29,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from ssl_bench.runs.jobs import JOB_ENV, JOBS, PROGRAM, hydra_command, run_hydra
+from ssl_bench.runs.jobs import JOB_ENV, JOBS, PROGRAM, fail, hydra_command, run_hydra, user_errors
 
 USAGE = __doc__
 
@@ -78,7 +78,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if run is None:
         print(f"ssl-bench: unknown command {argv[0]!r}\n{USAGE}", file=sys.stderr)
         sys.exit(2)
-    sys.exit(run(argv[1:]))
+    try:
+        code = run(argv[1:])
+    except user_errors() as e:  # the suite's own errors only: anything else is a bug and keeps its traceback
+        if os.environ.get("SSL_BENCH_DEBUG"):
+            raise
+        fail(e)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

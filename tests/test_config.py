@@ -46,7 +46,14 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
         extra = ["scheduler.boundaries=[10]", "scheduler.values=[1.0,0.1]"]
     if (group, option) == ("probe", "svm_voc07"):
         extra = ["probe.voc_root=synthetic"]
-    primary = {"probe": "probe_run", "task": "finetune", "preset": "benchmark"}.get(group, "pretrain")
+    if (group, option) == ("scheduler", "step"):
+        extra = ["scheduler.step_size=10", "scheduler.gamma=0.5"]  # finetune fills them from its recipe
+    if (group, option) == ("pretext", "bigan"):
+        extra = ["data.crop_size=64"]  # the encoder reads at least the generator's 64 px
+    if (group, option) == ("pretext", "split_brain"):
+        extra = ["backbone._target_=ssl_bench.models.split_brain.SplitBrainAlexNet"]
+    primary = {"probe": "probe_run", "task": "finetune", "preset": "benchmark", "protocol": "probe_run"}.get(
+        group, "pretrain")
     if group == "task":
         extra = ["voc_root=synthetic"]
     where = {"task": paths(tmp_path)[:-1],  # finetune has no data group
@@ -76,11 +83,11 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
         assert trunk.forward_features(torch.zeros(1, trunk.in_channels, 64, 64), ("conv5",))["conv5"].ndim == 4
     elif group == "pretext":
         from ssl_bench.models.alexnet import alexnet_small
-        extra = {"prior": torch.full((313,), 1 / 313)} if option == "colorization" else {}
+        extra = {"prior": torch.full((313,), 1 / 313)} if option in ("colorization", "split_brain") else {}
         if option == "supervised":
             extra["num_classes"] = 5
-        module = instantiate(node, trunk=alexnet_small(input_space=node.input_space),
-                             optimizer=instantiate(cfg.optimizer), **extra)
+        trunk = instantiate(cfg.backbone) if option == "split_brain" else alexnet_small(input_space=node.input_space)
+        module = instantiate(node, trunk=trunk, optimizer=instantiate(cfg.optimizer), **extra)
         assert module.checkpoint_meta["pretext"] == option
         assert module.checkpoint_meta["input_space"] == node.input_space
         # the backbone group follows the pretext's input space
@@ -96,9 +103,11 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
         from hydra.utils import get_class
         assert node.name == option and get_class(node.module._target_) and get_class(node.datamodule._target_)
         assert node.module.year == node.datamodule.year == {"voc_seg": "2012"}.get(option, "2007")
+    elif group == "protocol":
+        assert node.name == option and set(cfg.recipe) >= {"resize", "geometry", "crop_size", "batch_size"}
     elif group == "init":
         init = instantiate(node)
-        assert init.name in ("gaussian", "kraehenbuehl")
+        assert init.name in ("gaussian", "kraehenbuehl", "run_init")
     else:
         assert instantiate(node) is not None
 
@@ -151,8 +160,10 @@ def test_default_trunk_follows_the_data(tmp_path):
 
 
 def test_default_init_follows_the_pretext(tmp_path):
-    # authors' colorization net started from Krähenbühl's k-means init; the baselines from Gaussian
-    assert composed(paths(tmp_path)).init._target_.endswith("KraehenbuehlInit")
+    # the authors' colorization net started from run_init.sh (k-means conv1..conv5); the baselines from Gaussian
+    assert composed(paths(tmp_path)).init._target_.endswith("RunInit")
+    # the demo keeps Krähenbühl's init (its published README rows were measured with it)
+    assert composed(["experiment=demo", *paths(tmp_path)]).init._target_.endswith("KraehenbuehlInit")
     for p in ("context_prediction", "context_encoder", "supervised"):
         cfg = composed([f"pretext={p}", *paths(tmp_path)])
         assert cfg.init._target_.endswith("GaussianInit") and "objective" not in cfg.pretext
@@ -179,3 +190,59 @@ def test_sweep_folder_needs_no_hydra_runtime(primary, launcher, monkeypatch):
     assert cfg.hydra.run.dir.startswith(f"outputs/{task}/runs/")
     if launcher:
         assert cfg.hydra.launcher.submitit_folder.startswith(cfg.hydra.sweep.dir)
+
+
+# ------------------------------------------------------------------------------ protocol recipes
+
+
+def recipe_table(evaluation: str) -> dict[str, tuple[str, str]]:
+    """{key: (paper cell, fast cell)} of the recipe table under ``#### <evaluation>`` in docs/protocols.md."""
+    text = (ROOT / "docs" / "protocols.md").read_text(encoding="utf-8")
+    block = text.split(f"\n#### {evaluation} (", 1)[1].split("\n#", 1)[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in block.splitlines()
+            if line.startswith("| ") and not line.startswith("| key ")]
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def doc_value(cell: str, cfg) -> object:
+    """A table cell as a value: ``data.<key>`` is the data config's value; the rest is YAML."""
+    import yaml
+    return OmegaConf.select(cfg, cell) if cell.startswith("data.") else yaml.safe_load(cell)
+
+
+@pytest.mark.parametrize("evaluation", ["linear", "svm_voc07", "knn"])
+def test_probe_recipes_equal_the_tables_of_protocols_md(evaluation, tmp_path):
+    from ssl_bench.probe.svm_voc07 import DEFAULT_COSTS
+    table = recipe_table(evaluation)
+    assert len(table) >= 5
+    extra = ["probe.voc_root=synthetic"] if evaluation == "svm_voc07" else []
+    for column, protocol in enumerate(("paper", "fast")):
+        if evaluation == "knn" and protocol == "paper":
+            from ssl_bench.config import compose  # unresolved: the probe's keys have no recipe to follow
+            assert compose("probe_run", ["probe=knn", "protocol=paper"]).recipe == {"published": False}
+            continue
+        cfg = composed([f"probe={evaluation}", f"protocol={protocol}", *paths(tmp_path), *extra], "probe_run")
+        assert cfg.protocol.name == protocol
+        recipe = OmegaConf.to_container(cfg.recipe)
+        documented = {k: cells[column] for k, cells in table.items()}
+        if documented.get("costs") == "the 26 costs below":  # written out in the text below the table
+            documented.pop("costs")
+            assert recipe.pop("costs") == [1e-7, 1e-6, 1e-5, 1e-4, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0] + [
+                0.5 ** k for k in range(4, 20)]
+            assert sorted(cfg.probe.costs) == DEFAULT_COSTS
+        expected = {k: doc_value(v, cfg) for k, v in documented.items()}
+        if evaluation == "linear" and protocol == "fast":
+            expected["epochs"] = 30  # the table's max_steps row: null, "fast runs `epochs` (30)"
+        assert recipe == expected, protocol
+
+
+def test_paper_probe_recipe_reaches_the_run_config(tmp_path):
+    """The job's own keys follow the recipe (so the run reads the paper's values), overrides of either
+    spelling land in the same place."""
+    cfg = composed(["protocol=paper", *paths(tmp_path)], "probe_run")
+    assert (cfg.probe.resize, cfg.probe.cache, cfg.probe.batch_size, list(cfg.probe.lr_grid)) == (
+        "bilinear", False, 256, [0.01])
+    assert cfg.optimizer.momentum == 0.9 and cfg.optimizer.weight_decay == 0.0005
+    assert composed(["protocol=paper", "recipe.batch_size=64", *paths(tmp_path)], "probe_run").probe.batch_size == 64
+    svm = composed(["protocol=paper", "probe=svm_voc07", "probe.voc_root=synthetic", *paths(tmp_path)], "probe_run")
+    assert (svm.probe.resize, svm.probe.crop_size, svm.probe.max_iter) == ("avgpool", 227, 2000)

@@ -20,6 +20,7 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
 from ssl_bench import color
+from ssl_bench.errors import ConfigError
 from ssl_bench.io import atomic_write_bytes
 from ssl_bench.models.checkpoint import CheckpointMismatchError, read_suite_checkpoint
 from ssl_bench.pretext.colorization import ColorizationPretext, ColorObjective
@@ -90,9 +91,9 @@ def predict_ab(model: ColorizationPretext, L: Tensor, decode: str = "annealed_me
     were built on during training; the fc8 map is resized to it exactly as in ``forward``).
     """
     if decode not in DECODE_METHODS:
-        raise ValueError(f"decode: expected one of {', '.join(DECODE_METHODS)}, got {decode!r}")
+        raise ConfigError(f"decode: expected one of {', '.join(DECODE_METHODS)}, got {decode!r}")
     if not T > 0:
-        raise ValueError(f"T must be > 0, got {T}")
+        raise ConfigError(f"T must be > 0, got {T}")
     s = model.ab_stride
     x = L - 50.0
     if model.channels_last:
@@ -111,11 +112,11 @@ def net_input_size(height: int, width: int, net_size: int | Sequence[int] | None
     if isinstance(net_size, (tuple, list)):
         h, w = (int(v) for v in net_size)
         if h < 1 or w < 1:
-            raise ValueError(f"net_size: expected a positive (h, w), got {tuple(net_size)}")
+            raise ConfigError(f"net_size: expected a positive (h, w), got {tuple(net_size)}")
         return h, w
     n = int(net_size)
     if n < 0:
-        raise ValueError(f"net_size: expected a short side >= 0, got {n}")
+        raise ConfigError(f"net_size: expected a short side >= 0, got {n}")
     if n == 0:
         return height, width
     short = min(height, width)

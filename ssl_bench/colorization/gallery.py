@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ssl_bench import color
 from ssl_bench.colorization.colorize import colorize_image, method_name, png_bytes
+from ssl_bench.errors import ConfigError
 from ssl_bench.io import atomic_write_bytes
 from ssl_bench.pretext.colorization import ColorizationPretext
 
@@ -75,7 +76,7 @@ def load_gallery_images(sources: Sequence[str | Path], num: int = 16, size: int 
 
     from ssl_bench.data.images import DECODE_ERRORS, DataLayoutError, decode_rgb
     if num < 1:
-        raise ValueError(f"the gallery needs at least one image, got num={num}")
+        raise ConfigError(f"the gallery needs at least one image, got num={num}")
     paths, where = resolve_images(sources)
     prep = T.Compose([T.Resize(size, antialias=True), T.CenterCrop(size)])
     images: list[GalleryImage] = []
@@ -136,10 +137,10 @@ def _render_html(columns: list[Column], rows: list[tuple[str, list[str]]],
 def _columns(models: dict[str, ColorizationPretext]) -> list[Column]:
     """Input, the models in the paper's order (captioned with what each checkpoint holds), truth."""
     if not models:
-        raise ValueError("the gallery needs at least one colorization model (l2, class or full)")
+        raise ConfigError("the gallery needs at least one colorization model (l2, class or full)")
     unknown = set(models) - set(VARIANTS)
     if unknown:
-        raise ValueError(f"unknown gallery columns {sorted(unknown)}; expected {list(VARIANTS)}")
+        raise ConfigError(f"unknown gallery columns {sorted(unknown)}; expected {list(VARIANTS)}")
     columns = [("input", "input", "grey (L only)")]
     columns += [(k, method_name(models[k]), VARIANTS[k]) for k in VARIANTS if k in models]
     columns.append(("truth", "ground truth", "original"))

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ssl_bench import color
+from ssl_bench.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
     from matplotlib.axes import Axes
@@ -51,9 +52,9 @@ def prior_and_weights(images: Iterable[Tensor], lam: float = 0.5, sigma: float =
     A pure function: nothing is cached or written.
     """
     if sigma < 0:
-        raise ValueError(f"sigma must be >= 0, got {sigma}")
+        raise ConfigError(f"sigma must be >= 0, got {sigma}")
     if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lambda must be in [0, 1], got {lam}")
+        raise ConfigError(f"lambda must be in [0, 1], got {lam}")
     counts = torch.zeros(color.NUM_BINS, dtype=torch.float64)
     n = 0
     for img in images:
@@ -61,7 +62,7 @@ def prior_and_weights(images: Iterable[Tensor], lam: float = 0.5, sigma: float =
         counts += color.bin_histogram(color.lab_from_uint8(batch, ab_stride)[1]).cpu()
         n += batch.shape[0]
     if not counts.sum() > 0:
-        raise ValueError("prior_and_weights: no pixels in the images")
+        raise DataError("prior_and_weights: no pixels in the images")
     prior = counts / counts.sum() if sigma == 0 else color.smooth_prior(counts, sigma).to(torch.float64)
     weights = color.rebalance_weights(prior, lam)
     return PriorData(prior, weights, counts, lam, sigma, n, f"{n} image(s)")

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from ssl_bench import color
 from ssl_bench.colorization.colorize import grey_rgb, predict_ab, to_uint8
+from ssl_bench.errors import DataError, MissingDataError
 from ssl_bench.models.checkpoint import (
     CheckpointMismatchError,
     load_state,
@@ -233,7 +234,7 @@ def load_classifier(spec: str) -> tuple[nn.Module, dict[str, Any]]:
     if spec.startswith("vgg16:"):
         path = Path(spec[len("vgg16:"):]).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"classifier={spec}: VGG-16 weights file {path} does not exist")
+            raise MissingDataError(f"classifier={spec}: VGG-16 weights file {path} does not exist")
         import torchvision
         state = read_state_dict(path)
         if "classifier.6.weight" not in state:
@@ -263,7 +264,7 @@ def classifier_correct(classifier: nn.Module, images: Tensor, labels: Tensor) ->
 def classifier_top1(classifier: nn.Module, images: Tensor, labels: Tensor) -> float:
     """Top-1 accuracy in % of a classifier (uint8 N x 3 x H x W -> logits) on the images."""
     if images.shape[0] == 0:
-        raise ValueError("classifier_top1: no images")
+        raise DataError("classifier_top1: no images")
     return 100.0 * classifier_correct(classifier, images, labels) / images.shape[0]
 
 
@@ -325,7 +326,7 @@ class QualityAccumulator:
         """``color/auc_raw`` / ``color/auc_rebal``, the classifier's top-1 (%) on the three kinds of
         image when there is one, and ``color/reference/<row>/auc_<kind>`` (None: no pixel scored)."""
         if not self.images:
-            raise ValueError("QualityAccumulator: no images scored")
+            raise DataError("QualityAccumulator: no images scored")
         metrics: dict[str, float | None] = {"color/auc_raw": self.auc["model", "raw"].value(),
                                             "color/auc_rebal": self.auc["model", "rebal"].value()}
         if self.classifier is not None:

@@ -38,6 +38,7 @@ from ssl_bench.data.images import (
 from ssl_bench.data.resumable import EpochBatchSampler, ResumableLoader
 from ssl_bench.data.sharding import ShardedBatchSampler
 from ssl_bench.data.synthetic import SyntheticSpec, generate
+from ssl_bench.errors import ConfigError
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -73,7 +74,7 @@ class ImageDataModule(pl.LightningDataModule):
                  decoded_cache: str | None = None, decode: str = "cpu", max_skipped_fraction: float = 0.05) -> None:
         super().__init__()
         if layout not in ("imagefolder", "folder"):
-            raise ValueError(f"data.layout: expected 'imagefolder' or 'folder', got {layout!r}")
+            raise ConfigError(f"data.layout: expected 'imagefolder' or 'folder', got {layout!r}")
         self.root, self.layout = Path(root).expanduser(), layout
         self.crop_size, self.load_size = crop_size, load_size
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -85,13 +86,13 @@ class ImageDataModule(pl.LightningDataModule):
         self._fingerprint: str | None = None
         self.decoded_cache = Path(decoded_cache).expanduser() if decoded_cache else None
         if decode not in ("cpu", "device"):
-            raise ValueError(f"data.decode: expected 'cpu' or 'device', got {decode!r}")
+            raise ConfigError(f"data.decode: expected 'cpu' or 'device', got {decode!r}")
         if decode == "device" and self.decoded_cache is not None:
-            raise ValueError("data.decode=device decodes the image files; it cannot be combined with "
-                             "data.decoded_cache (already decoded): set one of them")
+            raise ConfigError("data.decode=device decodes the image files; it cannot be combined with "
+                              "data.decoded_cache (already decoded): set one of them")
         self.decode = decode
         if not 0.0 <= max_skipped_fraction <= 1.0:
-            raise ValueError(f"data.max_skipped_fraction: expected a fraction in [0, 1], got {max_skipped_fraction!r}")
+            raise ConfigError(f"data.max_skipped_fraction: expected a fraction in [0, 1], got {max_skipped_fraction!r}")
         self.max_skipped_fraction = max_skipped_fraction
         self._skipped: dict[str, dict[str, None]] = {"train": {}, "val": {}}  # ordered sets of paths
         self._cache_meta: dict[str, dict] = {}
@@ -130,8 +131,8 @@ class ImageDataModule(pl.LightningDataModule):
             self._discover()
             size = self.load_size or native_size([p for p, _ in self.train_samples])
             if size < self.crop_size:
-                raise ValueError(f"data.decoded_cache: images of {size} px (data.load_size, or the native size "
-                                 f"when null) are smaller than data.crop_size={self.crop_size}")
+                raise ConfigError(f"data.decoded_cache: images of {size} px (data.load_size, or the native size "
+                                  f"when null) are smaller than data.crop_size={self.crop_size}")
             self._cache_size = size
         return self._cache_size
 
@@ -139,32 +140,42 @@ class ImageDataModule(pl.LightningDataModule):
         """Find the train/val samples (once)."""
         if self.train_samples:
             return
+        self.train_samples, self.val_samples, self.classes = self.find_samples()
+        if self.max_train_images and len(self.train_samples) > self.max_train_images:
+            rng = random.Random(self.seed)
+            self.train_samples = sorted(rng.sample(self.train_samples, self.max_train_images))
+
+    def find_samples(self) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]], list[str]]:
+        """(train samples, val samples, class names) of data.layout under data.root. The named data
+        sets (CIFAR, STL-10, ImageNet-100, Places205) are subclasses that read their own layouts here."""
         if self.layout == "imagefolder":
             if not self.root.is_dir():
                 raise DataLayoutError(
                     f"data.root={self.root} does not exist; expected ROOT/train/<class>/*.JPEG and "
                     "ROOT/val/<class>/*.JPEG (ImageNet layout)")
-            self.train_samples, self.classes = image_folder_samples(self.root / "train", "data.root (train/)")
-            self.val_samples, val_classes = image_folder_samples(self.root / "val", "data.root (val/)")
-            if val_classes != self.classes:
+            train, classes = image_folder_samples(self.root / "train", "data.root (train/)")
+            val, val_classes = image_folder_samples(self.root / "val", "data.root (val/)")
+            if val_classes != classes:
                 raise DataLayoutError(f"data.root={self.root}: train/ and val/ have different class "
-                                      f"folders ({len(self.classes)} vs {len(val_classes)})")
-        else:
-            if not self.root.is_dir():
-                raise DataLayoutError(f"data.root={self.root} does not exist; expected a folder of "
-                                      "images (searched recursively)")
-            paths = list_images(self.root, "data.root")
-            if len(paths) < 2:
-                raise DataLayoutError(f"data.root={self.root} holds {len(paths)} image(s); expected "
-                                      "a folder of images (searched recursively)")
-            order = list(range(len(paths)))
-            random.Random(self.seed).shuffle(order)
-            n_val = max(1, int(round(self.val_fraction * len(paths))))
-            self.val_samples = [(paths[i], -1) for i in sorted(order[:n_val])]
-            self.train_samples = [(paths[i], -1) for i in sorted(order[n_val:])]
-        if self.max_train_images and len(self.train_samples) > self.max_train_images:
-            rng = random.Random(self.seed)
-            self.train_samples = sorted(rng.sample(self.train_samples, self.max_train_images))
+                                      f"folders ({len(classes)} vs {len(val_classes)})")
+            return train, val, classes
+        if not self.root.is_dir():
+            raise DataLayoutError(f"data.root={self.root} does not exist; expected a folder of "
+                                  "images (searched recursively)")
+        paths = list_images(self.root, "data.root")
+        if len(paths) < 2:
+            raise DataLayoutError(f"data.root={self.root} holds {len(paths)} image(s); expected "
+                                  "a folder of images (searched recursively)")
+        order = list(range(len(paths)))
+        random.Random(self.seed).shuffle(order)
+        n_val = max(1, int(round(self.val_fraction * len(paths))))
+        train, val = sorted(order[n_val:]), sorted(order[:n_val])
+        return [(paths[i], -1) for i in train], [(paths[i], -1) for i in val], []
+
+    def dataset(self, samples: list, transform: Any) -> Dataset:
+        """The dataset of (image, label) pairs over ``samples`` (an `ImageDataset` of files here;
+        subclasses holding decoded arrays return theirs)."""
+        return ImageDataset(samples, transform)
 
     @property
     def num_classes(self) -> int:
@@ -182,7 +193,7 @@ class ImageDataModule(pl.LightningDataModule):
         """Loader over any (path, label) list: train = random crop + flip + shuffle, else centre crop."""
         t = train_transform if train else eval_transform
         bs = batch_size or self.batch_size
-        return DataLoader(ImageDataset(samples, t(self.crop_size, self.load_size)), batch_size=bs,
+        return DataLoader(self.dataset(samples, t(self.crop_size, self.load_size)), batch_size=bs,
                           shuffle=train, drop_last=train and len(samples) > bs,
                           num_workers=self.num_workers, collate_fn=collate_skip,
                           persistent_workers=self.num_workers > 0)
@@ -214,7 +225,7 @@ class ImageDataModule(pl.LightningDataModule):
             return DecodedImages(self.decoded_cache / split, crop=None if train else self.crop_size,
                                  meta=self._cache_meta[split]), first
         t = train_transform if train else eval_transform
-        return ImageDataset(samples, t(self.crop_size, self.load_size)), collate_skip
+        return self.dataset(samples, t(self.crop_size, self.load_size)), collate_skip
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled batches that depend only on (seed, epoch, position) and resume mid-epoch exactly

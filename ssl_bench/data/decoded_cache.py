@@ -53,6 +53,7 @@ from ssl_bench.data.images import (
     image_size,
     read_with_retries,
 )
+from ssl_bench.errors import ConfigError, OutputExistsError
 
 FORMAT_VERSION = 1
 CONFIG_KEY = "data.decoded_cache"
@@ -126,9 +127,9 @@ def build_cache(out: str | Path, samples: Sequence[tuple[Path, int]], root: str 
     """
     out, root = Path(out).expanduser(), Path(root).expanduser()
     if out.exists() and not overwrite:
-        raise FileExistsError(f"decoded cache {out} exists (pass --overwrite to rebuild it)")
+        raise OutputExistsError(f"decoded cache {out} exists (pass --overwrite to rebuild it)")
     if size < 1:
-        raise ValueError(f"decoded cache size must be positive, got {size}")
+        raise ConfigError(f"decoded cache size must be positive, got {size}")
     paths = [Path(p) for p, _ in samples]
     n_total = len(paths)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -243,7 +244,7 @@ class DecodedImages(Dataset):
             raise DecodedCacheMismatch(f"{CONFIG_KEY}: {self.dir} is not a complete decoded cache")
         self.size, self.n = int(self.meta["size"]), int(self.meta["n"])
         if crop is not None and crop > self.size:
-            raise ValueError(f"data.crop_size={crop} is larger than the decoded cache's {self.size} px images")
+            raise ConfigError(f"data.crop_size={crop} is larger than the decoded cache's {self.size} px images")
         self.crop = crop
         self.labels = np.load(self.dir / "labels.npy")
         n_total = int(self.meta["n_total"])

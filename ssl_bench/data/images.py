@@ -31,6 +31,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
+from ssl_bench.errors import MissingDataError, StorageError
+
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 IO_ATTEMPTS = 3  # transient NFS / EIO hiccups usually pass on a second read
 IO_RETRY_DELAY_S = 0.2
@@ -38,7 +40,7 @@ SKIPPED_NAMED = 10  # skipped files named in warnings and errors (the rest are c
 _T = TypeVar("_T")
 
 
-class DataLayoutError(FileNotFoundError):
+class DataLayoutError(MissingDataError):
     """A data path is missing or does not have the expected layout (message names the config key)."""
 
 
@@ -46,7 +48,7 @@ class UndecodableImage(ValueError):
     """The file was read but holds no decodable image (message names the file)."""
 
 
-class ImageReadError(OSError):
+class ImageReadError(StorageError):
     """Reading an image file failed at the OS level, also on retrying (message names the file)."""
 
 

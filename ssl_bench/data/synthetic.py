@@ -51,6 +51,8 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ssl_bench.errors import ConfigError, OutputExistsError
+
 __all__ = ["CLASS_NAMES", "SHAPES", "TEXTURES", "HUE_MODES_DEG", "CLASS_HUE_MODES", "GENERATOR_VERSION",
            "MIN_CLASSES", "SyntheticSpec", "render", "generate"]
 
@@ -116,9 +118,9 @@ class SyntheticSpec:
         def need_int(name: str, lo: int, hi: int | None, what: str) -> None:
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
-                raise ValueError(f"SyntheticSpec.{name}: expected an integer {what}, got {v!r}")
+                raise ConfigError(f"SyntheticSpec.{name}: expected an integer {what}, got {v!r}")
             if v < lo or (hi is not None and v > hi):
-                raise ValueError(f"SyntheticSpec.{name}: expected {what}, got {v}")
+                raise ConfigError(f"SyntheticSpec.{name}: expected {what}, got {v}")
             # numpy integers would make the manifest unserialisable (and compare unequal as JSON).
             object.__setattr__(self, name, int(v))
 
@@ -130,8 +132,8 @@ class SyntheticSpec:
         need_int("seed", 0, None, ">= 0")
         need_int("jpeg_quality", 1, 100, "between 1 and 100")
         if self.image_format not in _EXTENSIONS:
-            raise ValueError(f"SyntheticSpec.image_format: expected one of {sorted(_EXTENSIONS)}, "
-                             f"got {self.image_format!r}")
+            raise ConfigError(f"SyntheticSpec.image_format: expected one of {sorted(_EXTENSIONS)}, "
+                              f"got {self.image_format!r}")
 
     def count(self, split: str) -> int:
         """Number of images in ``split``."""
@@ -141,7 +143,7 @@ class SyntheticSpec:
 
 def _check_split(split: str) -> str:
     if split not in _SPLIT_IDS:
-        raise ValueError(f"split: expected one of {sorted(_SPLIT_IDS)}, got {split!r}")
+        raise ConfigError(f"split: expected one of {sorted(_SPLIT_IDS)}, got {split!r}")
     return split
 
 
@@ -635,8 +637,8 @@ def _install(tmp: Path, out: Path, manifest: dict[str, Any], overwrite: bool) ->
             shutil.rmtree(tmp)
             return
         if not overwrite:
-            raise FileExistsError(f"{out}: appeared while generating; refusing to replace it "
-                                  "(pass overwrite=True)")
+            raise OutputExistsError(f"{out}: appeared while generating; refusing to replace it "
+                                    "(pass overwrite=True)")
         old = out.parent / f"{out.name}.old-{os.getpid()}"
         os.replace(out, old)
         os.replace(tmp, out)
@@ -699,7 +701,7 @@ def _check_generate_args(spec: SyntheticSpec, workers: int | None) -> int:
     if workers is None:
         workers = min(2, os.cpu_count() or 1)
     if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers: expected a positive integer, got {workers!r}")
+        raise ConfigError(f"workers: expected a positive integer, got {workers!r}")
     return workers
 
 
@@ -711,7 +713,7 @@ def _already_there(out: Path, manifest: dict[str, Any], overwrite: bool) -> bool
         if problem is None:
             return True
         if not overwrite:
-            raise FileExistsError(f"{out} {problem}; pass overwrite=True to replace it")
+            raise OutputExistsError(f"{out} {problem}; pass overwrite=True to replace it")
     return False
 
 

@@ -50,6 +50,7 @@ import torch
 from torch import Tensor
 
 from ssl_bench.data.images import ImageDataset
+from ssl_bench.errors import DataError, MissingDataError
 
 __all__ = ["VOC_CLASSES", "VOCAnnotation", "parse_annotation", "voc_root", "read_annotations",
            "read_classification", "read_image_set", "VOCClassification", "collate_voc", "voc_colormap"]
@@ -87,7 +88,7 @@ class VOCAnnotation:
 def _text(node: ET.Element, tag: str, path: Path, where: str) -> str:
     child = node.find(tag)
     if child is None or child.text is None or not child.text.strip():
-        raise ValueError(f"{path}: malformed VOC annotation: missing <{tag}> in {where}")
+        raise DataError(f"{path}: malformed VOC annotation: missing <{tag}> in {where}")
     return child.text.strip()
 
 
@@ -97,8 +98,8 @@ def _number(node: ET.Element, tag: str, path: Path, where: str, kind: Callable[[
         # Some VOC2012 files write integer fields as "273.0"; float() first accepts both.
         return kind(float(raw)) if kind is int else kind(raw)
     except ValueError:
-        raise ValueError(f"{path}: malformed VOC annotation: <{tag}> in {where} is {raw!r}, "
-                         "not a number") from None
+        raise DataError(f"{path}: malformed VOC annotation: <{tag}> in {where} is {raw!r}, "
+                        "not a number") from None
 
 
 def _difficult(obj: ET.Element, path: Path, where: str) -> bool:
@@ -108,21 +109,21 @@ def _difficult(obj: ET.Element, path: Path, where: str) -> bool:
         return False
     if raw == "1":
         return True
-    raise ValueError(f"{path}: malformed VOC annotation: <difficult> in {where} is {raw!r}, expected 0 or 1")
+    raise DataError(f"{path}: malformed VOC annotation: <difficult> in {where} is {raw!r}, expected 0 or 1")
 
 
 def _box(obj: ET.Element, path: Path, where: str, width: int, height: int) -> tuple[list[float], bool]:
     """The object's box clipped to the image, and whether clipping changed it."""
     bb = obj.find("bndbox")
     if bb is None:
-        raise ValueError(f"{path}: malformed VOC annotation: missing <bndbox> in {where}")
+        raise DataError(f"{path}: malformed VOC annotation: missing <bndbox> in {where}")
     x1, y1, x2, y2 = (_number(bb, t, path, f"{where} <bndbox>", float) for t in ("xmin", "ymin", "xmax", "ymax"))
     if x1 > x2 or y1 > y2:
-        raise ValueError(f"{path}: invalid box in {where}: xmin {x1:g}, ymin {y1:g}, xmax {x2:g}, ymax {y2:g} "
-                         "(xmin > xmax or ymin > ymax)")
+        raise DataError(f"{path}: invalid box in {where}: xmin {x1:g}, ymin {y1:g}, xmax {x2:g}, ymax {y2:g} "
+                        "(xmin > xmax or ymin > ymax)")
     if x2 < 1 or y2 < 1 or x1 > width or y1 > height:
-        raise ValueError(f"{path}: invalid box in {where}: ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies entirely "
-                         f"outside the {width} x {height} image (coordinates are 1..width, 1..height)")
+        raise DataError(f"{path}: invalid box in {where}: ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies entirely "
+                        f"outside the {width} x {height} image (coordinates are 1..width, 1..height)")
     box = [min(max(x1, 1.0), width), min(max(y1, 1.0), height),
            min(max(x2, 1.0), width), min(max(y2, 1.0), height)]
     return box, box != [x1, y1, x2, y2]
@@ -131,11 +132,11 @@ def _box(obj: ET.Element, path: Path, where: str, width: int, height: int) -> tu
 def _image_size(root: ET.Element, path: Path) -> tuple[int, int]:
     size = root.find("size")
     if size is None:
-        raise ValueError(f"{path}: malformed VOC annotation: missing <size>")
+        raise DataError(f"{path}: malformed VOC annotation: missing <size>")
     width = _number(size, "width", path, "<size>", int)
     height = _number(size, "height", path, "<size>", int)
     if width < 1 or height < 1:
-        raise ValueError(f"{path}: malformed VOC annotation: <size> is {width} x {height}")
+        raise DataError(f"{path}: malformed VOC annotation: <size> is {width} x {height}")
     return width, height
 
 
@@ -148,9 +149,9 @@ def parse_annotation(xml_path: str | Path) -> VOCAnnotation:
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as e:
-        raise ValueError(f"{path}: malformed XML ({e})") from None
+        raise DataError(f"{path}: malformed XML ({e})") from None
     if root.tag != "annotation":
-        raise ValueError(f"{path}: not a VOC annotation (root element <{root.tag}>, expected <annotation>)")
+        raise DataError(f"{path}: not a VOC annotation (root element <{root.tag}>, expected <annotation>)")
     filename = _text(root, "filename", path, "<annotation>")
     width, height = _image_size(root, path)
     boxes, labels, difficult, clipped = [], [], [], []
@@ -158,8 +159,8 @@ def parse_annotation(xml_path: str | Path) -> VOCAnnotation:
         where = f"<object> #{k + 1}"
         name = _text(obj, "name", path, where)
         if name not in _CLASS_INDEX:
-            raise ValueError(f"{path}: unknown class name {name!r} in {where}; expected one of "
-                             f"{', '.join(VOC_CLASSES)}")
+            raise DataError(f"{path}: unknown class name {name!r} in {where}; expected one of "
+                            f"{', '.join(VOC_CLASSES)}")
         box, was_clipped = _box(obj, path, f"{where} ({name})", width, height)
         boxes.append(box)
         labels.append(_CLASS_INDEX[name])
@@ -183,9 +184,9 @@ def voc_root(root: str | Path, year: str | int = "2007") -> Path:
     for cand in (root, root / f"VOC{year}", root / "VOCdevkit" / f"VOC{year}"):
         if _has_layout(cand):
             return cand
-    raise FileNotFoundError(
-        f"{root}: no PASCAL VOC{year} data set here; expected the layout "
-        f"{_LAYOUT.format(year=year)} (pass the VOCdevkit folder or the VOC{year} folder itself)")
+    raise MissingDataError(
+       f"{root}: no PASCAL VOC{year} data set here; expected the layout "
+       f"{_LAYOUT.format(year=year)} (pass the VOCdevkit folder or the VOC{year} folder itself)")
 
 
 def read_image_set(root: str | Path, year: str | int = "2007", split: str = "trainval",
@@ -195,10 +196,10 @@ def read_image_set(root: str | Path, year: str | int = "2007", split: str = "tra
     f = base / "ImageSets" / task / f"{split}.txt"
     if not f.is_file():
         have = sorted(p.stem for p in (base / "ImageSets" / task).glob("*.txt") if "_" not in p.stem)
-        raise FileNotFoundError(f"{f}: no image set {split!r} (available: {', '.join(have) or 'none'})")
+        raise MissingDataError(f"{f}: no image set {split!r} (available: {', '.join(have) or 'none'})")
     ids = [line.split()[0] for line in f.read_text().splitlines() if line.strip()]
     if not ids:
-        raise ValueError(f"{f}: empty image set")
+        raise DataError(f"{f}: empty image set")
     return ids
 
 
@@ -209,7 +210,7 @@ def _class_file_labels(f: Path) -> dict[str, int]:
         if not parts:
             continue
         if len(parts) != 2 or parts[1] not in ("1", "0", "-1"):
-            raise ValueError(f"{f}: line {n} is {line!r}; expected '<image id> <1|0|-1>'")
+            raise DataError(f"{f}: line {n} is {line!r}; expected '<image id> <1|0|-1>'")
         out[parts[0]] = int(parts[1])
     return out
 
@@ -224,11 +225,11 @@ def read_annotations(root: str | Path, year: str | int = "2007", split: str = "t
     for image_id in read_image_set(base, year, split):
         img = base / "JPEGImages" / f"{image_id}.jpg"
         if not img.is_file():
-            raise FileNotFoundError(f"{img}: image listed in ImageSets/Main/{split}.txt is missing")
+            raise MissingDataError(f"{img}: image listed in ImageSets/Main/{split}.txt is missing")
         xml = base / "Annotations" / f"{image_id}.xml"
         if not xml.is_file():
-            raise FileNotFoundError(f"{xml}: annotation of image {image_id} (ImageSets/Main/{split}.txt) "
-                                    "is missing")
+            raise MissingDataError(f"{xml}: annotation of image {image_id} (ImageSets/Main/{split}.txt) "
+                                   "is missing")
         out.append((image_id, img, parse_annotation(xml)))
     return out
 
@@ -254,10 +255,10 @@ def read_classification(root: str | Path, year: str | int = "2007",
         listed = _class_file_labels(f)
         for i, image_id in enumerate(ids):
             if image_id not in listed:
-                raise ValueError(f"{f}: image {image_id} of ImageSets/Main/{split}.txt is not listed")
+                raise DataError(f"{f}: image {image_id} of ImageSets/Main/{split}.txt is not listed")
             if listed[image_id] != labels[i, c]:
-                raise ValueError(f"{f}: image {image_id} is labelled {listed[image_id]} there but "
-                                 f"{labels[i, c]} according to Annotations/{image_id}.xml")
+                raise DataError(f"{f}: image {image_id} is labelled {listed[image_id]} there but "
+                                f"{labels[i, c]} according to Annotations/{image_id}.xml")
     return [r[1] for r in records], labels
 
 

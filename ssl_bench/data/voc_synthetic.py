@@ -27,6 +27,7 @@ from PIL import Image
 
 from ssl_bench.data import synthetic as _syn
 from ssl_bench.data.voc import VOC_CLASSES, voc_colormap, voc_root
+from ssl_bench.errors import ConfigError, MissingDataError, OutputExistsError
 
 # Bump when the synthetic tree's content changes for the same arguments (recorded in the manifest).
 SYNTHETIC_VOC_VERSION = 1
@@ -47,7 +48,7 @@ def resolve_voc(root: str | Path, year: str | int, data_dir: str | Path, synthet
     try:
         return voc_root(root, str(year))
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"{key}: {e}") from e
+        raise MissingDataError(f"{key}: {e}") from e
 
 
 @dataclass
@@ -211,7 +212,7 @@ def write_synthetic_voc(out: str | Path, num_trainval: int = 200, num_test: int 
     for name, v, lo in (("num_trainval", num_trainval, 2), ("num_test", num_test, 1),
                         ("image_size", image_size, 32), ("seed", seed, 0)):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
-            raise ValueError(f"{name}: expected an integer >= {lo}, got {v!r}")
+            raise ConfigError(f"{name}: expected an integer >= {lo}, got {v!r}")
     year = str(year)
     num_trainval, num_test, n, seed = int(num_trainval), int(num_test), int(image_size), int(seed)
     devkit = Path(out).expanduser() / "VOCdevkit"
@@ -221,8 +222,8 @@ def write_synthetic_voc(out: str | Path, num_trainval: int = 200, num_test: int 
     if state:
         return dest
     if state is False and not overwrite:
-        raise FileExistsError(f"{dest} exists and is not the synthetic VOC tree for these arguments "
-                              f"({_MANIFEST} differs or is missing); pass overwrite=True to replace it")
+        raise OutputExistsError(f"{dest} exists and is not the synthetic VOC tree for these arguments "
+                                f"({_MANIFEST} differs or is missing); pass overwrite=True to replace it")
 
     devkit.mkdir(parents=True, exist_ok=True)
     tmp = devkit / f".VOC{year}.tmp-{os.getpid()}"

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ssl_bench.errors import ConfigError
 from ssl_bench.models.layers import CONV_LAYERS, LAYERS
 
 GEOMETRIES = ("train", "deploy")
@@ -72,13 +73,16 @@ class AlexNet(nn.Module):
                  geometry: str = "train", lrn: bool = False, dropout: float = 0.0) -> None:
         super().__init__()
         if len(widths) != 5:
-            raise ValueError(f"backbone.widths: expected 5 channel counts (conv1..conv5), got {list(widths)}")
+            raise ConfigError(f"backbone.widths: expected 5 channel counts (conv1..conv5), got {list(widths)}")
         if input_space not in ("L", "rgb"):
-            raise ValueError(f"backbone.input_space: expected 'L' or 'rgb', got {input_space!r}")
+            raise ConfigError(f"backbone.input_space: expected 'L' or 'rgb', got {input_space!r}"
+                              + (" (a Lab trunk is the split-brain AlexNet: backbone._target_=ssl_bench.models."
+                                 "split_brain.SplitBrainAlexNet, as experiment=split_brain sets)"
+                                 if input_space == "lab" else ""))
         if geometry not in GEOMETRIES:
-            raise ValueError(f"backbone.geometry: expected one of {GEOMETRIES}, got {geometry!r}")
+            raise ConfigError(f"backbone.geometry: expected one of {GEOMETRIES}, got {geometry!r}")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"backbone.dropout: expected a probability in [0, 1), got {dropout!r}")
+            raise ConfigError(f"backbone.dropout: expected a probability in [0, 1), got {dropout!r}")
         if in_channels is None:
             in_channels = 1 if input_space == "L" else 3
         g = 2 if groups else 1
@@ -136,7 +140,7 @@ class AlexNet(nn.Module):
         """
         unknown = set(layers) - set(LAYERS)
         if unknown:
-            raise ValueError(f"unknown layer(s) {sorted(unknown)}; expected a subset of {LAYERS}")
+            raise ConfigError(f"unknown layer(s) {sorted(unknown)}; expected a subset of {LAYERS}")
         last = max(LAYERS.index(name) for name in layers)
         out: dict[str, Tensor] = {}
         for name in LAYERS[: last + 1]:

@@ -23,9 +23,11 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
+from ssl_bench.errors import CheckpointError, MissingDataError
 from ssl_bench.io import atomic_writer
 from ssl_bench.models.alexnet import AlexNet
 from ssl_bench.models.prepare import ColorInputTrunk, prepared_mode
+from ssl_bench.weights.convention import ConventionTrunk, InputConvention, wrap_native
 
 __all__ = [
     "PREPARED_KEY", "SUITE_KEY", "CheckpointMismatchError", "SuiteCheckpoint", "check_state_dict",
@@ -41,7 +43,7 @@ TRUNK_PREFIX = "trunk."
 ModelT = TypeVar("ModelT", bound=nn.Module)
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(CheckpointError):
     """A file is not the checkpoint expected, or its tensors do not fit the model (the message names
     the file and what was expected: missing/unexpected/reshaped keys, the wrong pretext, ...)."""
 
@@ -52,7 +54,7 @@ class CheckpointMismatchError(ValueError):
 def _torch_load(path: str | Path, weights_only: bool) -> Any:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise MissingDataError(f"checkpoint {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as e:  # torch raises many types for a damaged file
@@ -128,12 +130,13 @@ class SuiteCheckpoint:
         return f"{self.pretext}/{variant}" if variant else self.pretext
 
     def info(self) -> dict[str, Any]:
-        """{"method", "pretext", "variant", "input_space", "source", "trunk"}: the description that
-        runs record of the pretrained weights they start from."""
+        """{"method", "pretext", "variant", "input_space", "source", "trunk", "input_convention"}: the
+        description that runs record of the pretrained weights they start from (``input_convention``:
+        an imported network's own input, None for the suite's)."""
         trunk = self.meta["trunk"]
         return {"method": self.method, "pretext": self.pretext, "variant": self.meta.get("variant"),
                 "input_space": self.meta.get("input_space", trunk.get("input_space")),
-                "source": str(self.path), "trunk": trunk}
+                "source": str(self.path), "trunk": trunk, "input_convention": self.meta.get("input_convention")}
 
     def build_trunk(self, **overrides: Any) -> AlexNet:
         """An untrained trunk of the recorded architecture (to build a whole model around).
@@ -148,13 +151,19 @@ class SuiteCheckpoint:
             raise CheckpointMismatchError(f"checkpoint {self.path}: cannot rebuild the trunk from its "
                                           f"recorded configuration {self.meta['trunk']}: {e}") from e
 
-    def load_trunk(self, **overrides: Any) -> AlexNet:
-        """The pretrained trunk (the state dict's ``trunk.`` keys), in eval mode; ``overrides`` as in
-        `build_trunk` (e.g. ``geometry="deploy"``)."""
+    def load_native_trunk(self, **overrides: Any) -> AlexNet:
+        """The pretrained trunk (the state dict's ``trunk.`` keys), in eval mode, fed its own input
+        (an imported network's ``input_convention``); ``overrides`` as in `build_trunk`."""
         weights = {k[len(TRUNK_PREFIX):]: v for k, v in self.state_dict.items() if k.startswith(TRUNK_PREFIX)}
         if not weights:
             raise CheckpointMismatchError(f"checkpoint {self.path} has no trunk weights ('trunk.*' keys)")
         return load_state(self.build_trunk(**overrides), weights, str(self.path)).eval()
+
+    def load_trunk(self, **overrides: Any) -> nn.Module:
+        """The pretrained trunk as the suite feeds it (suite-space input, ``trunk_input``), in eval mode;
+        ``overrides`` as in `build_trunk` (e.g. ``geometry="deploy"``). An imported network whose input
+        convention differs from the suite's comes wrapped in a `ConventionTrunk` that converts it."""
+        return wrap_native(self.load_native_trunk(**overrides), self.meta.get("input_convention"))
 
     def load_model(self, model: ModelT) -> ModelT:
         """``model`` (built from this checkpoint's configuration: trunk and head) with the whole
@@ -205,7 +214,7 @@ def read_suite_checkpoint(path: str | Path, pretext: str | None = None, expected
     return opened
 
 
-def load_suite_trunk(path: str | Path) -> tuple[AlexNet, dict[str, Any]]:
+def load_suite_trunk(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """The pretrained trunk of a suite checkpoint (any pretext), in eval mode, and
     `SuiteCheckpoint.info` ({"method", "pretext", "variant", "input_space", "source", "trunk"})."""
     opened = read_suite_checkpoint(path)
@@ -221,13 +230,17 @@ def save_prepared(trunk: nn.Module, path: str | Path, meta: dict[str, Any] | Non
 
     Stored: ``{"state_dict", PREPARED_KEY: {"format", "config", "mode", "input_space", "meta"}}``.
     """
-    if not isinstance(trunk, (AlexNet, ColorInputTrunk)):
-        raise TypeError(f"save_prepared: expected an AlexNet or ColorInputTrunk, got {type(trunk).__name__}")
+    # an imported network keeps its input convention: stored beside the wrapped module, re-applied on load
+    convention = trunk.convention if isinstance(trunk, ConventionTrunk) else None
+    inner = trunk.trunk if isinstance(trunk, ConventionTrunk) else trunk
+    if not isinstance(inner, (AlexNet, ColorInputTrunk)):
+        raise TypeError(f"save_prepared: expected an AlexNet or ColorInputTrunk, got {type(inner).__name__}")
     path = Path(path)
     payload = {
-        "state_dict": {k: v.detach().cpu() for k, v in trunk.state_dict().items()},
-        PREPARED_KEY: {"format": PREPARED_FORMAT, "config": dict(trunk.config), "mode": prepared_mode(trunk),
-                       "input_space": trunk.input_space, "meta": dict(meta or {})},
+        "state_dict": {k: v.detach().cpu() for k, v in inner.state_dict().items()},
+        PREPARED_KEY: {"format": PREPARED_FORMAT, "config": dict(inner.config), "mode": prepared_mode(inner),
+                       "input_space": trunk.input_space, "meta": dict(meta or {}),
+                       "input_convention": convention.to_dict() if convention else None},
     }
     with atomic_writer(path) as f:
         torch.save(payload, f)
@@ -256,6 +269,9 @@ def load_prepared(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     if color:
         module = ColorInputTrunk(module)
     load_state(module, ckpt.get("state_dict", {}), str(path))
-    return module.eval(), {"mode": record.get("mode", prepared_mode(module)),
+    mode = record.get("mode", prepared_mode(module))
+    if record.get("input_convention"):
+        module = ConventionTrunk(module, InputConvention.from_dict(record["input_convention"]))
+    return module.eval(), {"mode": mode,
                            "input_space": record.get("input_space", module.input_space),
                            "config": record["config"], "meta": record.get("meta", {})}

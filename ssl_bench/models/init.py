@@ -14,12 +14,18 @@ Each layer is taken at its first call in the forward pass.
 
 Layers without a bias cannot be shifted: only their scale is normalised (a following batch norm
 removes the mean anyway).
+
+Two of the colorization authors' uses are here as well: `run_init` / `RunInit`, their pretraining
+init (train_alexnet/run_init.sh: k-means and per-unit rescaling of conv1..conv5 only, Gaussian
+fc6/fc7, a zero fc8), and `calibrate_gradient_ratios`, magic_init's calibration of trained weights
+on a random 1000-way top, which they run on the batch-norm-absorbed model before fine-tuning
+(`ssl_bench.models.prepare`; docs/protocols.md, "Weight preparation for transfer").
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
@@ -28,10 +34,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ssl_bench.errors import ConfigError
+from ssl_bench.models.layers import CONV_LAYERS
+
 __all__ = [
-    "GaussianInit", "KraehenbuehlInit", "LayerInfo", "calibrate_layers", "find_layers",
-    "gradient_ratios", "kmeans_filters", "kraehenbuehl_init", "layer_patches", "rescale_units",
-    "spherical_kmeans",
+    "TOP_NAME", "GaussianInit", "KraehenbuehlInit", "LayerInfo", "RunInit", "calibrate_gradient_ratios",
+    "calibrate_layers", "find_layers", "gradient_ratios", "kmeans_filters", "kraehenbuehl_init", "layer_patches",
+    "rescale_units", "run_init", "spherical_kmeans", "top_gradient_ratios",
 ]
 
 LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
@@ -154,16 +163,16 @@ def _per_unit(v: Tensor, like: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def _rescale_layer(info: LayerInfo, inputs: Tensor) -> tuple[float, float]:
-    """Rescale one layer so its output on ``inputs`` is (0, 1) per unit; returns the old (mean, std)."""
+def _rescale_layer(info: LayerInfo, inputs: Tensor, beta: float = 0.0) -> tuple[float, float]:
+    """Rescale one layer so its output on ``inputs`` is (beta, 1) per unit; returns the old (mean, std)."""
     layer = info.module
     mean, std = _unit_stats(layer, layer(inputs))
     live = std > DEAD_STD
     scale = torch.where(live, 1.0 / std.clamp_min(DEAD_STD), torch.ones_like(std))
     layer.weight.mul_(_per_unit(scale, layer.weight))
     if layer.bias is not None:
-        layer.bias.sub_(mean.to(layer.bias.dtype)).mul_(scale.to(layer.bias.dtype))
-        new_mean = torch.zeros_like(mean)
+        layer.bias.sub_(mean.to(layer.bias.dtype)).mul_(scale.to(layer.bias.dtype)).add_(beta)
+        new_mean = torch.full_like(mean, beta)
     else:
         new_mean = mean * scale
     new_var = (std * scale) ** 2
@@ -176,19 +185,35 @@ def _rescale_layer(info: LayerInfo, inputs: Tensor) -> tuple[float, float]:
     return mean.mean().item(), std.mean().item()
 
 
+def _selected(info: LayerInfo, names: Collection[str] | None) -> bool:
+    """Whether ``info`` is one of ``names``: its module name or the block it sits in ("conv1" = "conv1.0")."""
+    return names is None or any(info.name == n or info.name.startswith(n + ".") for n in names)
+
+
+def _check_names(layers: list[LayerInfo], names: Collection[str] | None, key: str) -> None:
+    unknown = [n for n in names or () if not any(_selected(info, [n]) for info in layers)]
+    if unknown:
+        raise ConfigError(f"{key}: unknown layer(s) {unknown}; the trunk's layers are {[i.name for i in layers]}")
+
+
 def _layerwise(trunk: nn.Module, images: Tensor,
-               prepare: Callable[[int, LayerInfo, Tensor], None] | None = None) -> dict[str, tuple[float, float]]:
-    """Layer by layer: capture the input (through the already-done layers), ``prepare``, rescale."""
+               prepare: Callable[[int, LayerInfo, Tensor], None] | None = None, beta: float = 0.0,
+               names: Collection[str] | None = None) -> dict[str, tuple[float, float]]:
+    """Layer by layer: capture the input (through the already-done layers), ``prepare``, rescale.
+    With ``names``, only those layers (in execution order); the others are left as they are."""
     images = images.to(_device_of(trunk))
     stats: dict[str, tuple[float, float]] = {}
     with _preserved_modes(trunk), torch.no_grad():
         trunk.eval()
         layers = find_layers(trunk, images)
+        _check_names(layers, names, "layers")
         for i, info in enumerate(layers):
+            if not _selected(info, names):
+                continue
             inputs = _layer_input(trunk, images, info.module)
             if prepare is not None:
                 prepare(i, info, inputs)
-            stats[info.name] = _rescale_layer(info, inputs)
+            stats[info.name] = _rescale_layer(info, inputs, beta)
     return stats
 
 
@@ -357,37 +382,48 @@ def whitened_kmeans(patches: Tensor, k: int, iters: int = 10,
 
 # ------------------------------------------------------------------------------- calibration
 
+# The throw-away top of Krähenbühl's calibration net (colorization train_alexnet/train_val_nobn_rs.prototxt,
+# layer fc8_): a 1x1 convolution to 1000 channels, weights N(0, 0.01^2), bias 1.
+TOP_CHANNELS, TOP_STD, TOP_BIAS = 1000, 0.01, 1.0
+TOP_NAME = "top"
 
-def gradient_ratios(trunk: nn.Module, images: Tensor, draws: int = 4, seed: int = 0) -> dict[str, float]:
-    """Krähenbühl's C_k = E_z[||dL/dW_k||^2] / ||W_k||^2 with random gradients at the top.
 
-    L = sum(output * z), z ~ N(0, 1) of the output's shape, averaged over ``draws`` draws of z (one
-    forward pass; the gradient is linear in z). The trunk runs in train mode (batch norm on batch
-    statistics); modules' modes, buffers (running stats) and ``requires_grad`` flags are restored,
-    and no ``.grad`` is left on the parameters. Layers the output does not depend on are omitted.
+@contextmanager
+def _kept_buffers(net: nn.Module) -> Iterator[None]:
+    """Restore every buffer (batch-norm running statistics) after a train-mode forward pass."""
+    saved = [(b, b.detach().clone()) for b in net.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, value in saved:
+                b.copy_(value)
 
-    Args:
-        trunk: any module; its output a tensor (or dict / sequence of tensors).
-        images: N x C x H x W network input.
-    Returns:
-        layer name -> C_k.
-    """
-    device = _device_of(trunk)
+
+def _mean_channel_std(out: Tensor) -> float:
+    """Mean over channels (dim 1) of each channel's population std over all other dims."""
+    flat = out.detach().double().transpose(0, 1).reshape(out.shape[1], -1)
+    return flat.std(dim=1, correction=0).mean().item()
+
+
+def _measure(net: nn.Module, images: Tensor, draws: int, seed: int,
+             train: bool) -> tuple[dict[str, float], float]:
+    """(layer name -> C_k, mean channel std of the first output) with random gradients at the output."""
+    device = _device_of(net)
     images = images.to(device)
-    layers = find_layers(trunk, images)
+    layers = find_layers(net, images)
     weights = [info.module.weight for info in layers]
     flags = [w.requires_grad for w in weights]
-    buffers = [(b, b.detach().clone()) for b in trunk.buffers()]
     generator = torch.Generator().manual_seed(seed)
     sq = [0.0] * len(layers)
     used = [True] * len(layers)
     try:
-        with _preserved_modes(trunk), torch.random.fork_rng(devices=[]), torch.enable_grad():
+        with _preserved_modes(net), _kept_buffers(net), torch.random.fork_rng(devices=[]), torch.enable_grad():
             torch.manual_seed(seed)  # dropout etc. in train mode
             for w in weights:
                 w.requires_grad_(True)
-            trunk.train()
-            outs = _output_tensors(trunk(images))
+            net.train(train)
+            outs = _output_tensors(net(images))
             for i in range(draws):
                 loss = sum((o * torch.randn(o.shape, generator=generator).to(o)).sum() for o in outs)
                 grads = torch.autograd.grad(loss, weights, retain_graph=i < draws - 1, allow_unused=True)
@@ -399,57 +435,207 @@ def gradient_ratios(trunk: nn.Module, images: Tensor, draws: int = 4, seed: int 
     finally:
         for w, f in zip(weights, flags):
             w.requires_grad_(f)
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
-    return {info.name: sq[j] / draws / max(info.module.weight.detach().double().pow(2).sum().item(), 1e-300)
-            for j, info in enumerate(layers) if used[j]}
+    ratios = {info.name: sq[j] / draws / max(info.module.weight.detach().double().pow(2).sum().item(), 1e-300)
+              for j, info in enumerate(layers) if used[j]}
+    return ratios, _mean_channel_std(outs[0]) if outs[0].dim() >= 2 else 0.0
+
+
+def gradient_ratios(trunk: nn.Module, images: Tensor, draws: int = 4, seed: int = 0,
+                    train: bool = True) -> dict[str, float]:
+    """Krähenbühl's C_k = E_z[||dL/dW_k||^2] / ||W_k||^2 with random gradients at the top.
+
+    L = sum(output * z), z ~ N(0, 1) of the output's shape, averaged over ``draws`` draws of z (one
+    forward pass; the gradient is linear in z). The trunk runs in train mode (batch norm on batch
+    statistics; ``train=False``: eval mode, e.g. no dropout); modules' modes, buffers (running stats)
+    and ``requires_grad`` flags are restored, and no ``.grad`` is left on the parameters. Layers the
+    output does not depend on are omitted. (magic_init's ratio is sqrt(C_k).)
+
+    Args:
+        trunk: any module; its output a tensor (or dict / sequence of tensors).
+        images: N x C x H x W network input.
+    Returns:
+        layer name -> C_k.
+    """
+    return _measure(trunk, images, draws, seed, train)[0]
+
+
+@torch.no_grad()
+def _scale_layers(net: nn.Module, layers: list[LayerInfo], images: Tensor, scales: dict[str, float],
+                  input_scale: dict[str, float], train: bool, seed: int) -> None:
+    """One forward pass that multiplies each layer's weight by ``scales[name]`` and its bias by that
+    times the change of the layer's mean |input| since the last pass (recorded in ``input_scale``).
+
+    The bias factor is magic_init's: in a ReLU / max-pool net without batch norm, scaling layer j by
+    s_j then scales every later layer's input by the product of the s_j below it, and the bias must
+    follow for the net to stay positively homogeneous (C_k then obeys the exact scaling law). The
+    hooks act at each layer's first call, so the measured input already reflects the layers below.
+    Batch norms reading a layer get their running statistics scaled by the layer's output factor.
+    """
+    by_module = {info.module: info for info in layers}
+    factors: dict[str, float] = {}
+
+    def hook(module: nn.Module, inp: tuple) -> None:
+        info = by_module[module]
+        if info.name in factors:
+            return
+        current = inp[0].detach().abs().double().mean().item()
+        previous = input_scale.get(info.name, 0.0)
+        adj = current / previous if previous > 0 and current > 0 else 1.0
+        input_scale[info.name] = current
+        s = scales.get(info.name, 1.0)
+        module.weight.mul_(s)
+        if module.bias is not None:
+            module.bias.mul_(s * adj)
+        factors[info.name] = s * adj
+
+    handles = [info.module.register_forward_pre_hook(hook) for info in layers]
+    try:
+        with _preserved_modes(net), _kept_buffers(net), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net.train(train)
+            net(images)
+    finally:
+        for h in handles:
+            h.remove()
+    for info in layers:
+        f = factors.get(info.name, 1.0)
+        for bn in info.norms:
+            if bn.running_mean is not None:
+                bn.running_mean.mul_(f)
+                bn.running_var.mul_(f ** 2)
+
+
+def _converged(rho: dict[str, float], log_target: float, tolerance: float) -> bool:
+    """magic_init's stop test: every |log(rho_k) / log(target) - 1| below ``tolerance``."""
+    return log_target != 0 and all(abs(math.log(r) / log_target - 1) < tolerance for r in rho.values())
+
+
+def _calibrate(net: nn.Module, images: Tensor, iterations: int, draws: int, seed: int, train: bool,
+               tolerance: float | None = None, output_std: bool = False) -> dict[str, Any]:
+    """Rounds of: measure rho_k = sqrt(C_k), target = geometric mean (times output std^(1/n) with
+    ``output_std``, as magic_init), stop if converged (``tolerance``), scale layer k by
+    sqrt(rho_k / target). Returns {"rounds": updates made, "scales": name -> total weight factor}."""
+    images = images.to(_device_of(net))
+    layers = find_layers(net, images)
+    total = {info.name: 1.0 for info in layers}
+    input_scale: dict[str, float] = {}
+    _scale_layers(net, layers, images, {}, input_scale, train, seed)  # records the input scales
+    rounds = 0
+    for it in range(iterations):
+        ratios, out_std = _measure(net, images, draws, seed + it, train)
+        rho = {k: math.sqrt(v) for k, v in ratios.items() if v > 0 and math.isfinite(v)}
+        if len(rho) < 2:
+            break
+        log_target = sum(math.log(r) for r in rho.values()) / len(rho)
+        if output_std and out_std > 0:
+            log_target += math.log(out_std) / len(rho)
+        if tolerance is not None and _converged(rho, log_target, tolerance):
+            break
+        scales = {k: math.exp((math.log(r) - log_target) / 2) for k, r in rho.items()}
+        _scale_layers(net, layers, images, scales, input_scale, train, seed + it)
+        for k, s in scales.items():
+            total[k] *= s
+        rounds += 1
+    return {"rounds": rounds, "scales": total}
 
 
 def calibrate_layers(trunk: nn.Module, images: Tensor, iterations: int = 3, draws: int = 4,
                      seed: int = 0) -> dict[str, float]:
     """Scale whole layers so that all have the same gradient ratio C_k ("learn at the same rate").
 
-    Each iteration measures C_k (``gradient_ratios``, seed + iteration) and multiplies layer k's
-    weight and bias by zeta_k = (C_k / Cbar)^(1/4), Cbar the geometric mean of the C_k. Why 1/4:
-    when batch norm follows a layer, the net is invariant to its scale, so W_k -> zeta W_k divides
-    dL/dW_k by zeta and C_k by zeta^4, others unchanged. In a ReLU net without batch norm, scaling
-    layer k (weight and bias) scales its output by zeta: C_k goes as zeta^-2 while every other
-    layer's C_j goes as zeta^2, i.e. again zeta^-4 relative, and since prod(zeta) = 1 the
-    geometric mean is kept. With batch norm after every layer one iteration equalises exactly;
-    without, the un-scaled biases of later layers break exact homogeneity, hence the iterations.
+    Each iteration measures C_k (``gradient_ratios`` in train mode, seed + iteration) and multiplies
+    layer k's weight by zeta_k = (C_k / Cbar)^(1/4), Cbar the geometric mean of the C_k, and its bias
+    by zeta_k times the change of its input's scale (see `_scale_layers`). Why 1/4: when batch norm
+    follows a layer, the net is invariant to its scale, so W_k -> zeta W_k divides dL/dW_k by zeta
+    and C_k by zeta^4, others unchanged. In a ReLU net without batch norm, with the biases following
+    the input scale, scaling layer k scales every later output by zeta: C_k goes as zeta^-2 while
+    every other layer's C_j goes as zeta^2, i.e. again zeta^-4 relative, and since prod(zeta) = 1
+    the geometric mean is kept. Either way one iteration equalises the draws it measured; more
+    iterations average over draws of the random gradients.
 
-    Running stats of batch norms reading a layer are scaled along (mean by zeta, var by zeta^2),
-    so eval-mode outputs of a batch-norm trunk do not change. In a trunk without batch norm the
-    per-unit output statistics are no longer (0, 1) afterwards; that is the method (the
-    calibrated scale is what it is).
+    Running stats of batch norms reading a layer are scaled along (mean by the output factor, var by
+    its square), so eval-mode outputs of a batch-norm trunk do not change. In a trunk without batch
+    norm the per-unit output statistics are no longer (0, 1) afterwards; that is the method.
 
     Returns:
-        layer name -> total scale factor applied (product over iterations).
+        layer name -> total weight factor applied (product over iterations).
     """
-    images = images.to(_device_of(trunk))
-    layers = find_layers(trunk, images)
-    total = {info.name: 1.0 for info in layers}
-    for it in range(iterations):
-        ratios = gradient_ratios(trunk, images, draws=draws, seed=seed + it)
-        valid = {k: v for k, v in ratios.items() if v > 0 and math.isfinite(v)}
-        if len(valid) < 2:
-            break
-        log_mean = sum(math.log(v) for v in valid.values()) / len(valid)
-        with torch.no_grad():
-            for info in layers:
-                if info.name not in valid:
-                    continue
-                zeta = math.exp((math.log(valid[info.name]) - log_mean) / 4)
-                info.module.weight.mul_(zeta)
-                if info.module.bias is not None:
-                    info.module.bias.mul_(zeta)
-                for bn in info.norms:
-                    if bn.running_mean is not None:
-                        bn.running_mean.mul_(zeta)
-                        bn.running_var.mul_(zeta ** 2)
-                total[info.name] *= zeta
-    return total
+    return _calibrate(trunk, images, iterations, draws, seed, train=True)["scales"]
+
+
+class _WithTop(nn.Module):
+    """A trunk followed by a throw-away layer on its (first) output."""
+
+    def __init__(self, trunk: nn.Module, top: nn.Module) -> None:
+        super().__init__()
+        self.trunk, self.top = trunk, top
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.top(_output_tensors(self.trunk(x))[0])
+
+
+def _with_random_top(trunk: nn.Module, images: Tensor, channels: int, std: float, bias: float,
+                     seed: int) -> _WithTop:
+    """``trunk`` + a random 1x1 convolution (Linear for N x C outputs) with N(0, std^2) weights."""
+    with torch.no_grad(), _preserved_modes(trunk):
+        trunk.eval()
+        out = _output_tensors(trunk(images[:1].to(_device_of(trunk))))[0]
+    top: nn.Module = nn.Conv2d(out.shape[1], channels, 1) if out.dim() == 4 else nn.Linear(out.shape[-1], channels)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        top.weight.copy_(torch.randn(top.weight.shape, generator=generator) * std)
+        top.bias.fill_(bias)
+    return _WithTop(trunk, top.to(device=out.device, dtype=out.dtype))
+
+
+def _trunk_names(values: dict[str, Any]) -> dict[str, Any]:
+    """Names of the _WithTop net -> the trunk's own names (and TOP_NAME)."""
+    return {k.removeprefix("trunk."): v for k, v in values.items()}
+
+
+def top_gradient_ratios(trunk: nn.Module, images: Tensor, draws: int = 4, seed: int = 0,
+                        channels: int = TOP_CHANNELS, std: float = TOP_STD, bias: float = TOP_BIAS) -> dict[str, float]:
+    """C_k of every layer of ``trunk`` plus a random top (``TOP_NAME``), in eval mode.
+
+    The measurement of `calibrate_gradient_ratios`: random Gaussian gradients at the output of a
+    random ``channels``-way 1x1 layer on the trunk's output. Leaves ``trunk`` as it was.
+
+    Args:
+        images: N x C x H x W network input.
+    Returns:
+        layer name -> C_k = E||dL/dW_k||^2 / ||W_k||^2.
+    """
+    net = _with_random_top(trunk, images, channels, std, bias, seed)
+    return _trunk_names(gradient_ratios(net, images, draws, seed, train=False))
+
+
+def calibrate_gradient_ratios(trunk: nn.Module, images: Tensor, iterations: int = 10, draws: int = 1,
+                              seed: int = 0, channels: int = TOP_CHANNELS, std: float = TOP_STD,
+                              bias: float = TOP_BIAS, tolerance: float = 0.01) -> dict[str, Any]:
+    """Krähenbühl's gradient-ratio calibration of trained weights (``magic_init.py -cs``), in place.
+
+    As ``calibrateGradientRatio`` of philkr/magic_init, run by the colorization authors on the
+    batch-norm-absorbed model before fine-tuning (docs/protocols.md, "Weight preparation for
+    transfer"): a random ``channels``-way top (weights N(0, std^2), bias ``bias``) is put on the
+    trunk's output; up to ``iterations`` rounds each draw random N(0, 1) gradients at the top's
+    output (``draws`` per round; magic_init: 1), measure rho_k = sqrt(mean(dW_k^2) / mean(W_k^2))
+    for every weight layer including the top, set target = geometric mean of the rho_k times
+    (mean channel std of the top's output)^(1/n), stop when every |log rho_k / log target - 1| < ``tolerance``,
+    else multiply layer k's weight by sqrt(rho_k / target) and its bias by the same times the change of
+    its input's mean |value| (the scaling of the layers below). Runs in eval mode (no dropout, batch
+    norm on running statistics: meant for absorbed trunks). The top is thrown away afterwards.
+
+    Args:
+        trunk: any module (e.g. an absorbed AlexNet, either geometry); modified in place.
+        images: N x C x H x W network input (magic_init: one batch of 80 training crops).
+    Returns:
+        {"rounds": scaling rounds made, "scales": layer name -> total weight factor (trunk layers and
+        ``TOP_NAME``)}.
+    """
+    net = _with_random_top(trunk, images, channels, std, bias, seed)
+    report = _calibrate(net, images, iterations, draws, seed + 1, train=False, tolerance=tolerance,
+                        output_std=True)
+    return {"rounds": report["rounds"], "scales": _trunk_names(report["scales"])}
 
 
 # ------------------------------------------------------------------------------------ driver
@@ -472,16 +658,66 @@ def kraehenbuehl_init(trunk: nn.Module, images: Tensor, kmeans: bool = False, ca
         {"layers": names in order, "kmeans": bool, "unit_stats": name -> (mean, std) before
         rescaling, "calibration_scales": name -> zeta (only when calibrating)}.
     """
-    def prepare(i: int, info: LayerInfo, inputs: Tensor) -> None:
-        info.module.weight.copy_(kmeans_filters(info.module, inputs, kmeans_iters, max_patches, seed + 1009 * i))
-        if info.module.bias is not None:
-            info.module.bias.zero_()
-
-    stats = _layerwise(trunk, images, prepare if kmeans else None)
+    prepare = _kmeans_step(kmeans_iters, max_patches, seed) if kmeans else None
+    stats = _layerwise(trunk, images, prepare)
     report: dict[str, Any] = {"layers": list(stats), "kmeans": kmeans, "unit_stats": stats}
     if calibrate:
         report["calibration_scales"] = calibrate_layers(trunk, images, calibration_iterations, draws, seed)
     return report
+
+
+def _kmeans_step(kmeans_iters: int, max_patches: int, seed: int) -> Callable[[int, LayerInfo, Tensor], None]:
+    """The `_layerwise` step that sets a layer's filters to k-means centroids of its input patches."""
+    def prepare(i: int, info: LayerInfo, inputs: Tensor) -> None:
+        info.module.weight.copy_(kmeans_filters(info.module, inputs, kmeans_iters, max_patches, seed + 1009 * i))
+        if info.module.bias is not None:
+            info.module.bias.zero_()
+    return prepare
+
+
+@torch.no_grad()
+def _gaussian_fill(trunk: nn.Module, images: Tensor, names: Collection[str], std: float, bias: float,
+                   seed: int) -> list[str]:
+    """Weights of the named layers <- N(0, std^2), biases <- ``bias`` (Caffe's gaussian / constant fillers)."""
+    layers = find_layers(trunk, images)
+    _check_names(layers, names, "gaussian_layers")
+    generator = torch.Generator().manual_seed(seed)
+    filled = []
+    for info in layers:
+        if _selected(info, names):
+            w = info.module.weight
+            w.copy_(torch.randn(w.shape, generator=generator).to(w) * std)
+            if info.module.bias is not None:
+                info.module.bias.fill_(bias)
+            filled.append(info.name)
+    return filled
+
+
+def run_init(trunk: nn.Module, images: Tensor, layers: Collection[str] = CONV_LAYERS, kmeans: bool = True,
+             bias: float = 0.1, gaussian_layers: Collection[str] = ("fc6", "fc7"), gaussian_std: float = 0.005,
+             gaussian_bias: float = 1.0, kmeans_iters: int = 10, max_patches: int = 20000,
+             seed: int = 0) -> dict[str, Any]:
+    """The colorization authors' init (train_alexnet/run_init.sh), in place. Uses no labels.
+
+    ``magic_init -t kmeans -nit 10`` on an init net that stops at relu5: ``layers`` (conv1..conv5) get
+    k-means filters and per-unit rescaling layer by layer (as `kraehenbuehl_init` with
+    ``kmeans=True``), the bias set so each unit's output mean is ``bias`` (magic_init's ``-b``,
+    default 0.1, which run_init.sh leaves); no calibration. ``gaussian_layers`` (fc6, fc7) get their
+    prototxt fillers: weights N(0, gaussian_std^2), bias ``gaussian_bias``. The head (fc8) is zeroed
+    by `RunInit.init_head`. Batch norms reading a rescaled layer get running statistics (bias, 1), so
+    eval mode removes the shift that batch statistics would remove too.
+
+    Args:
+        images: N x C x H x W network input (the authors: 10 batches of 80 training crops).
+    Returns:
+        {"layers": rescaled names, "kmeans": bool, "unit_stats": name -> (mean, std) before
+        rescaling, "gaussian_layers": filled names}.
+    """
+    images = images.to(_device_of(trunk))
+    prepare = _kmeans_step(kmeans_iters, max_patches, seed) if kmeans else None
+    stats = _layerwise(trunk, images, prepare, beta=bias, names=layers)
+    filled = _gaussian_fill(trunk, images, gaussian_layers, gaussian_std, gaussian_bias, seed + 1)
+    return {"layers": list(stats), "kmeans": kmeans, "unit_stats": stats, "gaussian_layers": filled}
 
 
 def apply_init(trunk: nn.Module, initialiser: Any, images: Callable[[int], Tensor]) -> dict[str, Any]:
@@ -516,6 +752,48 @@ class KraehenbuehlInit:
 
     def __repr__(self) -> str:
         return (f"KraehenbuehlInit(kmeans={self.kmeans}, calibrate={self.calibrate}, num_images={self.num_images}, "
+                f"kmeans_iters={self.kmeans_iters}, max_patches={self.max_patches}, seed={self.seed})")
+
+
+class RunInit:
+    """Hydra-instantiable `run_init`: the colorization authors' init (conf/init/run_init.yaml).
+
+    ``init_head(head)`` zeroes the pretext's output layer (``zero_head``): the authors' fc8 has no
+    filler, i.e. Caffe's all-zero default, weights and bias. The pretraining run calls it on the
+    pretext's ``head`` once the pretext module is built (the trunk's init cannot reach the head).
+    """
+
+    name = "run_init"
+
+    def __init__(self, layers: Sequence[str] = CONV_LAYERS, kmeans: bool = True, bias: float = 0.1,
+                 gaussian_layers: Sequence[str] = ("fc6", "fc7"), gaussian_std: float = 0.005,
+                 gaussian_bias: float = 1.0, zero_head: bool = True, num_images: int = 800,
+                 kmeans_iters: int = 10, max_patches: int = 20000, seed: int = 0) -> None:
+        self.layers, self.gaussian_layers = tuple(layers), tuple(gaussian_layers)
+        self.kmeans, self.bias, self.gaussian_std, self.gaussian_bias = kmeans, bias, gaussian_std, gaussian_bias
+        self.zero_head, self.num_images = zero_head, num_images
+        self.kmeans_iters, self.max_patches, self.seed = kmeans_iters, max_patches, seed
+
+    def __call__(self, trunk: nn.Module, images: Tensor) -> dict[str, Any]:
+        """Initialise ``trunk`` in place from at most ``num_images`` of ``images`` (N x C x H x W)."""
+        return run_init(trunk, images[: self.num_images], self.layers, self.kmeans, self.bias,
+                        self.gaussian_layers, self.gaussian_std, self.gaussian_bias, self.kmeans_iters,
+                        self.max_patches, self.seed)
+
+    @torch.no_grad()
+    def init_head(self, head: nn.Module) -> None:
+        """Zero the weight and bias of the output layer (the last Conv2d / Linear) of a pretext's
+        ``head``, the fc8 analogue; nothing with ``zero_head=False``. Earlier layers of a deeper head
+        keep their init (zeroing them all would stop every gradient)."""
+        layers = [m for m in head.modules() if isinstance(m, LAYER_TYPES)]
+        if self.zero_head and layers:
+            for p in layers[-1].parameters():
+                p.zero_()
+
+    def __repr__(self) -> str:
+        return (f"RunInit(layers={list(self.layers)}, kmeans={self.kmeans}, bias={self.bias}, "
+                f"gaussian_layers={list(self.gaussian_layers)}, gaussian_std={self.gaussian_std}, "
+                f"gaussian_bias={self.gaussian_bias}, zero_head={self.zero_head}, num_images={self.num_images}, "
                 f"kmeans_iters={self.kmeans_iters}, max_patches={self.max_patches}, seed={self.seed})")
 
 

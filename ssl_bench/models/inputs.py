@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from ssl_bench import color
+from ssl_bench.errors import ConfigError
 
 L_CENTER = 50.0
 # ImageNet statistics: the usual normalisation for RGB trunks (supervised and RGB pretexts)
@@ -32,4 +33,4 @@ def trunk_input(images: Tensor, space: str) -> Tensor:
         mean = torch.tensor(RGB_MEAN, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(RGB_STD, device=x.device).view(1, 3, 1, 1)
         return (x - mean) / std
-    raise ValueError(f"input_space: expected one of {INPUT_SPACES}, got {space!r}")
+    raise ConfigError(f"input_space: expected one of {INPUT_SPACES}, got {space!r}")

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from ssl_bench.errors import ConfigError
+
 
 class PiecewiseConstant:
     """lr multiplier: values[i] on [boundaries[i-1], boundaries[i]). A class, not a lambda, so that
@@ -18,8 +20,8 @@ class PiecewiseConstant:
 
     def __init__(self, boundaries: Sequence[int], values: Sequence[float], scale: float = 1.0) -> None:
         if len(values) != len(boundaries) + 1:
-            raise ValueError(f"scheduler.values: expected {len(boundaries) + 1} values for "
-                             f"{len(boundaries)} boundaries, got {len(values)}")
+            raise ConfigError(f"scheduler.values: expected {len(boundaries) + 1} values for "
+                              f"{len(boundaries)} boundaries, got {len(values)}")
         self.boundaries = [int(round(b * scale)) for b in boundaries]
         self.values = list(values)
 

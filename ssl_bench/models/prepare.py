@@ -1,8 +1,11 @@
 """Weight preparation for PASCAL VOC fine-tuning (method reference 1.6).
 
-After pretraining, the authors (1) absorb batch norm into the convolution weights, (2) rescale the
-weights with Krähenbühl et al.'s per-unit method (no k-means, no calibration), and (3) for detection
-turn fc6/fc7 back into fully connected layers. Two transfer modes exist for a colorization (L) trunk:
+After pretraining, the authors (1) absorb batch norm into the convolution weights, (2) run
+Krähenbühl et al.'s gradient-ratio calibration on the absorbed weights (``magic_init -cs``: whole
+layers scaled so that all learn at the same rate; the filters and the per-unit balance are kept;
+``rescale="calibrate"``), and (3) for detection turn fc6/fc7 back into fully connected layers. The
+suite also offers per-unit rescaling to zero mean and unit variance (``rescale="per_unit"``) and no
+rescaling (``"none"``). Two transfer modes exist for a colorization (L) trunk:
 
 - "gray" ("Ours (gray)"): fine-tune on L only; the trunk as it is.
 - "color" ("Ours (color)"): a second conv1 branch reads ab (scaled by ``AB_SCALE``), its filters
@@ -19,19 +22,22 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ssl_bench.data.images import DECODE_ERRORS, DataLayoutError, decode_rgb, eval_transform, list_images
+from ssl_bench.errors import CheckpointError, ConfigError
 from ssl_bench.models.alexnet import CONV_LAYERS, LAYERS, AlexNet
-from ssl_bench.models.init import rescale_units
+from ssl_bench.models.init import calibrate_gradient_ratios, rescale_units
 from ssl_bench.models.inputs import trunk_input
 
 __all__ = [
-    "AB_SCALE", "DEFAULT_RESCALE_SIZE", "MODES", "ColorInputTrunk", "absorb_batch_norm", "fc_layers",
-    "prepare_for_transfer", "prepared_mode", "rescale_batch", "rescale_for_transfer", "resolve_mode",
+    "AB_SCALE", "CALIBRATION_DRAWS", "CALIBRATION_ROUNDS", "DEFAULT_RESCALE_SIZE", "MODES", "RESCALE_METHODS",
+    "ColorInputTrunk", "absorb_batch_norm", "calibrate_for_transfer", "fc_layers", "prepare_for_transfer",
+    "prepare_with_report", "prepared_mode", "rescale_batch", "rescale_for_transfer", "resolve_mode", "resolve_rescale",
 ]
 
 # The authors' scale of the ab input of the colour branch (method reference 1.6).
@@ -39,6 +45,11 @@ AB_SCALE = 0.693
 MODES: tuple[str, ...] = ("auto", "gray", "color", "rgb")
 # The authors fine-tune on 227 x 227 crops; the rescaling statistics are measured at that size.
 DEFAULT_RESCALE_SIZE = 227
+RESCALE_METHODS: tuple[str, ...] = ("calibrate", "per_unit", "none")
+# magic_init's calibrateGradientRatio makes at most 10 rounds. It draws the random gradients once
+# per round, but one draw estimates E||dL/dW||^2 only to within 2-60% per layer (measured, docs/protocols.md),
+# so each round here averages 256 draws (about 2% per layer); draws=1 is magic_init's own setting.
+CALIBRATION_ROUNDS, CALIBRATION_DRAWS = 10, 256
 
 
 # --------------------------------------------------------------------------- batch norm absorption
@@ -75,8 +86,8 @@ def absorb_batch_norm(trunk: AlexNet) -> AlexNet:
         weight, bias = conv.weight.double(), conv.bias.double()
         if isinstance(bn, _BatchNorm):
             if bn.running_mean is None or bn.running_var is None:
-                raise ValueError(f"{name}: batch norm without running statistics "
-                                 "(track_running_stats=False) cannot be absorbed")
+                raise CheckpointError(f"{name}: batch norm without running statistics "
+                                      "(track_running_stats=False) cannot be absorbed")
             if bn.affine:  # not the suite's layout, but folding the affine part is one more line
                 gamma, beta = bn.weight.double(), bn.bias.double()
             else:
@@ -97,6 +108,21 @@ def _has_batch_norm(module: nn.Module) -> bool:
 # ------------------------------------------------------------------------------------ rescaling
 
 
+def _trunk_and_input(trunk: nn.Module, images: Tensor) -> tuple[nn.Module, Tensor]:
+    """The L / RGB trunk to rescale (a ColorInputTrunk's wrapped one) and its checked input."""
+    if isinstance(trunk, ColorInputTrunk):
+        if images.dim() == 4 and images.shape[1] == 3:
+            images = images[:, :1]
+        trunk = trunk.trunk
+    channels = getattr(trunk, "in_channels", None)
+    if images.dim() != 4 or (channels is not None and images.shape[1] != channels):
+        raise ValueError(f"rescaling images: expected N x {channels} x H x W network input for a "
+                         f"{getattr(trunk, 'input_space', '?')!r} trunk, got {tuple(images.shape)}")
+    if images.shape[0] < 1:
+        raise ValueError("rescaling images: need at least one image")
+    return trunk, images
+
+
 def rescale_for_transfer(trunk: nn.Module, images: Tensor) -> dict[str, tuple[float, float]]:
     """Krähenbühl's per-unit rescaling (beta = 0) of ``trunk``'s weights on ``images``, in place.
 
@@ -114,17 +140,28 @@ def rescale_for_transfer(trunk: nn.Module, images: Tensor) -> dict[str, tuple[fl
     Returns:
         layer name -> (mean, std) of the units before rescaling (averaged over units).
     """
-    if isinstance(trunk, ColorInputTrunk):
-        if images.dim() == 4 and images.shape[1] == 3:
-            images = images[:, :1]
-        trunk = trunk.trunk
-    channels = getattr(trunk, "in_channels", None)
-    if images.dim() != 4 or (channels is not None and images.shape[1] != channels):
-        raise ValueError(f"rescaling images: expected N x {channels} x H x W network input for a "
-                         f"{getattr(trunk, 'input_space', '?')!r} trunk, got {tuple(images.shape)}")
-    if images.shape[0] < 1:
-        raise ValueError("rescaling images: need at least one image")
-    return rescale_units(trunk, images)
+    return rescale_units(*_trunk_and_input(trunk, images))
+
+
+def calibrate_for_transfer(trunk: nn.Module, images: Tensor, seed: int = 0,
+                           iterations: int = CALIBRATION_ROUNDS, draws: int = CALIBRATION_DRAWS) -> dict[str, Any]:
+    """Krähenbühl's gradient-ratio calibration of ``trunk``'s weights on ``images``, in place: the
+    authors' preparation of the dagger rows (`ssl_bench.models.init.calibrate_gradient_ratios`, a
+    random 1000-way top, random Gaussian gradients, up to ``iterations`` rounds).
+
+    Pretrained filters and the per-unit balance are kept; whole layers are scaled so that every
+    layer's E||dL/dW||^2 / ||W||^2 is the same. Meant for an absorbed (BN-free) trunk, in the
+    geometry it will be fine-tuned in (the authors: deploy, 227 crops).
+
+    Args:
+        trunk, images: as `rescale_for_transfer` (a ColorInputTrunk's zero colour branch is left alone).
+        seed: the random top and gradients.
+        draws: random gradient draws averaged per round (magic_init: 1; see ``CALIBRATION_DRAWS``).
+    Returns:
+        {"rounds", "scales": layer name -> weight factor}.
+    """
+    base, images = _trunk_and_input(trunk, images)
+    return calibrate_gradient_ratios(base, images, iterations=iterations, draws=draws, seed=seed)
 
 
 # ------------------------------------------------------------------------------------ fc layers
@@ -192,11 +229,11 @@ class ColorInputTrunk(nn.Module):
     def __init__(self, trunk: AlexNet) -> None:
         super().__init__()
         if isinstance(trunk, ColorInputTrunk):
-            raise ValueError("ColorInputTrunk: the trunk already has a colour branch")
+            raise CheckpointError("ColorInputTrunk: the trunk already has a colour branch")
         if getattr(trunk, "input_space", None) != "L" or getattr(trunk, "in_channels", None) != 1:
-            raise ValueError(f"ColorInputTrunk wraps an L trunk (1 input channel); this trunk reads "
-                             f"{getattr(trunk, 'input_space', '?')!r} with {getattr(trunk, 'in_channels', '?')} "
-                             "channel(s)")
+            raise CheckpointError(f"ColorInputTrunk wraps an L trunk (1 input channel); this trunk reads "
+                                  f"{getattr(trunk, 'input_space', '?')!r} with {getattr(trunk, 'in_channels', '?')} "
+                                  "channel(s)")
         self.trunk = trunk
         conv1: nn.Conv2d = trunk.conv1[0]
         self.conv1_ab = nn.Conv2d(2, conv1.out_channels, conv1.kernel_size, conv1.stride, conv1.padding,
@@ -237,6 +274,8 @@ class ColorInputTrunk(nn.Module):
 
 def prepared_mode(trunk: nn.Module) -> str:
     """The transfer mode a prepared module implements: "color", "gray" or "rgb"."""
+    if hasattr(trunk, "rewrap"):  # ConventionTrunk: the mode of the network inside
+        return prepared_mode(trunk.trunk)
     if isinstance(trunk, ColorInputTrunk):
         return "color"
     return "gray" if getattr(trunk, "input_space", None) == "L" else "rgb"
@@ -245,47 +284,92 @@ def prepared_mode(trunk: nn.Module) -> str:
 def resolve_mode(trunk: nn.Module, mode: str) -> str:
     """Check ``mode`` against the trunk's input space; "auto" -> "gray" (L) or "rgb" (RGB)."""
     if mode not in MODES:
-        raise ValueError(f"finetune.mode: expected one of {list(MODES)}, got {mode!r}")
+        raise ConfigError(f"finetune.mode: expected one of {list(MODES)}, got {mode!r}")
     space = getattr(trunk, "input_space", None)
     if space not in ("L", "rgb"):
-        raise ValueError(f"finetune.mode={mode!r}: the trunk's input space is {space!r}; expected an "
-                         "'L' or 'rgb' trunk (prepare a trunk only once)")
+        raise ConfigError(f"finetune.mode={mode!r}: the trunk's input space is {space!r}; expected an "
+                          "'L' or 'rgb' trunk (prepare a trunk only once)")
     if mode == "auto":
         return "gray" if space == "L" else "rgb"
     needed = "rgb" if mode == "rgb" else "L"
     if space != needed:
         hint = "use finetune.mode=rgb (or auto)" if space == "rgb" else "use finetune.mode=gray or color (or auto)"
-        raise ValueError(f"finetune.mode={mode!r} needs a trunk with input space {needed!r}, but this trunk "
-                         f"has input space {space!r}; {hint}")
+        raise ConfigError(f"finetune.mode={mode!r} needs a trunk with input space {needed!r}, but this trunk "
+                          f"has input space {space!r}; {hint}")
     return mode
 
 
+def resolve_rescale(rescale: str | bool | None, images: Tensor | None) -> str:
+    """The rescaling method: "calibrate", "per_unit" or "none".
+
+    ``None`` keeps the older rule (per_unit when images are given, else none); ``True`` means
+    per_unit and ``False`` none. A method other than none needs images.
+    """
+    if rescale is None:
+        return "per_unit" if images is not None else "none"
+    if isinstance(rescale, bool):
+        return "per_unit" if rescale else "none"
+    if rescale not in RESCALE_METHODS:
+        raise ConfigError(f"rescale: expected one of {list(RESCALE_METHODS)} (or true / false), got {rescale!r}")
+    if rescale != "none" and images is None:
+        raise ConfigError(f"rescale={rescale!r} needs images to measure on (rescale images)")
+    return rescale
+
+
+def prepare_with_report(trunk: AlexNet, mode: str = "auto", absorb_bn: bool = True,
+                        rescale: str | bool | None = None, images: Tensor | None = None, seed: int = 0,
+                        calibration_draws: int = CALIBRATION_DRAWS) -> tuple[nn.Module, dict[str, Any]]:
+    """`prepare_for_transfer`, also returning what was done: {"mode", "absorbed_bn", "rescale",
+    "unit_stats" (per_unit) or "calibration" (calibrate: {"rounds", "scales"})}."""
+    resolved = resolve_mode(trunk, mode)
+    method = resolve_rescale(rescale, images)
+    prepared = absorb_batch_norm(trunk) if absorb_bn else copy.deepcopy(trunk)
+    report: dict[str, Any] = {"mode": resolved, "absorbed_bn": absorb_bn, "rescale": method}
+    if method == "per_unit":
+        report["unit_stats"] = rescale_for_transfer(prepared, images)
+    elif method == "calibrate":
+        report["calibration"] = calibrate_for_transfer(prepared, images, seed, draws=calibration_draws)
+    module: nn.Module = ColorInputTrunk(prepared) if resolved == "color" else prepared
+    return module.eval(), report
+
+
 def prepare_for_transfer(trunk: AlexNet, mode: str = "auto", absorb_bn: bool = True,
-                         rescale_images: Tensor | None = None) -> nn.Module:
+                         rescale_images: Tensor | None = None, rescale: str | bool | None = None,
+                         images: Tensor | None = None, seed: int = 0,
+                         calibration_draws: int = CALIBRATION_DRAWS) -> nn.Module:
     """The module to fine-tune on VOC, following the authors' recipe. ``trunk`` is not modified.
 
-    Steps: check ``mode`` against the trunk's input space; absorb batch norm (``absorb_bn``); with
-    ``rescale_images``, Krähenbühl-rescale the weights on them; for "color", wrap in
-    `ColorInputTrunk` (after rescaling, so the zero branch stays zero).
+    Steps: check ``mode`` against the trunk's input space; absorb batch norm (``absorb_bn``);
+    rescale the weights on ``images`` (``rescale``: "calibrate" = Krähenbühl's gradient-ratio
+    calibration, the authors' dagger preparation; "per_unit" = per-unit rescaling to zero mean and
+    unit variance; "none"); for "color", wrap in `ColorInputTrunk` (after rescaling, so the zero
+    branch stays zero).
 
     Args:
-        trunk: a pretrained AlexNet ("L" or "rgb" input space).
+        trunk: a pretrained AlexNet ("L" or "rgb" input space), in the geometry it will be fine-tuned in.
         mode: "auto" (gray for L trunks, rgb for RGB trunks), "gray", "color" (L trunks) or "rgb".
         absorb_bn: fold batch norm into the convolutions (else a copy keeps its BN).
-        rescale_images: network input for the trunk *before* the colour branch — N x 1 x H x W
-            (L - 50) for L trunks, N x 3 x H x W (normalised RGB) for RGB trunks.
+        rescale_images: the older name of ``images`` (give one of them).
+        rescale: "calibrate" | "per_unit" | "none", or True (per_unit) / False (none); None (default):
+            per_unit when images are given, else none.
+        images: network input for the trunk *before* the colour branch — N x 1 x H x W (L - 50) for
+            L trunks, N x 3 x H x W (normalised RGB) for RGB trunks.
+        seed: the calibration's random top and gradients.
+        calibration_draws: random gradient draws averaged per calibration round (magic_init: 1).
     Returns:
         the prepared module, in eval mode; feed it ``trunk_input(images, module.input_space)``.
     Raises:
-        ValueError: a mode the trunk's input space cannot serve (message names finetune.mode).
+        ConfigError: a mode the trunk's input space cannot serve (message names finetune.mode), an
+            unknown ``rescale``, or a rescaling without images.
     """
-    resolved = resolve_mode(trunk, mode)
-    prepared = absorb_batch_norm(trunk) if absorb_bn else copy.deepcopy(trunk)
-    if rescale_images is not None:
-        rescale_for_transfer(prepared, rescale_images)
-    module: nn.Module = ColorInputTrunk(prepared) if resolved == "color" else prepared
-    return module.eval()
-
+    if rescale_images is not None and images is not None:
+        raise ValueError("prepare_for_transfer: give images or rescale_images, not both")
+    images = images if images is not None else rescale_images
+    if hasattr(trunk, "rewrap"):  # an imported net behind its input conversion (ssl_bench.weights.convention)
+        native = None if images is None else trunk.to_native(images)
+        return trunk.rewrap(prepare_for_transfer(trunk.trunk, mode, absorb_bn, rescale=rescale, images=native,
+                                                 seed=seed, calibration_draws=calibration_draws)).eval()
+    return prepare_with_report(trunk, mode, absorb_bn, rescale, images, seed, calibration_draws)[0]
 
 
 def rescale_batch(root: Path, count: int, size: int, space: str) -> Tensor:

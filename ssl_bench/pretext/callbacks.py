@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
 
+from ssl_bench.errors import ConfigError, StorageError
 from ssl_bench.io import atomic_writer
 
 # Top-level checkpoint key; the trunk loaders (ssl_bench.models, ssl_bench.colorization) read it.
@@ -39,7 +40,7 @@ class CheckpointMetadata(pl.Callback):
         pl_module.skips.count = checkpoint.get(META_KEY, {}).get("skipped_images", 0)
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(StorageError):
     """A checkpoint could not be written for lack of disk space; the message names the file."""
 
 
@@ -75,7 +76,7 @@ class SampleGrids(pl.Callback):
 
     def __init__(self, every_n_steps: int = 500) -> None:
         if every_n_steps < 0:
-            raise ValueError(f"callbacks.samples.every_n_steps: expected >= 0, got {every_n_steps}")
+            raise ConfigError(f"callbacks.samples.every_n_steps: expected >= 0, got {every_n_steps}")
         self.every_n_steps = every_n_steps
         self.step = 0
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_bench import color
+from ssl_bench.errors import ConfigError
 from ssl_bench.pretext import common
 from ssl_bench.pretext.common import NonFiniteLossError, SkipCounter
 from ssl_bench.pretext.losses import l2_regression, resize_to, soft_cross_entropy_map
@@ -42,7 +43,7 @@ class ColorObjective:
                  neighbors: int = 10, sigma: float = 5.0, prior_sigma: float | None = 5.0,
                  prior_images: int | None = None) -> None:
         if kind not in ("classification", "regression"):
-            raise ValueError(f"pretext.objective.kind: expected 'classification' or 'regression', got {kind!r}")
+            raise ConfigError(f"pretext.objective.kind: expected 'classification' or 'regression', got {kind!r}")
         self.kind, self.lam, self.neighbors, self.sigma = kind, lam, neighbors, sigma
         self.rebalance = rebalance and kind == "classification"
         self.prior_sigma, self.prior_images = prior_sigma, prior_images
@@ -98,16 +99,16 @@ class ColorizationPretext(pl.LightningModule):
                  input_space: str = "L") -> None:
         super().__init__()
         if input_space != "L":
-            raise ValueError(f"pretext.input_space: colorization predicts ab from L, got {input_space!r}")
+            raise ConfigError(f"pretext.input_space: colorization predicts ab from L, got {input_space!r}")
         if getattr(trunk, "in_channels", 1) != 1:
-            raise ValueError("backbone.in_channels: colorization predicts ab from L, expected 1")
+            raise ConfigError("backbone.in_channels: colorization predicts ab from L, expected 1")
         common.check_trunk(trunk, "L")
         self.trunk, self.objective = trunk, objective
         self.head = nn.Conv2d(trunk.out_channels, objective.num_outputs, 1)  # fc8
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.ab_stride, self.temperature, self.channels_last = ab_stride, temperature, channels_last
         if objective.rebalance and prior is None:
-            raise ValueError("pretext.objective.rebalance=true needs the training set's ab prior")
+            raise ConfigError("pretext.objective.rebalance=true needs the training set's ab prior")
         weights = color.rebalance_weights(prior, objective.lam) if prior is not None else torch.ones(color.NUM_BINS)
         self.register_buffer("bin_weights", weights.float())
         self.skips = SkipCounter()

@@ -26,10 +26,11 @@ from torch import Tensor, nn
 from torchvision.utils import save_image
 
 from ssl_bench.data.images import SkipCounter
+from ssl_bench.errors import ConfigError, TrainingStopped
 from ssl_bench.io import atomic_writer
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(TrainingStopped):
     """The loss became NaN/inf; the run stops and the last good checkpoint is kept."""
 
 
@@ -37,12 +38,12 @@ def check_trunk(trunk: nn.Module, input_space: str) -> None:
     """The trunk must consume the input the pretext feeds it."""
     space = getattr(trunk, "input_space", None)
     if space is not None and space != input_space:
-        raise ValueError(f"backbone.input_space={space!r} but this pretext feeds {input_space!r} "
-                         f"inputs (pretext.input_space); set both to the same value")
+        raise ConfigError(f"backbone.input_space={space!r} but this pretext feeds {input_space!r} "
+                          f"inputs (pretext.input_space); set both to the same value")
     channels = {"L": 1, "rgb": 3}[input_space]
     if getattr(trunk, "in_channels", channels) != channels:
-        raise ValueError(f"backbone.in_channels={trunk.in_channels} but input_space={input_space!r} "
-                         f"has {channels} channel(s)")
+        raise ConfigError(f"backbone.in_channels={trunk.in_channels} but input_space={input_space!r} "
+                          f"has {channels} channel(s)")
 
 
 def batch_images(module: pl.LightningModule, batch: dict[str, Any]) -> Tensor | None:

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssl_bench.errors import ConfigError
 from ssl_bench.models.inputs import RGB_MEAN, trunk_input
 from ssl_bench.pretext.common import (
     SkipCounter,
@@ -149,11 +150,11 @@ class ContextEncoderPretext(pl.LightningModule):
         super().__init__()
         check_trunk(trunk, input_space)
         if mask not in MASK_KINDS:
-            raise ValueError(f"pretext.mask: expected one of {list(MASK_KINDS)}, got {mask!r}")
+            raise ConfigError(f"pretext.mask: expected one of {list(MASK_KINDS)}, got {mask!r}")
         if not 0.0 <= adversarial_weight < 1.0:
-            raise ValueError(f"pretext.adversarial_weight: expected a value in [0, 1), got {adversarial_weight}")
+            raise ConfigError(f"pretext.adversarial_weight: expected a value in [0, 1), got {adversarial_weight}")
         if overlap < 0:
-            raise ValueError(f"pretext.overlap: expected >= 0 pixels, got {overlap}")
+            raise ConfigError(f"pretext.overlap: expected >= 0 pixels, got {overlap}")
         self.trunk = trunk
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.input_space, self.image_size, self.mask_kind = input_space, int(image_size), mask
@@ -171,9 +172,9 @@ class ContextEncoderPretext(pl.LightningModule):
         if decoder_widths is None:
             decoder_widths = [max(16, c5 >> k) for k in range(stages - 1)]
         elif len(decoder_widths) != stages - 1:
-            raise ValueError(f"pretext.decoder_widths: pool5 is {h}x{w} for image_size={self.image_size}, "
-                             f"so the decoder needs {stages} up-convolutions = {stages - 1} hidden widths; "
-                             f"got {list(decoder_widths)}")
+            raise ConfigError(f"pretext.decoder_widths: pool5 is {h}x{w} for image_size={self.image_size}, "
+                              f"so the decoder needs {stages} up-convolutions = {stages - 1} hidden widths; "
+                              f"got {list(decoder_widths)}")
         self.decoder_widths = [int(v) for v in decoder_widths]
         self.decoder = up_decoder(bottleneck, self.decoder_widths)
 
@@ -220,9 +221,9 @@ class ContextEncoderPretext(pl.LightningModule):
 
     def check_size(self, images: Tensor) -> None:
         if tuple(images.shape[-2:]) != (self.image_size, self.image_size):
-            raise ValueError(f"pretext.image_size={self.image_size} but the batch is "
-                             f"{images.shape[-2]}x{images.shape[-1]}; set pretext.image_size equal to "
-                             f"data.crop_size (square crops)")
+            raise ConfigError(f"pretext.image_size={self.image_size} but the batch is "
+                              f"{images.shape[-2]}x{images.shape[-1]}; set pretext.image_size equal to "
+                              f"data.crop_size (square crops)")
 
     def encoder_input(self, images: Tensor, hole: Tensor) -> Tensor:
         """uint8 N x 3 x S x S, bool hole N x 1 x S x S -> trunk input with the hole at 0 (the mean)."""

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssl_bench.errors import ConfigError
 from ssl_bench.io import atomic_writer
 from ssl_bench.models.inputs import L_CENTER, RGB_MEAN, RGB_STD, trunk_input
 from ssl_bench.pretext import common
@@ -64,18 +65,18 @@ class ContextPredictionPretext(pl.LightningModule):
                  channels_last: bool = True) -> None:
         super().__init__()
         if color not in COLOR_MODES:
-            raise ValueError(f"pretext.color: expected one of {list(COLOR_MODES)}, got {color!r}")
+            raise ConfigError(f"pretext.color: expected one of {list(COLOR_MODES)}, got {color!r}")
         if input_space not in ("L", "rgb"):
-            raise ValueError(f"pretext.input_space: expected 'L' or 'rgb', got {input_space!r}")
+            raise ConfigError(f"pretext.input_space: expected 'L' or 'rgb', got {input_space!r}")
         common.check_trunk(trunk, input_space)
         if input_space == "L" and color != "none":
-            raise ValueError(f"pretext.color={color!r} needs three colour channels; with "
-                             "pretext.input_space='L' set pretext.color=none")
+            raise ConfigError(f"pretext.color={color!r} needs three colour channels; with "
+                              "pretext.input_space='L' set pretext.color=none")
         if patch_size < 1 or gap < 0 or jitter < 0:
-            raise ValueError(f"pretext.patch_size/gap/jitter: expected >= 1/0/0, got {patch_size}/{gap}/{jitter}")
+            raise ConfigError(f"pretext.patch_size/gap/jitter: expected >= 1/0/0, got {patch_size}/{gap}/{jitter}")
         if not 0 <= pixelate_prob <= 1 or pixelate_pixels < 1:
-            raise ValueError(f"pretext.pixelate_prob must lie in [0, 1] and pretext.pixelate_pixels be >= 1, "
-                             f"got {pixelate_prob} and {pixelate_pixels}")
+            raise ConfigError(f"pretext.pixelate_prob must lie in [0, 1] and pretext.pixelate_pixels be >= 1, "
+                              f"got {pixelate_prob} and {pixelate_pixels}")
         self.trunk, self.input_space, self.color = trunk, input_space, color
         self.patch_size, self.gap, self.jitter = patch_size, gap, jitter
         self.pixelate_prob, self.pixelate_pixels = pixelate_prob, pixelate_pixels

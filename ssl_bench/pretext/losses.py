@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -59,6 +60,45 @@ def l2_regression(pred_ab: Tensor, target_ab: Tensor) -> Tensor:
     return 0.5 * (pred_ab.float() - target_ab.float()).pow(2).sum(dim=1).mean()
 
 
+def image_l2(pred: Tensor, target: Tensor) -> Tensor:
+    """Reconstruction error of whole images: mean over pixels of sum_channels (pred - target)^2.
+
+    Args:
+        pred, target: N x C x H x W (images in the same range, e.g. [-1, 1]).
+    Returns:
+        scalar, computed in float32.
+    """
+    return (pred.float() - target.float()).pow(2).sum(dim=1).mean()
+
+
+def bigan_discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """The BiGAN discriminator's loss: mean binary cross-entropy of (x, E(x)) pairs labelled real
+    and (G(z), z) pairs labelled fake, each half weighted 1/2 (Donahue et al.'s released code).
+
+    Args:
+        real_logits, fake_logits: N discriminator logits of the two kinds of pair.
+    Returns:
+        scalar.
+    """
+    real, fake = real_logits.float(), fake_logits.float()
+    return 0.5 * (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+                  + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+
+
+def bigan_generator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """The loss the BiGAN encoder and generator minimise together: the discriminator's labels
+    flipped (the non-saturating form), each half weighted 1/2.
+
+    Args:
+        real_logits, fake_logits: N discriminator logits of (x, E(x)) and (G(z), z).
+    Returns:
+        scalar.
+    """
+    real, fake = real_logits.float(), fake_logits.float()
+    return 0.5 * (F.binary_cross_entropy_with_logits(real, torch.zeros_like(real))
+                  + F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake)))
+
+
 def resize_to(x: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinear resize of a N x C x h x w prediction map to the target map size (fc8 -> ab grid)."""
     if tuple(x.shape[-2:]) == tuple(size):
@@ -66,4 +106,5 @@ def resize_to(x: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-__all__ = ["soft_cross_entropy", "soft_cross_entropy_map", "dense_soft_cross_entropy", "l2_regression", "resize_to"]
+__all__ = ["soft_cross_entropy", "soft_cross_entropy_map", "dense_soft_cross_entropy", "l2_regression", "image_l2",
+           "bigan_discriminator_loss", "bigan_generator_loss", "resize_to"]

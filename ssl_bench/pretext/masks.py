@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ssl_bench.errors import ConfigError
+
 __all__ = ["MASK_KINDS", "center_mask", "random_block_mask", "random_region_mask", "input_hole",
            "loss_weights", "make_masks"]
 
@@ -163,4 +165,4 @@ def make_masks(kind: str, n: int, size: int, generator: torch.Generator | None =
         return random_block_mask(n, size, generator, device=device)
     if kind == "random_region":
         return random_region_mask(n, size, generator, device=device)
-    raise ValueError(f"pretext.mask: expected one of {list(MASK_KINDS)}, got {kind!r}")
+    raise ConfigError(f"pretext.mask: expected one of {list(MASK_KINDS)}, got {kind!r}")

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ssl_bench.errors import ConfigError
+
 __all__ = ["NUM_POSITIONS", "POSITIONS", "GREEN_MAGENTA", "min_image_size", "sample_patch_pairs",
            "drop_color", "project_color", "pixelate"]
 
@@ -71,15 +73,15 @@ def sample_patch_pairs(images: Tensor, patch: int, gap: int, jitter: int,
     if images.dim() != 4:
         raise ValueError(f"sample_patch_pairs: expected N x C x H x W images, got shape {tuple(images.shape)}")
     if patch < 1 or gap < 0 or jitter < 0:
-        raise ValueError(f"pretext.patch_size/gap/jitter: expected patch >= 1, gap >= 0, jitter >= 0, "
-                         f"got {patch}/{gap}/{jitter}")
+        raise ConfigError(f"pretext.patch_size/gap/jitter: expected patch >= 1, gap >= 0, jitter >= 0, "
+                          f"got {patch}/{gap}/{jitter}")
     n, _, h, w = images.shape
     need = min_image_size(patch, gap, jitter)
     if h < need or w < need:
-        raise ValueError(f"images of {h}x{w} px are too small for context prediction: the 3x3 grid of "
-                         f"pretext.patch_size={patch}, pretext.gap={gap} with pretext.jitter={jitter} needs "
-                         f"{need}x{need} px (3*patch + 2*gap + 2*jitter); raise data.crop_size or shrink "
-                         f"the patches")
+        raise ConfigError(f"images of {h}x{w} px are too small for context prediction: the 3x3 grid of "
+                          f"pretext.patch_size={patch}, pretext.gap={gap} with pretext.jitter={jitter} needs "
+                          f"{need}x{need} px (3*patch + 2*gap + 2*jitter); raise data.crop_size or shrink "
+                          f"the patches")
     device = images.device
     step, extent = patch + gap, 3 * patch + 2 * gap
     # top-left of the unjittered grid, so that every jittered patch stays inside the image

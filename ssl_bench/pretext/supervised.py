@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssl_bench.errors import ConfigError, DataError
 from ssl_bench.models.inputs import trunk_input
 from ssl_bench.pretext import common
 from ssl_bench.pretext.common import SkipCounter
@@ -35,8 +36,8 @@ class SupervisedPretext(pl.LightningModule):
         super().__init__()
         common.check_trunk(trunk, input_space)
         if not num_classes or num_classes < 2:
-            raise ValueError(f"pretext.num_classes: supervised pretraining needs >= 2 labels, got "
-                             f"{num_classes} (use a labelled layout: data.layout=imagefolder)")
+            raise ConfigError(f"pretext.num_classes: supervised pretraining needs >= 2 labels, got "
+                              f"{num_classes} (use a labelled layout: data.layout=imagefolder)")
         self.trunk, self.input_space, self.num_classes = trunk, input_space, num_classes
         self.head = nn.Linear(trunk.out_channels, num_classes)  # fc8
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -58,15 +59,15 @@ class SupervisedPretext(pl.LightningModule):
         if arguments.get("num_classes") is not None:
             return {}
         if not datamodule.num_classes:
-            raise ValueError(f"pretext=supervised needs labels; data.root={datamodule.root} has no class "
-                             f"folders (data.layout=imagefolder)")
+            raise DataError(f"pretext=supervised needs labels; data.root={datamodule.root} has no class "
+                            f"folders (data.layout=imagefolder)")
         return {"num_classes": datamodule.num_classes}
 
     def _labels(self, batch: dict[str, Any]) -> Tensor:
         labels = batch["label"]
         if labels.numel() and int(labels.min()) < 0:
-            raise ValueError("pretext=supervised: the data has no labels (data.layout=folder); "
-                             "use a class-folder layout (data.layout=imagefolder)")
+            raise DataError("pretext=supervised: the data has no labels (data.layout=folder); "
+                            "use a class-folder layout (data.layout=imagefolder)")
         return labels
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any] | None:

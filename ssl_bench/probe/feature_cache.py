@@ -8,10 +8,16 @@ An entry is written in a temporary folder ``.<key>.<pid>@<host>.<random>`` besid
 into place. A writer that was killed leaves its temporary folder behind (as large as the entry):
 the next write under the same root removes those of writers that are gone (their process no longer
 runs on this host) once they are a minute old.
+
+Several processes asking for the same entry at once (the ranks of a DDP probe, which extract before
+Lightning's process group exists, or two jobs sharing a cache) take a file lock on the entry
+(``<root>/locks/<key>.lock``, an empty file that stays): the first extracts and writes, the others
+wait for it, then all read the one entry (:func:`load_or_extract`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -20,7 +26,8 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +155,36 @@ class FeatureStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+
+@contextmanager
+def entry_lock(store: FeatureStore) -> Iterator[None]:
+    """Hold the entry's exclusive file lock (released when the holder exits, even if it is killed)."""
+    locks = store.dir.parent / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{store.dir.name}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def load_or_extract(store: FeatureStore, layers: Sequence[str],
+                    batches: Callable[[list[str]], Iterable[tuple[dict[str, torch.Tensor], torch.Tensor]]],
+                    n: int, extra: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray, bool]:
+    """The entry's ``layers``, extracted first (``batches(missing layers)``) when the entry lacks some.
+
+    Under the entry's lock: of several processes asking at once, one extracts and writes while the
+    others wait, then find the layers present and only read. Returns (features, labels, hit), hit
+    False for the process that extracted.
+    """
+    with entry_lock(store):
+        missing = [k for k in layers if k not in store.layers()]
+        if missing:
+            store.write(batches(missing), n, extra)
+    feats, labels = store.load(layers)
+    return feats, labels, not missing
 
 
 class CachedFeatures(torch.utils.data.Dataset):

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ssl_bench.data.images import SkipCounter
-from ssl_bench.probe.feature_cache import FeatureStore, cache_key
+from ssl_bench.probe.feature_cache import FeatureStore, cache_key, load_or_extract
 from ssl_bench.probe.heads import FeatureExtractor
 
 
@@ -27,14 +27,11 @@ class Features:
         if self.cache_dir is None:
             return self._extract(loader)
         store = FeatureStore(self.cache_dir, cache_key(self.trunk_id, self.transform, split, self.fingerprint))
-        if set(layers) <= store.layers():
-            self.hits += 1
-            return store.load(layers)
-        self.misses += 1
-        missing = [l for l in layers if l not in store.layers()]
-        store.write(self._batches(loader, missing), n, {"trunk": self.trunk_id, "transform": self.transform,
-                                                         "split": split})
-        return store.load(layers)
+        # one process (DDP rank, or job sharing the cache) extracts; the others wait, then read
+        feats, labels, hit = load_or_extract(store, layers, lambda missing: self._batches(loader, missing), n,
+                                             {"trunk": self.trunk_id, "transform": self.transform, "split": split})
+        self.hits, self.misses = self.hits + hit, self.misses + (not hit)
+        return feats, labels
 
     def _batches(self, loader: DataLoader, layers: list[str]):
         ex = self.extractor

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from ssl_bench.data.sharding import rank_and_world
+from ssl_bench.errors import ConfigError
 from ssl_bench.models.inputs import trunk_input
 
 RESIZE_MODES = ("bilinear", "avgpool")
@@ -35,12 +36,12 @@ def resize_layer(x: Tensor, layer: str, mode: str, spec: int | Sequence[int]) ->
     elif mode == "avgpool":
         k, stride = spec
         if min(x.shape[-2:]) < k:
-            raise ValueError(f"probe.resize=avgpool: {layer} map is {tuple(x.shape[-2:])}, smaller than "
-                             f"the kernel {k} of probe.pooling.avgpool.{layer}; use probe.resize=bilinear "
-                             f"for small inputs")
+            raise ConfigError(f"probe.resize=avgpool: {layer} map is {tuple(x.shape[-2:])}, smaller than "
+                              f"the kernel {k} of probe.pooling.avgpool.{layer}; use probe.resize=bilinear "
+                              f"for small inputs")
         x = F.avg_pool2d(x, k, stride)
     else:
-        raise ValueError(f"probe.resize: expected one of {RESIZE_MODES}, got {mode!r}")
+        raise ConfigError(f"probe.resize: expected one of {RESIZE_MODES}, got {mode!r}")
     return x.flatten(1)
 
 
@@ -68,10 +69,10 @@ class FeatureExtractor(nn.Module):
         if known is None:
             raise TypeError("probe: the trunk has no forward_features(x, layers)")
         if resize not in RESIZE_MODES:
-            raise ValueError(f"probe.resize: expected one of {RESIZE_MODES}, got {resize!r}")
+            raise ConfigError(f"probe.resize: expected one of {RESIZE_MODES}, got {resize!r}")
         missing = [k for k in layers if k not in pooling.get(resize, {})]
         if missing:
-            raise ValueError(f"probe.pooling.{resize} has no entry for layer(s) {missing}")
+            raise ConfigError(f"probe.pooling.{resize} has no entry for layer(s) {missing}")
         self.trunk, self.layers = trunk.requires_grad_(False).eval(), tuple(layers)
         self.resize, self.input_space, self.channels_last = resize, input_space, channels_last
         self.pooling = {mode: {k: _spec(v) for k, v in table.items()} for mode, table in pooling.items()}
@@ -108,22 +109,27 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
     Each rank holds a strided part of the one-process batch (ShardedBatchSampler); summing counts,
     sums and squared deviations over ranks gives the statistics one process would compute, so a DDP
     probe trains the same heads. The probe's inputs are frozen features (no gradient), so the
-    statistics need no backward pass. One process, or eval mode: plain BatchNorm1d.
+    statistics need no backward pass. Eval mode: plain BatchNorm1d.
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        """x: float N x d (N may be 0 on a rank that got an empty part of the last batch)."""
+        """x: float N x d (N may be 0 on a rank that got an empty part of the last batch).
+
+        Training statistics are computed in float64 with one process too, so that one process and
+        DDP normalise with the same precision (their heads then differ by float rounding only)."""
         _, world = rank_and_world()
-        if not self.training or world == 1:
+        if not self.training:
             return super().forward(x)
         if x.requires_grad:
-            raise NotImplementedError("GlobalBatchNorm1d: statistics are reduced without gradient")
+            raise NotImplementedError("GlobalBatchNorm1d: statistics are computed without gradient")
         xd = x.double()
         stats = torch.cat([xd.new_tensor([x.shape[0]]), xd.sum(0)])
-        dist.all_reduce(stats)
+        if world > 1:
+            dist.all_reduce(stats)
         n, mean = stats[0], stats[1:] / stats[0]
         sq = ((xd - mean) ** 2).sum(0)
-        dist.all_reduce(sq)
+        if world > 1:
+            dist.all_reduce(sq)
         var = sq / n
         with torch.no_grad():
             m = self.momentum
@@ -176,12 +182,16 @@ class LinearProbe(pl.LightningModule):
         extractor: frozen trunk; None when batches carry precomputed "features".
         val_names: names of the validation loaders, in order (e.g. ("test", "holdout")): metrics
             are logged as ``probe/<loader>/<head>/top1``; with one loader, ``probe/<head>/top1``.
+        bias_lr_mult, bias_weight_decay: the classifier biases' lr multiplier and weight decay
+            (the authors' prototxt: lr x2, no decay); None keeps the optimiser's weight decay.
     """
 
     def __init__(self, heads: ProbeHeads, optimizer: Callable[..., Any], num_classes: int,
                  scheduler: Callable[..., Any] | None = None, extractor: FeatureExtractor | None = None,
-                 val_names: Sequence[str] = ("val",)) -> None:
+                 val_names: Sequence[str] = ("val",), bias_lr_mult: float = 1.0,
+                 bias_weight_decay: float | None = None) -> None:
         super().__init__()
+        self.bias_lr_mult, self.bias_weight_decay = float(bias_lr_mult), bias_weight_decay
         self.heads, self.extractor = heads, extractor
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.val_names = tuple(val_names)
@@ -229,10 +239,27 @@ class LinearProbe(pl.LightningModule):
             self.top1[i].reset()
             self.top5[i].reset()
 
+    def _param_groups(self, name: str) -> list[dict[str, Any]]:
+        """Head ``name``'s parameter groups: everything but the classifier bias at the head's lr, the
+        bias apart when it has its own lr multiplier or weight decay."""
+        head = self.heads.heads[self.heads.index[name]]
+        lr = self.heads.lr_of.get(name)
+        base = {"lr": lr} if lr is not None else {}
+        if self.bias_lr_mult == 1.0 and self.bias_weight_decay is None:
+            return [{"params": list(head.parameters()), "name": name, **base}]
+        bias = head[1].bias
+        rest = [p for p in head.parameters() if p is not bias]
+        extra: dict[str, Any] = {} if self.bias_weight_decay is None else {
+            "weight_decay": float(self.bias_weight_decay)}
+        # without a per-head lr the optimiser's own lr is multiplied once it is built
+        extra.update({"lr": lr * self.bias_lr_mult} if lr is not None else {"lr_mult": self.bias_lr_mult})
+        return [{"params": rest, "name": name, **base}, {"params": [bias], "name": f"{name}/bias", **extra}]
+
     def configure_optimizers(self) -> Any:
-        groups = [{"params": list(self.heads.heads[self.heads.index[n]].parameters()), "name": n,
-                   **({"lr": self.heads.lr_of[n]} if n in self.heads.lr_of else {})} for n in self.heads.names]
+        groups = [g for n in self.heads.names for g in self._param_groups(n)]
         opt = self.optimizer_factory(groups)
+        for g in opt.param_groups:
+            g["lr"] *= g.pop("lr_mult", 1.0)
         owned = {id(p) for g in opt.param_groups for p in g["params"]}
         head_params = {id(p) for p in self.heads.parameters()}
         assert owned == head_params, "probe optimiser must hold the head parameters and nothing else"

@@ -65,6 +65,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
 
+from ssl_bench.errors import ConfigError, DataError
 from ssl_bench.metrics import average_precision
 
 __all__ = ["DEFAULT_COSTS", "CLASS_WEIGHT", "l2_normalise", "make_svm", "svm_voc07"]
@@ -327,13 +328,13 @@ def _check_settings(costs: Sequence[float], folds: Any, n_jobs: Any, max_iter: A
     """Validate the scalar settings; returns the cost grid (sorted, without duplicates)."""
     grid = sorted({float(c) for c in costs})
     if not grid or not all(math.isfinite(c) and c > 0 for c in grid):
-        raise ValueError(f"costs: expected a non-empty list of positive finite numbers, got {list(costs)}")
+        raise ConfigError(f"costs: expected a non-empty list of positive finite numbers, got {list(costs)}")
     if not isinstance(folds, (int, np.integer)) or folds < 2:
-        raise ValueError(f"folds: expected an integer >= 2, got {folds!r}")
+        raise ConfigError(f"folds: expected an integer >= 2, got {folds!r}")
     if not isinstance(n_jobs, (int, np.integer)) or not (n_jobs >= 1 or n_jobs == -1):
-        raise ValueError(f"n_jobs: expected a positive integer or -1, got {n_jobs!r}")
+        raise ConfigError(f"n_jobs: expected a positive integer or -1, got {n_jobs!r}")
     if not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise ValueError(f"max_iter: expected a positive integer, got {max_iter!r}")
+        raise ConfigError(f"max_iter: expected a positive integer, got {max_iter!r}")
     return grid
 
 
@@ -343,10 +344,10 @@ def _check_classes(train_y: np.ndarray, test_y: np.ndarray, names: list[str], fo
         n_pos = int((train_y[:, c] > 0).sum())
         n_neg = train_y.shape[0] - n_pos
         if n_pos < folds or n_neg < folds:
-            raise ValueError(f"class {name!r}: {n_pos} training positives and {n_neg} negatives; "
-                             f"{folds}-fold cross-validation needs at least {folds} of each")
+            raise DataError(f"class {name!r}: {n_pos} training positives and {n_neg} negatives; "
+                            f"{folds}-fold cross-validation needs at least {folds} of each")
         if not (test_y[:, c] > 0).any():
-            raise ValueError(f"class {name!r}: no positive test images (AP is undefined)")
+            raise DataError(f"class {name!r}: no positive test images (AP is undefined)")
 
 
 class _Run:
@@ -415,7 +416,7 @@ def _shared_folder(shared_dir: str | os.PathLike | None, nbytes: int) -> str:
     if shared_dir is not None:
         folder = os.fspath(shared_dir)
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-            raise ValueError(f"shared_dir: {folder} is not a writable folder")
+            raise ConfigError(f"shared_dir: {folder} is not a writable folder")
         candidates = [folder]
     else:
         shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
@@ -427,8 +428,8 @@ def _shared_folder(shared_dir: str | os.PathLike | None, nbytes: int) -> str:
         if free[folder] >= needed:
             return folder
     have = ", ".join(f"{f} has {n / 2**20:.0f} MiB free" for f, n in free.items())
-    raise ValueError(f"shared_dir: the features' copies for the SVM workers need {needed / 2**20:.0f} MiB "
-                     f"with margin; {have}. Give shared_dir a folder with room (or use n_jobs=1)")
+    raise ConfigError(f"shared_dir: the features' copies for the SVM workers need {needed / 2**20:.0f} MiB "
+                      f"with margin; {have}. Give shared_dir a folder with room (or use n_jobs=1)")
 
 
 @contextlib.contextmanager

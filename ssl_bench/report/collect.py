@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ssl_bench.errors import MissingDataError
+
 RESULTS_NAME = "results.json"
 FAILED_NAME = "failed.json"  # written by ssl_bench.runs.benchmark for a stage that raised
 # Same value as ssl_bench.report.results.SCHEMA_VERSION; not imported from there because that module
@@ -44,8 +46,8 @@ def collect(dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
         dirs = [dirs]
     missing = [str(d) for d in dirs if not Path(d).exists()]
     if missing:
-        raise FileNotFoundError(f"results director{'y' if len(missing) == 1 else 'ies'} not found: "
-                                + ", ".join(missing))
+        raise MissingDataError(f"results director{'y' if len(missing) == 1 else 'ies'} not found: "
+                               + ", ".join(missing))
     seen: set[Path] = set()
     out: list[dict[str, Any]] = []
     for d in map(Path, dirs):

@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from ssl_bench.config import CONF_DIR
+from ssl_bench.errors import MissingDataError
 
 PAPER = "paper"
 
@@ -22,7 +23,7 @@ def paper_recipe(job: str, evaluation: str) -> dict[str, Any]:
     resolved, as the reference a run's own recipe is compared with."""
     path = CONF_DIR / "recipe" / job / f"{evaluation}_{PAPER}.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"no published recipe for {job} {evaluation!r}: expected {path}")
+        raise MissingDataError(f"no published recipe for {job} {evaluation!r}: expected {path}")
     return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
 
 

@@ -26,15 +26,17 @@ import numpy as np
 from ssl_bench.io import atomic_write_bytes
 from ssl_bench.models.layers import CONV_LAYERS
 from ssl_bench.report.published import key_matches
-from ssl_bench.report.table import MISSING, SECTIONS, Row, Section, SectionSpec, Stat, Table
+from ssl_bench.report.table import MISSING, SECTIONS, Group, Row, Section, SectionSpec, Stat, Table
 
 OUTPUT_NAMES = {"md": "leaderboard.md", "csv": "leaderboard.csv", "html": "leaderboard.html",
                 "png": "leaderboard_layers.png"}
 
-HEADER_NOTE = ("Measured rows: mean ± sample standard deviation (ddof=1) over seeds, n = runs in the "
-               "cell. Published rows: the paper's single number, measured on full ImageNet / PASCAL VOC "
-               "with the authors' budgets, so compare shapes (which layer peaks, the order of methods) "
-               f"more than absolute values. {MISSING} = not reported.")
+HEADER_NOTE = ("Measured rows: mean ± sample standard deviation (ddof=1) over seeds; n = runs in the row "
+               "(a cell with fewer shows its own n). Bold: the best measured value of a column within its "
+               "group. A measured row sits beside the published numbers only when it was run under the "
+               "published protocol with nothing changed; other runs are grouped by their protocol and its "
+               "deviations. Published rows: the paper's single number on full ImageNet / PASCAL VOC with "
+               f"the authors' budgets. {MISSING} = not reported.")
 
 
 def render(table: Table, out_dir: str | Path) -> dict[str, Path]:
@@ -50,32 +52,56 @@ def render(table: Table, out_dir: str | Path) -> dict[str, Path]:
 
 
 def _protocol_text(row: Row) -> str:
-    return f"{row.protocol}. Note: {row.note}" if row.note else row.protocol
+    """The legend's text for a row's protocol: the published description, or the measured protocol's
+    name, deviations and setup."""
+    if row.published:
+        return f"{row.protocol}. Note: {row.note}" if row.note else row.protocol
+    setup = f" ({row.protocol})" if row.protocol and row.protocol != "not recorded" else ""
+    return row.protocol_title[0].upper() + row.protocol_title[1:] + setup
+
+
+def _stat_text(row: Row, stat: Stat) -> str:
+    return stat.format(None if row.published else row.n_runs)
 
 
 def _best_text(row: Row) -> str:
     best = row.best()
-    return f"{best[0]}: {best[1].format()}" if best else MISSING
+    return f"{best[0]}: {_stat_text(row, best[1])}" if best else MISSING
 
 
-def _display_cells(section: Section, row: Row) -> list[str]:
-    out = [row.cells[c.key].format() if c.key in row.cells else MISSING for c in section.spec.columns]
+def _value_cells(section: Section, group: Group, row: Row) -> list[tuple[str, bool]]:
+    """(text, is the group's best measured value) per value column, then the best layer."""
+    out = []
+    for c in section.spec.columns:
+        stat = row.cells.get(c.key)
+        best = not row.published and stat is not None and stat.mean == group.best(c.key)
+        out.append((_stat_text(row, stat) if stat else MISSING, best))
     if section.spec.per_layer:
-        out.append(_best_text(row))
+        out.append((_best_text(row), False))
     return out
 
 
 def _headers(section: Section) -> list[str]:
     """Column titles of a section in the Markdown and HTML tables."""
     values = [c.label for c in section.spec.columns] + (["Best layer"] if section.spec.per_layer else [])
-    return ["Method", *(["Probe"] if section.spec.per_layer else []), "Source", "Data", *values, "Protocol"]
+    return ["Method", *(["Probe"] if section.spec.per_layer else []), "Data", "Source", "n", *values, "Protocol"]
 
 
 def _meta_cells(section: Section, row: Row) -> list[str]:
-    """The cells before the values: method, probe (per-layer sections), source, data."""
+    """The cells before the values: method, probe (per-layer sections), data, source, n."""
     # the suite key shows which measured method a published row is the reference for
     method = f"{row.method} [{row.suite_method}]" if row.published and row.suite_method else row.method
-    return [method, *([row.probe] if section.spec.per_layer else []), row.source, row.data]
+    source = f"published: {row.citation}" if row.published else "measured"
+    n = "" if row.published else str(row.n_runs)
+    return [method, *([row.probe] if section.spec.per_layer else []), row.data, source, n]
+
+
+def _legend(section: Section) -> dict[str, str]:
+    """Protocol text -> its short label ("P1", "P2", ...) in the order the rows show them."""
+    labels: dict[str, str] = {}
+    for row in section.rows:
+        labels.setdefault(_protocol_text(row), f"P{len(labels) + 1}")
+    return labels
 
 
 def _footer(table: Table, bullet: str) -> list[str]:
@@ -98,18 +124,19 @@ def to_markdown(table: Table) -> str:
 
     lines = ["# ssl_bench leaderboard", "", HEADER_NOTE, ""]
     for section in table.sections:
-        protocols: list[str] = []
+        legend = _legend(section)
         headers = _headers(section)
-        lines += [f"## {section.spec.title}", "", "| " + " | ".join(headers) + " |",
-                  "|" + "|".join("---" for _ in headers) + "|"]
-        for row in section.rows:
-            text = _protocol_text(row)
-            if text not in protocols:
-                protocols.append(text)
-            values = [*_meta_cells(section, row), *_display_cells(section, row),
-                      f"[{protocols.index(text) + 1}]"]
-            lines.append("| " + " | ".join(cell(v) for v in values) + " |")
-        lines += [""] + [f"- [{i}] {cell(p)}" for i, p in enumerate(protocols, start=1)] + [""]
+        lines += [f"## {section.spec.title}", ""]
+        for group in section.groups:
+            lines += [f"### {group.title}", "", "| " + " | ".join(headers) + " |",
+                      "|" + "|".join("---" for _ in headers) + "|"]
+            for row in group.rows:
+                values = [cell(v) for v in _meta_cells(section, row)]
+                values += [f"**{cell(v)}**" if best else cell(v) for v, best in _value_cells(section, group, row)]
+                values.append(legend[_protocol_text(row)])
+                lines.append("| " + " | ".join(values) + " |")
+            lines.append("")
+        lines += [f"- {label}: {cell(text)}" for text, label in legend.items()] + [""]
     lines += _footer(table, bullet="- ")
     return "\n".join(lines).rstrip() + "\n"
 
@@ -117,7 +144,7 @@ def to_markdown(table: Table) -> str:
 # ----------------------------------------------------------------------------------------------- csv
 
 CSV_META = ["section", "method", "suite_method", "probe", "data", "source", "citation", "protocol",
-            "note", "n_runs", "seeds", "files"]
+            "protocol_name", "comparable", "deviations", "note", "n_runs", "seeds", "files"]
 
 
 def _stat_columns(spec: SectionSpec) -> list[str]:
@@ -148,6 +175,7 @@ def _csv_line(section: Section, row: Row) -> dict[str, Any]:
         "section": section.spec.key, "method": row.method, "suite_method": row.suite_method or "",
         "probe": row.probe, "data": row.data, "source": "published" if row.published else "measured",
         "citation": row.citation, "protocol": row.protocol, "note": row.note,
+        "protocol_name": row.protocol_name, "comparable": int(row.comparable), "deviations": ";".join(row.deviations),
         "n_runs": "" if row.published else row.n_runs,
         "seeds": ";".join("" if s is None else str(s) for s in row.seeds),
         "files": ";".join(str(f) for f in row.files),
@@ -170,13 +198,26 @@ def _stat_fields(key: str, stat: Stat) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- html
 
 HTML_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
-th { background: #f0f0f0; }
-td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
-tr.published td { background: #f7f7fb; color: #555; font-style: italic; }
-td.protocol { font-size: 0.8em; max-width: 28em; }
+body { font-family: system-ui, sans-serif; margin: 1.5em 2em; color: #222; }
+p.note { max-width: 60em; }
+table { border-collapse: collapse; margin: 0.5em 0 0.6em; font-size: 0.88em; }
+th, td { padding: 0.3em 0.55em; text-align: left; vertical-align: top; border-bottom: 1px solid #e3e3e3; }
+thead th { background: #f0f0f0; border-bottom: 2px solid #bbb; white-space: nowrap; }
+tr.group-head th { background: #fff; border-bottom: 1px solid #bbb; padding-top: 1em; font-weight: 600;
+  text-align: left; white-space: normal; }
+tr.group-head.comparable th { color: #124; }
+tr.group-head.other th { color: #642; }
+td.num, td.n { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
+td.best { font-weight: 700; }
+td.method { max-width: 22em; }
+td.probe, td.label { white-space: nowrap; }
+td.source { min-width: 9em; }
+tr.published td { background: #f6f7fb; color: #444; }
+tr.published td.source { font-style: italic; }
+dl.legend { font-size: 0.8em; color: #444; margin: 0 0 2em; max-width: 90em;
+  display: grid; grid-template-columns: max-content 1fr; gap: 0.2em 0.8em; }
+dl.legend dt { font-weight: 600; }
+dl.legend dd { margin: 0; }
 p.note, ul.left-out { font-size: 0.85em; color: #555; }
 img { max-width: 100%; }
 """
@@ -204,17 +245,33 @@ def to_html(table: Table, png: bytes | None = None) -> str:
     return "\n".join(parts) + "\n"
 
 
+META_CLASSES = ("method", "probe", "data", "source", "n")
+
+
 def _html_section(section: Section) -> list[str]:
+    """One table per section, one <tbody> per group (its title in a full-width header row), the
+    protocols as short labels explained in the legend below."""
+    headers = _headers(section)
+    legend = _legend(section)
+    meta = [c for c in META_CLASSES if c != "probe" or section.spec.per_layer]
     parts = [f"<h2>{_e(section.spec.title)}</h2>", "<table>",
-             "<thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in _headers(section)) + "</tr></thead>",
-             "<tbody>"]
-    for row in section.rows:
-        tds = ([f"<td>{_e(v)}</td>" for v in _meta_cells(section, row)]
-               + [f'<td class="num">{_e(v)}</td>' for v in _display_cells(section, row)]
-               + [f'<td class="protocol">{_e(_protocol_text(row))}</td>'])
-        cls = "published" if row.published else "measured"
-        parts.append(f'<tr class="{cls}">' + "".join(tds) + "</tr>")
-    return parts + ["</tbody></table>"]
+             "<thead><tr>" + "".join(f'<th scope="col">{_e(h)}</th>' for h in headers) + "</tr></thead>"]
+    for group in section.groups:
+        kind = "comparable" if group.comparable else "other"
+        parts += [f'<tbody class="{kind}">',
+                  f'<tr class="group-head {kind}"><th colspan="{len(headers)}" scope="rowgroup">'
+                  f"{_e(group.title)}</th></tr>"]
+        for row in group.rows:
+            tds = [f'<td class="{c}">{_e(v)}</td>' for c, v in zip(meta, _meta_cells(section, row))]
+            tds += [f'<td class="num{" best" if best else ""}">{_e(v)}</td>'
+                    for v, best in _value_cells(section, group, row)]
+            tds.append(f'<td class="label">{legend[_protocol_text(row)]}</td>')
+            cls = "published" if row.published else "measured"
+            parts.append(f'<tr class="{cls}">' + "".join(tds) + "</tr>")
+        parts.append("</tbody>")
+    parts.append("</table>")
+    items = "".join(f"<dt>{label}</dt><dd>{_e(text)}</dd>" for text, label in legend.items())
+    return parts + [f'<dl class="legend">{items}</dl>']
 
 
 # ---------------------------------------------------------------------------------------------- plot

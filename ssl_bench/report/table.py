@@ -13,9 +13,13 @@ Sections (one table each; a section appears only when something was measured for
 - ``voc``: PASCAL VOC fine-tuning (classification fc6-8 / all, detection, segmentation);
 - ``color``: colorization quality (AuC raw / rebalanced, classifier top-1).
 
-Published rows (:mod:`ssl_bench.report.published`) follow the measured rows of their section,
-marked "published" in the Source column and carrying their own data set and protocol: they are on
-full ImageNet / VOC, usually not the data the measured rows come from.
+Each section is split into groups by protocol (:class:`Group`). A measured row shares a group with
+the published rows (:mod:`ssl_bench.report.published`) only when its record's ``protocol`` entry is
+comparable (:func:`ssl_bench.report.protocol.is_comparable`: the published recipe, nothing
+overridden); it is then placed next to the published row it reproduces. Every other measured row
+goes into a group of its own protocol (name and deviations), and records without a protocol entry
+(older runs) into "protocol unknown". Published rows are on full ImageNet / VOC, usually not the
+data the measured rows come from.
 
 "Best layer" is the layer with the highest *mean* over seeds, not each seed's own best (which
 would be biased upward); a run's own ``best_layer`` is kept only as a CSV column.
@@ -33,9 +37,11 @@ import numpy as np
 
 from ssl_bench.models.layers import CONV_LAYERS
 from ssl_bench.report.collect import dataset_name, route, warn_results
-from ssl_bench.report.published import ALL_PUBLISHED, PublishedRow
+from ssl_bench.report.protocol import is_comparable
+from ssl_bench.report.published import ALL_PUBLISHED, PublishedRow, key_matches
 
 MISSING = "–"
+UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)
@@ -96,13 +102,15 @@ class Stat:
         """Sample standard deviation (ddof=1); None below two runs, where it is undefined."""
         return float(np.std(self.values, ddof=1)) if self.n >= 2 and not self.published else None
 
-    def format(self) -> str:
+    def format(self, row_n: int | None = None) -> str:
+        """"mean ± std", with this cell's n when it differs from its row's ``row_n`` (None: always)."""
         if self.n == 0:
             return MISSING
         if self.published:
             return f"{self.mean:.1f}"
         std = self.std
-        return f"{self.mean:.1f} (n=1)" if std is None else f"{self.mean:.1f} ± {std:.1f} (n={self.n})"
+        text = f"{self.mean:.1f}" if std is None else f"{self.mean:.1f} ± {std:.1f}"
+        return text if row_n == self.n else f"{text} (n={self.n})"
 
 
 @dataclass
@@ -122,6 +130,18 @@ class Row:
     seeds: tuple[Any, ...] = ()
     files: tuple[Path, ...] = ()
     recorded_best: tuple[str, ...] = ()
+    protocol_name: str = ""  # measured rows: the record's protocol name ("paper", "fast", "unknown")
+    deviations: tuple[str, ...] = ()
+    comparable: bool = False  # published rows, and measured rows under the unchanged published recipe
+
+    @property
+    def protocol_title(self) -> str:
+        """The protocol a measured row was run under, as its group's title names it."""
+        if self.protocol_name == UNKNOWN:
+            return "protocol unknown (no protocol record, e.g. an older run)"
+        if not self.deviations:
+            return f"protocol {self.protocol_name}"
+        return f"protocol {self.protocol_name}; deviations from the published recipe: {', '.join(self.deviations)}"
 
     @property
     def n_runs(self) -> int:
@@ -145,9 +165,25 @@ class Row:
 
 
 @dataclass
+class Group:
+    """Rows that may be read against each other: the published rows with the measured rows run under
+    their protocol (``comparable``), or the measured rows of one other protocol."""
+
+    title: str
+    comparable: bool
+    rows: list[Row]
+
+    def best(self, key: str) -> float | None:
+        """The highest measured mean of column ``key`` (None with fewer than two measured values)."""
+        means = [r.cells[key].mean for r in self.rows if not r.published and key in r.cells]
+        return max(means) if len(means) >= 2 else None
+
+
+@dataclass
 class Section:
     spec: SectionSpec
     rows: list[Row]
+    groups: list[Group] = field(default_factory=list)
 
     @property
     def measured(self) -> list[Row]:
@@ -173,7 +209,7 @@ class Table:
 
 
 Warn = Callable[[str], None]
-GroupKey = tuple[str, str, str, str, str]  # section, data set, method, probe, protocol
+GroupKey = tuple[str, str, str, str, str]  # section, data set, method, probe, protocol key
 
 
 def build_table(records: Iterable[Mapping[str, Any]], *, published: bool = True) -> Table:
@@ -201,10 +237,35 @@ def build_table(records: Iterable[Mapping[str, Any]], *, published: bool = True)
         if not rows:
             continue  # published numbers alone are in published.py; the table is about runs
         rows.sort(key=_rank)
-        if published:
-            rows += [_published_row(spec, p) for p in ALL_PUBLISHED.get(spec.key, ())]
-        sections.append(Section(spec, rows))
+        refs = [_published_row(spec, p) for p in ALL_PUBLISHED.get(spec.key, ())] if published else []
+        groups = group_rows(rows, refs)
+        sections.append(Section(spec, [r for g in groups for r in g.rows], groups))
     return Table(sections, warnings=notes, n_pretrain=n_pretrain)
+
+
+def group_rows(measured: list[Row], published: list[Row]) -> list[Group]:
+    """The section's groups: comparable measured rows each followed by the published rows it
+    reproduces (then the other published rows), and one group per other protocol. Measured groups
+    come first when no measured row is comparable, so a table of quick runs opens with them."""
+    paired: list[Row] = []
+    left = list(published)
+    for row in (r for r in measured if r.comparable):
+        mates = [p for p in left if key_matches(p.suite_method, row.method)]
+        paired += [row, *mates]
+        left = [p for p in left if p not in mates]
+    paired += left
+    others: dict[str, list[Row]] = {}
+    for row in (r for r in measured if not r.comparable):
+        others.setdefault(row.protocol_title, []).append(row)
+    rest = [Group(f"Measured under {title}: not comparable with the published numbers", False, rows)
+            for title, rows in others.items()]
+    if not paired:
+        return rest
+    n_measured = sum(not r.published for r in paired)
+    title = ("Published protocol: measured rows next to the published numbers they reproduce" if n_measured
+             else "Published numbers (no run above used the published protocol)")
+    group = Group(title, True, paired)
+    return [group, *rest] if n_measured else [*rest, group]
 
 
 def _group(records: Iterable[Mapping[str, Any]],
@@ -228,10 +289,25 @@ def _group(records: Iterable[Mapping[str, Any]],
             warn(f"{path}: no 'metrics' object; skipped")
             continue
         section, probe = routed
-        protocol = str(record.get("protocol") or "not recorded")
+        name, deviations, comparable, setup = protocol_of(record)
+        # a VOC row's columns are different tasks, each with its own recipe (and so its own deviation
+        # list): one trunk's tasks under one protocol fill one row; per-layer rows split by deviations
+        protocol = ("|".join([name, ";".join(deviations), setup]) if SECTION_BY_KEY[section].per_layer
+                    else f"{name}|{'comparable' if comparable else 'deviating'}")
         key = (section, dataset_name(record), str(record.get("method") or "unknown"), probe, protocol)
         groups.setdefault(key, []).append(item)
     return groups, n_pretrain
+
+
+def protocol_of(record: Mapping[str, Any]) -> tuple[str, tuple[str, ...], bool, str]:
+    """(protocol name, deviations, comparable, description) of a record. A ``protocol`` entry is
+    {"name", "recipe", "deviations"}; anything else (an older run's description string, or nothing)
+    is protocol "unknown", never comparable."""
+    entry = record.get("protocol")
+    if isinstance(entry, Mapping) and entry.get("name"):
+        deviations = tuple(str(d) for d in entry.get("deviations") or ())
+        return str(entry["name"]), deviations, is_comparable(entry), str(record.get("setup") or "")
+    return UNKNOWN, (), False, str(entry or record.get("setup") or "not recorded")
 
 
 def _rank(row: Row) -> tuple[Any, ...]:
@@ -241,12 +317,16 @@ def _rank(row: Row) -> tuple[Any, ...]:
 
 
 def _measured_row(key: GroupKey, items: list[dict[str, Any]], warn: Warn) -> Row:
-    section, dataset, method, probe, protocol = key
+    section, dataset, method, probe, _ = key
     kept = _one_per_seed(items, f"{method} ({probe}, {dataset})", warn)
     recorded = sorted({str(b) for it in kept if (b := it["record"].get("best_layer"))})
-    return Row(section, method, probe, dataset, protocol, False, _cells(section, kept, warn),
+    name, deviations, comparable, setup = protocol_of(kept[0]["record"])
+    # the union, in order, over the row's runs (one per VOC task)
+    deviations = tuple(dict.fromkeys(d for it in kept for d in protocol_of(it["record"])[1]))
+    return Row(section, method, probe, dataset, setup, False, _cells(section, kept, warn),
                suite_method=method, seeds=tuple(it["record"].get("seed") for it in kept),
-               files=tuple(Path(str(it["path"])) for it in kept), recorded_best=tuple(recorded))
+               files=tuple(Path(str(it["path"])) for it in kept), recorded_best=tuple(recorded),
+               protocol_name=name, deviations=deviations, comparable=comparable)
 
 
 def _one_per_seed(items: list[dict[str, Any]], group: str, warn: Warn) -> list[dict[str, Any]]:
@@ -312,8 +392,8 @@ def _published_row(spec: SectionSpec, p: PublishedRow) -> Row:
     cells = {k: Stat((float(v),), published=True) for k, v in p.values.items() if v is not None}
     probe = "linear" if spec.key == "probes" else ("finetune" if spec.key == "voc" else "")
     return Row(spec.key, p.method, probe, p.data, p.protocol, True, cells, citation=p.cite,
-               suite_method=p.suite_method, note=p.note)
+               suite_method=p.suite_method, note=p.note, protocol_name="published", comparable=True)
 
 
-__all__ = ["MISSING", "SECTIONS", "SECTION_BY_KEY", "Column", "Row", "Section", "SectionSpec", "Stat",
-           "Table", "build_table"]
+__all__ = ["MISSING", "SECTIONS", "SECTION_BY_KEY", "UNKNOWN", "Column", "Group", "Row", "Section", "SectionSpec",
+           "Stat", "Table", "build_table", "group_rows", "protocol_of"]

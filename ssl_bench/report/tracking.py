@@ -28,6 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from ssl_bench.config import CONF_DIR
+from ssl_bench.errors import ConfigError
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 PROBE_TIMEOUT_S = 2.0
@@ -145,23 +146,52 @@ def layer_rows(metrics: Mapping[str, Any]) -> list[list[Any]]:
 def finish_run(loggers: Iterable[Any], record: Mapping[str, Any], results_path: str | Path | None) -> None:
     """Log the end of a run to every W&B logger among ``loggers`` and finish it; others are left alone."""
     for run in wandb_experiments(loggers):
-        import wandb
-        if record.get("config"):
-            run.config.update(record["config"], allow_val_change=True)
-        metrics = {k: v for k, v in (record.get("metrics") or {}).items() if isinstance(v, (int, float))}
-        rows = layer_rows(metrics) if record.get("kind") == "probe" else []
-        final: dict[str, Any] = dict(metrics)  # one history row with the final numbers, also the summary
-        if rows:
-            final["probe/layers"] = wandb.Table(columns=["layer", "top1", "top5"], data=rows)
-        if final:
-            run.log(final)
-        if metrics:
-            run.summary.update(metrics)
-        if results_path is not None and Path(results_path).is_file():
-            art = wandb.Artifact(name=f"results-{run.id}", type="results")
-            art.add_file(str(results_path), name="results.json")
-            run.log_artifact(art)
-        run.finish()
+        finish_experiment(run, record, results_path)
+
+
+def results_run(results_path: str | Path, settings: Mapping[str, Any], *, group: str, name: str) -> str:
+    """Log a finished stage's ``results.json`` to the stage's W&B run and finish it; returns the run id.
+
+    For a benchmark re-run with ``logger=wandb`` whose stages finished before: the run id is the one
+    the stage's own WandbLogger uses (derived from its output folder, ``resume="allow"``), so a stage
+    that logged to W&B when it ran is continued, and one that ran without W&B gets its run now.
+    """
+    import json
+
+    import wandb
+    results_path = Path(results_path)
+    out_dir = results_path.parent
+    record = json.loads(results_path.read_text())
+    mode = "offline" if settings.get("offline") else None
+    if mode is None:
+        offline_unless_reachable(out_dir / "wandb")
+    run = wandb.init(project=settings.get("project"), entity=settings.get("entity") or None, group=group,
+                     tags=list(settings.get("tags") or []) or None, name=name, id=stable_run_id(out_dir),
+                     resume="allow", dir=str(out_dir), mode=mode, reinit="create_new")
+    finish_experiment(run, record, results_path)
+    return run.id
+
+
+def finish_experiment(run: Any, record: Mapping[str, Any], results_path: str | Path | None) -> None:
+    """The end of one W&B run: config, final metrics (history row and summary), the per-layer table
+    of a probe, ``results.json`` as an artifact, then ``finish()``."""
+    import wandb
+    if record.get("config"):
+        run.config.update(record["config"], allow_val_change=True)
+    metrics = {k: v for k, v in (record.get("metrics") or {}).items() if isinstance(v, (int, float))}
+    rows = layer_rows(metrics) if record.get("kind") == "probe" else []
+    final: dict[str, Any] = dict(metrics)  # one history row with the final numbers, also the summary
+    if rows:
+        final["probe/layers"] = wandb.Table(columns=["layer", "top1", "top5"], data=rows)
+    if final:
+        run.log(final)
+    if metrics:
+        run.summary.update(metrics)
+    if results_path is not None and Path(results_path).is_file():
+        art = wandb.Artifact(name=f"results-{run.id}", type="results")
+        art.add_file(str(results_path), name="results.json")
+        run.log_artifact(art)
+    run.finish()
 
 
 def log_leaderboard(columns: Sequence[str], rows: Sequence[Sequence[Any]], key: str = "leaderboard") -> bool:
@@ -227,7 +257,7 @@ def hydra_override_value(v: Any) -> str:
         return f"'{text}'"
     if '"' not in text:
         return f'"{text}"'
-    raise ValueError(f"logger.wandb: {text!r} has both kinds of quotes")
+    raise ConfigError(f"logger.wandb: {text!r} has both kinds of quotes")
 
 
 # set per run (name, id) or by the stage's own config (save_dir): never passed down by the benchmark
@@ -255,7 +285,7 @@ def leaderboard_wandb_args(settings: Mapping[str, Any], *, group: str) -> list[s
     return args + (["--wandb-mode", "offline"] if settings.get("offline") else [])
 
 
-__all__ = ["finish_run", "is_wandb_config", "layer_rows", "leaderboard_run", "log_leaderboard",
+__all__ = ["finish_experiment", "finish_run", "is_wandb_config", "layer_rows", "leaderboard_run", "log_leaderboard",
            "hydra_override_value", "leaderboard_wandb_args", "offline_unless_reachable", "stable_run_id",
-           "stage_wandb_overrides", "tcp_reachable", "wandb_experiments", "wandb_host",
+           "results_run", "stage_wandb_overrides", "tcp_reachable", "wandb_experiments", "wandb_host",
            "wandb_run_kwargs"]

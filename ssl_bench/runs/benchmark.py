@@ -34,8 +34,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_bench.config import compose
+from ssl_bench.errors import BusyError, ConfigError
 from ssl_bench.io import atomic_write_text
-from ssl_bench.runs.jobs import fail, root_cause, run_hydra, user_errors
+from ssl_bench.runs.jobs import composition_error, fail, root_cause, run_hydra, user_errors
 
 # method -> (kind, overrides). "pretrain" methods train a trunk; "init" methods are untrained rows.
 # Presets add their own overrides per method (e.g. the demo's experiment files).
@@ -67,7 +68,7 @@ def finished(stage_dir: Path) -> dict | None:
     return record if isinstance(record, dict) and record.get("status") == "completed" else None
 
 
-class OutputFolderBusy(RuntimeError):
+class OutputFolderBusy(BusyError):
     """Another benchmark holds the output folder's lock."""
 
 
@@ -154,7 +155,7 @@ def plan(cfg: DictConfig) -> list[Stage]:
                                 out, pre))
         for task in cfg.get("voc_tasks") or []:
             if task not in cfg.voc_task_presets:
-                raise ValueError(f"benchmark.voc_tasks: unknown task {task!r}; valid: {sorted(cfg.voc_task_presets)}")
+                raise ConfigError(f"benchmark.voc_tasks: unknown task {task!r}; valid: {sorted(cfg.voc_task_presets)}")
             stages.append(Stage(f"{method}/{task}", "finetune",
                                 [*source, *cfg.voc_task_presets[task], *cfg.finetune_overrides], out, pre))
     if cfg.get("colorization_eval"):
@@ -194,6 +195,16 @@ def log_overrides(cfg: DictConfig, stage: Stage) -> list[str]:
     from ssl_bench.report.tracking import stage_wandb_overrides
     return stage_wandb_overrides(OmegaConf.to_container(_wandb(cfg), resolve=False),
                                  group=wandb_group(cfg), name=stage.name)
+
+
+def log_finished_stage(cfg: DictConfig, stage: Stage) -> None:
+    """With ``logger=wandb``, a stage that finished before still gets its W&B run (one per stage, as
+    when it runs): its results.json is logged to the run id its own logger uses."""
+    if _wandb(cfg) is None or "logger" not in stage.config:
+        return
+    from ssl_bench.report.tracking import results_run
+    settings = {k: _wandb(cfg).get(k) for k in ("project", "entity", "tags", "offline")}
+    results_run(stage.dir / "results.json", settings, group=wandb_group(cfg), name=stage.name)
 
 
 def leaderboard_args(cfg: DictConfig, out: Path) -> list[str]:
@@ -240,10 +251,12 @@ def run_one(stage: Stage, runner: Callable[[str, list[str]], None], extra: list[
 
 def run_stages(stages: list[Stage], runner: Callable[[str, list[str]], None],
                extra: Callable[[Stage], list[str]] = lambda stage: [],
-               earlier: dict[str, float] | None = None) -> dict[str, Any]:
+               earlier: dict[str, float] | None = None,
+               on_skip: Callable[[Stage], None] = lambda stage: None) -> dict[str, Any]:
     """Run each stage unless its results exist; a failure is recorded and its dependants skipped.
     ``extra(stage)``: run-time overrides that are not part of the stage's hash (its loggers).
     ``earlier``: stage times of the previous run by stage folder, kept for the stages skipped now.
+    ``on_skip(stage)``: called for each stage that finished before (logs its results to W&B).
     Returns {"times", "ran", "skipped", "failures"}."""
     times: dict[str, float] = {}
     ran: list[str] = []
@@ -257,6 +270,7 @@ def run_stages(stages: list[Stage], runner: Callable[[str, list[str]], None],
         if record is not None:
             print(f"ssl-bench: benchmark: {stage.name} done before ({stage.dir}); skipped")
             skipped.append(stage.name)
+            on_skip(stage)
             t = skipped_time(stage, record, earlier or {})
             if t is not None:
                 times[stage.name] = t
@@ -277,15 +291,15 @@ def validate(cfg: DictConfig) -> None:
     known = dict(cfg.method_presets)
     bad = [m for m in cfg.methods if m not in known]
     if bad:
-        raise ValueError(f"benchmark.methods: unknown method(s) {bad}; valid: {sorted(known)}")
+        raise ConfigError(f"benchmark.methods: unknown method(s) {bad}; valid: {sorted(known)}")
     for m in cfg.methods:
         kind = known[m].get("kind")
         if kind not in KINDS:
-            raise ValueError(f"benchmark method_presets.{m}.kind: expected one of {KINDS}, got {kind!r}")
+            raise ConfigError(f"benchmark method_presets.{m}.kind: expected one of {KINDS}, got {kind!r}")
     if _wandb(cfg) is not None and not _wandb(cfg).get("project"):
-        raise ValueError("benchmark: logger=wandb needs logger.wandb.project")
+        raise ConfigError("benchmark: logger=wandb needs logger.wandb.project")
     if not cfg.probes and not cfg.get("voc_tasks"):
-        raise ValueError("benchmark: nothing to evaluate (probes and voc_tasks are both empty)")
+        raise ConfigError("benchmark: nothing to evaluate (probes and voc_tasks are both empty)")
 
 
 def run_benchmark(cfg: DictConfig, runner: Callable[[str, list[str]], None]) -> dict[str, Any]:
@@ -296,7 +310,8 @@ def run_benchmark(cfg: DictConfig, runner: Callable[[str, list[str]], None]) -> 
     stages = plan(cfg)
     out = Path(cfg.out_dir)
     with exclusive(out):
-        result = run_stages(stages, runner, lambda stage: log_overrides(cfg, stage), earlier_times(out))
+        result = run_stages(stages, runner, lambda stage: log_overrides(cfg, stage), earlier_times(out),
+                            lambda stage: log_finished_stage(cfg, stage))
         from ssl_bench.runs.leaderboard import main as leaderboard_main
         leaderboard_main(leaderboard_args(cfg, out))
         summary = {"out_dir": str(out), **result,
@@ -331,8 +346,9 @@ def main(argv: Sequence[str]) -> int:
     from hydra.errors import HydraException
     try:
         summary = run_benchmark(compose("benchmark", argv), _stage)
-    except (HydraException, OutputFolderBusy, *user_errors()) as e:
+    except (HydraException, *user_errors()) as e:
         if os.environ.get("SSL_BENCH_DEBUG"):
             raise
-        fail(root_cause(e))
+        cause = root_cause(e)
+        fail(composition_error(cause) if isinstance(cause, HydraException) else cause)
     return 1 if summary["failures"] else 0

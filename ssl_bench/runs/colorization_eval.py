@@ -20,6 +20,7 @@ from torch import nn
 from ssl_bench.colorization.colorize import DECODE_METHODS, load_colorizer, method_name
 from ssl_bench.colorization.quality import PROTOCOL, QualityAccumulator, load_classifier
 from ssl_bench.data.images import SkipCounter
+from ssl_bench.errors import ConfigError, DataError
 from ssl_bench.pretext.colorization import ColorizationPretext, training_prior
 from ssl_bench.runs.common import RunClock, device_for, finish_record
 
@@ -29,9 +30,9 @@ __all__ = ["run"]
 def _decoding(cfg: DictConfig) -> tuple[str, float]:
     decode, T = str(cfg.decode), float(cfg.T)
     if decode not in DECODE_METHODS:
-        raise ValueError(f"decode: expected one of {', '.join(DECODE_METHODS)}, got {decode!r}")
+        raise ConfigError(f"decode: expected one of {', '.join(DECODE_METHODS)}, got {decode!r}")
     if not T > 0:
-        raise ValueError(f"T must be > 0, got {T}")
+        raise ConfigError(f"T must be > 0, got {T}")
     return decode, T
 
 
@@ -51,16 +52,16 @@ def _eval_samples(cfg: DictConfig, dm: Any, cdesc: dict[str, Any] | None) -> lis
     """The val split (or ``max_images`` of it, a fixed random subset), checked against the classifier."""
     samples = list(dm.val_samples)
     if not samples:
-        raise ValueError(f"data.root={dm.root}: the val split is empty")
+        raise DataError(f"data.root={dm.root}: the val split is empty")
     if cfg.get("max_images") and len(samples) > cfg.max_images:
         samples = sorted(random.Random(cfg.seed).sample(samples, int(cfg.max_images)))
     if cdesc is not None:
         if any(label < 0 for _, label in samples):
-            raise ValueError(f"classifier=...: data.root={dm.root} has no labels (data.layout=folder); "
-                             "the classifier test needs class folders (data.layout=imagefolder)")
+            raise DataError(f"classifier=...: data.root={dm.root} has no labels (data.layout=folder); "
+                            "the classifier test needs class folders (data.layout=imagefolder)")
         if cdesc["num_classes"] != dm.num_classes:
-            raise ValueError(f"classifier={cfg.classifier} has {cdesc['num_classes']} classes but "
-                             f"data.root={dm.root} has {dm.num_classes}")
+            raise ConfigError(f"classifier={cfg.classifier} has {cdesc['num_classes']} classes but "
+                              f"data.root={dm.root} has {dm.num_classes}")
     return samples
 
 
@@ -119,7 +120,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     skips = _score(dm, samples, int(cfg.batch_size), scores, device)
     loop_s = time.perf_counter() - tl
     if not scores.images:
-        raise ValueError(f"data.root={dm.root}: no decodable image in the val split ({skips.count} unreadable)")
+        raise DataError(f"data.root={dm.root}: no decodable image in the val split ({skips.count} unreadable)")
     metrics = {**scores.metrics(), "color/images_per_s": scores.images / loop_s if loop_s > 0 else None}
     record = {
         "kind": "colorization_eval", "task": "auc_classifier", "method": method_name(model), "status": "completed",

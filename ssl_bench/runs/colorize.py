@@ -28,7 +28,7 @@ from ssl_bench.colorization.colorize import (
     save_png,
 )
 from ssl_bench.data.images import DECODE_ERRORS, decode_rgb, list_images
-from ssl_bench.models.checkpoint import CheckpointMismatchError
+from ssl_bench.errors import SuiteError
 from ssl_bench.pretext.colorization import ColorizationPretext
 from ssl_bench.runs.common import device_for, key_value_flags
 
@@ -123,7 +123,7 @@ def main(argv: Sequence[str]) -> int:
         return _error(f"--size must be >= 0, got {args.size}")
     try:
         model = load_colorizer(args.checkpoint, device_for("auto") if args.device == "auto" else args.device)
-    except (FileNotFoundError, CheckpointMismatchError) as e:
+    except SuiteError as e:
         return _error(e)
     out = Path(args.out).expanduser() if args.out else None
     jobs, missing = _gather(args.inputs, out)

@@ -11,6 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ssl_bench.errors import ConfigError
 from ssl_bench.report.results import write_results
 
 RESULTS_NAME = "results.json"
@@ -48,6 +49,54 @@ def device_for(accelerator: str) -> str:
     """The device a single-process evaluation runs on, from ``trainer.accelerator``."""
     import torch
     return "cuda" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "cpu"
+
+
+def recipe_settings(recipe: DictConfig, *sections: DictConfig | None) -> dict[str, Any]:
+    """The recipe's values as a run uses them, resolved to plain values.
+
+    A job config exposes some recipe values under its own keys too (``probe.epochs: ${recipe.epochs}``),
+    so either spelling can be overridden; the first of ``sections`` that has a key gives its value,
+    and that value (not the recipe file's) is what the run records and compares with the paper's.
+    """
+    out: dict[str, Any] = {}
+    for key in recipe:
+        source = next((s for s in sections if s is not None and key in s), recipe)
+        value = source[key]
+        out[str(key)] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    return out
+
+
+def world_size(trainer: Any) -> int:
+    """Processes a Lightning run of ``trainer`` (a ``trainer`` config) uses: devices x nodes.
+
+    An initialised process group answers for itself; otherwise ``devices`` is read as Lightning
+    does: a count, a list or comma-separated string of device ids, or "auto"/-1 (every visible GPU
+    on a GPU accelerator, one process on the CPU)."""
+    import torch
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    devices = trainer.get("devices", 1)
+    nodes = int(trainer.get("num_nodes", 1) or 1)
+    if isinstance(devices, str) and "," in devices:
+        count = len([d for d in devices.split(",") if d.strip()])
+    elif isinstance(devices, Sequence) and not isinstance(devices, str):
+        count = len(devices)
+    elif str(devices) in ("auto", "-1"):
+        gpu = trainer.get("accelerator", "auto") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        count = torch.cuda.device_count() if gpu else 1
+    else:
+        count = int(devices)
+    return max(1, count) * max(1, nodes)
+
+
+def per_device_batch(global_batch: int, world: int, key: str) -> int:
+    """The batch each of ``world`` processes takes so that together they take the recipe's global
+    batch; a global batch that does not split evenly is an error naming the config ``key``."""
+    if global_batch % world:
+        raise ConfigError(f"{key}={global_batch} is the global batch and must split evenly over the {world} "
+                         f"processes (trainer.devices x trainer.num_nodes); choose devices that divide it")
+    return global_batch // world
 
 
 def key_value_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:

@@ -71,10 +71,10 @@ def _synthetic(a: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    from ssl_bench.data.images import DataLayoutError
+    from ssl_bench.errors import SuiteError
     a = _parser().parse_args(argv)
     try:
         (_cache if a.cmd == "cache" else _synthetic)(a)
-    except (ValueError, FileExistsError, DataLayoutError) as e:
+    except SuiteError as e:
         fail(e)
     return 0

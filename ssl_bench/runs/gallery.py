@@ -67,12 +67,11 @@ def main(argv: Sequence[str]) -> int:
     if args.T <= 0:
         print(f"{PROG}: error: --T must be > 0, got {args.T}", file=sys.stderr)
         return 2
-    from ssl_bench.data.images import DataLayoutError
-    from ssl_bench.models.checkpoint import CheckpointMismatchError
+    from ssl_bench.errors import SuiteError
     try:
         images, skipped = load_gallery_images(args.data, args.num)
         models = _load_models(ckpts)
-    except (DataLayoutError, CheckpointMismatchError, FileNotFoundError, ValueError) as e:
+    except SuiteError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     for path, why in skipped:

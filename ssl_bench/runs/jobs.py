@@ -39,16 +39,15 @@ PROGRAM: list[str | None] = [None]
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors caused by the user's input: reported in one line, no traceback (SSL_BENCH_DEBUG=1 shows it)."""
+    """Errors caused by the user's input: reported in one line, no traceback (SSL_BENCH_DEBUG=1 shows it).
+
+    Only the suite's own error types (ssl_bench/errors.py) and a required config value left out: a
+    plain ValueError or FileNotFoundError comes from a bug and keeps its traceback.
+    """
     from omegaconf.errors import MissingMandatoryValue
 
-    from ssl_bench.data.images import DataLayoutError, ImageReadError
-    from ssl_bench.models.checkpoint import CheckpointMismatchError
-    from ssl_bench.pretext.callbacks import CheckpointWriteError
-    from ssl_bench.pretext.common import NonFiniteLossError
-    # a full disk and an unreadable data file are fixed by the user, not in the code: one line each
-    return (DataLayoutError, CheckpointMismatchError, NonFiniteLossError, MissingMandatoryValue,
-            CheckpointWriteError, ImageReadError, FileNotFoundError, FileExistsError, ValueError)
+    from ssl_bench.errors import SuiteError
+    return (SuiteError, MissingMandatoryValue)
 
 
 def root_cause(e: BaseException) -> BaseException:
@@ -59,9 +58,33 @@ def root_cause(e: BaseException) -> BaseException:
     return e
 
 
-def fail(e: BaseException) -> None:
+def fail(e: BaseException | str) -> None:
+    """Report a user error in one line and exit with status 2."""
     print(f"ssl-bench: error: {e}", file=sys.stderr)
     sys.exit(2)
+
+
+def composition_error(e: BaseException) -> str:
+    """Hydra's multi-line composition message (an unknown key or option) as one line naming the key."""
+    text = str(e).split("\nConfig search path:")[0]
+    if e.__cause__ is not None and str(e.__cause__):
+        text += f" ({str(e.__cause__).splitlines()[0]})"
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def check_overrides(config: str, overrides: Sequence[str]) -> None:
+    """Compose ``config`` with the command line before Hydra runs it: a misspelt key or option becomes
+    a one-line ConfigError. Sweeps (-m) and Hydra flags are left to Hydra, which expands them."""
+    from hydra.errors import ConfigCompositionException
+
+    from ssl_bench.config import compose
+    from ssl_bench.errors import ConfigError
+    if any(a.startswith("-") for a in overrides):
+        return
+    try:
+        compose(config, overrides)
+    except ConfigCompositionException as e:
+        raise ConfigError(composition_error(e)) from e
 
 
 def summary(record: dict[str, Any], shown: tuple[str, ...]) -> str:
@@ -87,11 +110,20 @@ def run_hydra(name: str, overrides: Sequence[str], prog: str, errors: list[BaseE
     """
     import hydra
 
-    from ssl_bench.config import CONF_DIR
+    from ssl_bench.config import CONF_DIR, validate
     job = JOBS[name]
+    try:
+        check_overrides(job.config, overrides)
+    except Exception as e:
+        if errors is not None:
+            errors.append(e)
+        if isinstance(e, user_errors()) and not os.environ.get("SSL_BENCH_DEBUG"):
+            fail(e)
+        raise
 
     def guarded(cfg: Any) -> Any:
         try:
+            validate(cfg)
             record = job.run(cfg)
         except Exception as e:  # only user errors are shortened; the rest keeps its traceback
             cause = root_cause(e)

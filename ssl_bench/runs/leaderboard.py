@@ -16,6 +16,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from ssl_bench.errors import SuiteError
 from ssl_bench.report.collect import RESULTS_NAME, ResultsWarning, collect
 from ssl_bench.report.render import log_to_wandb, render, to_markdown
 from ssl_bench.report.table import Table, build_table
@@ -53,7 +54,7 @@ def _tabulate(args: argparse.Namespace) -> Table | int:
         warnings.simplefilter("always", ResultsWarning)
         try:
             records = collect(args.dirs)
-        except FileNotFoundError as e:
+        except SuiteError as e:
             print(f"{PROG}: error: {e}", file=sys.stderr)
             return 2
     skipped = [str(w.message) for w in caught if issubclass(w.category, ResultsWarning)]

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from ssl_bench.errors import ConfigError
 from ssl_bench.models.checkpoint import check_state_dict, read_checkpoint
 from ssl_bench.models.init import apply_init
 from ssl_bench.pretext.callbacks import AtomicCheckpointIO, CheckpointMetadata
@@ -100,9 +101,9 @@ def compile_trunk(model: pl.LightningModule) -> None:
             get_cpp_compiler()
         torch.compile(lambda x: x * 2 + 1)(torch.ones(2))
     except Exception as e:
-        raise ValueError(f"compile=true: torch.compile's inductor backend does not work on this machine "
-                         f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
-                         "set compile=false") from e
+        raise ConfigError(f"compile=true: torch.compile's inductor backend does not work on this machine "
+                          f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
+                          "set compile=false") from e
     model.trunk.forward_features = torch.compile(model.trunk.forward_features)
 
 
@@ -128,7 +129,10 @@ def build_model(cfg: DictConfig, dm: Any, fresh: bool = True) -> pl.LightningMod
     pretext = instantiate(cfg.pretext, _partial_=True, trunk=trunk, optimizer=instantiate(cfg.optimizer),
                           scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None)
     derive = getattr(pretext.func, "data_arguments", None)
-    return pretext(**(derive(dm, cfg.paths.cache_dir, pretext.keywords) if derive else {}))
+    model = pretext(**(derive(dm, cfg.paths.cache_dir, pretext.keywords) if derive else {}))
+    if fresh and hasattr(init, "init_head") and hasattr(model, "head"):
+        init.init_head(model.head)  # run_init: the authors' fc8 starts at zero (no filler in their prototxt)
+    return model
 
 
 def build_callbacks(cfg: DictConfig, checkpoint: ModelCheckpoint, step_times: StepTimes) -> list[pl.Callback]:
@@ -203,10 +207,35 @@ def build_trainer(cfg: DictConfig, step_times: StepTimes, loggers: list[Any]) ->
                        callbacks=build_callbacks(cfg, checkpoint, step_times), logger=loggers)
 
 
+def check_patch_geometry(cfg: DictConfig) -> None:
+    """Context prediction's 3 x 3 grid of patches must fit the crop: say so before any data is read,
+    naming the keys and the preset that fits the synthetic data."""
+    from ssl_bench.pretext.patches import min_image_size
+    p = cfg.pretext
+    if not str(p.get("_target_", "")).endswith("ContextPredictionPretext"):
+        return
+    need, crop = min_image_size(p.patch_size, p.gap, p.jitter), cfg.data.crop_size
+    if crop < need:
+        raise ConfigError(f"pretext=context_prediction: data.crop_size={crop} is smaller than the {need} px that "
+                          f"the 3x3 grid of pretext.patch_size={p.patch_size}, pretext.gap={p.gap}, "
+                          f"pretext.jitter={p.jitter} needs; on the synthetic data use "
+                          f"experiment=demo_context_prediction (patches scaled to 64 px images), otherwise "
+                          f"set data.crop_size>={need} (and data.load_size) or shrink the patches")
+
+
+def per_device_batch(global_batch: int, world: int) -> int:
+    """``data.batch_size`` is the global batch: each of the ``world`` processes loads its share."""
+    if global_batch % world:
+        raise ConfigError(f"data.batch_size={global_batch} is the global batch; it must divide evenly over "
+                          f"the {world} processes (trainer.devices x trainer.num_nodes): use a multiple of {world}")
+    return global_batch // world
+
+
 def pretrain(cfg: DictConfig) -> dict[str, Any]:
     """Run one pretraining job; returns the results.json record."""
     clock = RunClock()
     out_dir = Path(cfg.paths.output_dir)
+    check_patch_geometry(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     dm = instantiate(cfg.data)
     dm.prepare_data()
@@ -218,6 +247,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     step_times = StepTimes()
     loggers = build_loggers(cfg)
     trainer = build_trainer(cfg, step_times, loggers)
+    dm.batch_size = per_device_batch(cfg.data.batch_size, trainer.world_size)
     if resume:
         check_state_dict(model, read_checkpoint(resume)["state_dict"], resume)
     # re-seed after the preparation: a cached prior or a skipped init must not shift the data order
@@ -228,7 +258,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     final = final_samples(model, dm) if trainer.is_global_zero else None  # one writer under DDP
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("pretrain/")}
     metrics["pretrain/steps"] = trainer.global_step
-    metrics["pretrain/images_per_s"] = (trainer.global_step * dm.batch_size) / clock.elapsed()
+    metrics["pretrain/images_per_s"] = (trainer.global_step * cfg.data.batch_size) / clock.elapsed()
     meta = model.checkpoint_meta
     record = {
         "kind": "pretrain",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ssl_bench.colorization.gallery import resolve_images
 from ssl_bench.colorization.prior_figure import PriorData, plot_prior_figure, prior_from_checkpoint, prior_from_images
+from ssl_bench.errors import ConfigError, SuiteError
 from ssl_bench.io import atomic_write_bytes
 
 __all__ = ["main"]
@@ -38,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
 def _prior(args: argparse.Namespace) -> tuple[PriorData, list[tuple[str, str]]]:
     """The figure's data from --checkpoint or --data, and the unreadable images met."""
     if args.max_images is not None and args.max_images < 1:
-        raise ValueError(f"--max-images must be >= 1, got {args.max_images}")
+        raise ConfigError(f"--max-images must be >= 1, got {args.max_images}")
     if args.checkpoint:
         return prior_from_checkpoint(args.checkpoint, args.lam), []
     paths, where = resolve_images([args.data])
@@ -51,11 +52,9 @@ def main(argv: Sequence[str]) -> int:
         args = _parser().parse_args(list(argv))
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
-    from ssl_bench.data.images import DataLayoutError
-    from ssl_bench.models.checkpoint import CheckpointMismatchError
     try:
         data, skipped = _prior(args)
-    except (DataLayoutError, CheckpointMismatchError, FileNotFoundError, ValueError) as e:
+    except SuiteError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     for path, why in skipped:

@@ -132,7 +132,7 @@ def main(argv: Sequence[str]) -> int:
     if argv and argv[0] == "results":
         return results_main(argv[1:])
     args = _parse(_test_parser(), argv)
-    from ssl_bench.models.checkpoint import CheckpointMismatchError
+    from ssl_bench.errors import SuiteError
     try:
         httpd = _bind(args)
     except UserError as e:
@@ -141,7 +141,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         try:
             app = _build_app(args)
-        except (UserError, CheckpointMismatchError, FileNotFoundError) as e:
+        except SuiteError as e:
             return _error(e)
         _serve(httpd, app, args)
         return 0

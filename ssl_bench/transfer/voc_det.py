@@ -55,9 +55,11 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from ssl_bench.data.images import DECODE_ERRORS, SkipCounter, decode_rgb
 from ssl_bench.data.voc import VOC_CLASSES, read_annotations, voc_root
+from ssl_bench.errors import CheckpointError
 from ssl_bench.metrics import detection_ap, voc_prefix
 from ssl_bench.models.inputs import trunk_input
 from ssl_bench.pretext.common import check_finite, configure_optimizers
+from ssl_bench.transfer.loaders import sharded_loader
 
 __all__ = ["VOCDetectionDataset", "VOCDetectionData", "VOCDetectionTask", "collate_detection",
            "hflip_detection", "evaluate_detections", "TrunkBackbone", "box_head"]
@@ -176,8 +178,9 @@ class VOCDetectionData(pl.LightningDataModule):
 
     def __init__(self, root: str | Path, year: str | int = "2007", train_split: str = "trainval",
                  test_split: str = "test", min_size: int = 600, max_size: int = 1000, batch_size: int = 2,
-                 num_workers: int = 2, use_difficult_in_training: bool = False) -> None:
+                 num_workers: int = 2, use_difficult_in_training: bool = False, seed: int = 0) -> None:
         super().__init__()
+        self.seed = int(seed)  # the training order (DDP ranks split the same global batches)
         self.root, self.year = root, str(year)
         self.train_split, self.test_split = train_split, test_split
         self.min_size, self.max_size = min_size, max_size
@@ -195,9 +198,7 @@ class VOCDetectionData(pl.LightningDataModule):
             self.test_set = VOCDetectionDataset(self.root, self.year, self.test_split)
 
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=collate_detection, persistent_workers=self.num_workers > 0,
-                          drop_last=False)
+        return sharded_loader(ds, self.batch_size, shuffle, self.seed, collate_detection, self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
@@ -280,7 +281,7 @@ class VOCDetectionTask(pl.LightningModule):
         self.save_hyperparameters(ignore=["trunk", "optimizer", "scheduler", "fc6", "fc7"])
         space = getattr(trunk, "input_space", None)
         if space is None:
-            raise ValueError("voc_det: the trunk has no input_space ('L', 'rgb' or 'lab')")
+            raise CheckpointError("voc_det: the trunk has no input_space ('L', 'rgb' or 'lab')")
         self.input_space, self.year = space, str(year)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         backbone = TrunkBackbone(trunk)
@@ -290,12 +291,12 @@ class VOCDetectionTask(pl.LightningModule):
         if fc6 is None:
             fc6 = nn.Linear(c * k * k, int(cfg.get("fc_channels", 4096)))
         if fc6.in_features != c * k * k:
-            raise ValueError(f"voc_det: fc6 reads {fc6.in_features} inputs but the RoI grid is conv5 width {c} "
-                             f"x {k} x {k} = {c * k * k} (fc6_kernel={k})")
+            raise CheckpointError(f"voc_det: fc6 reads {fc6.in_features} inputs but the RoI grid is conv5 width {c} "
+                                  f"x {k} x {k} = {c * k * k} (fc6_kernel={k})")
         if fc7 is None:
             fc7 = nn.Linear(fc6.out_features, fc6.out_features)
         if fc7.in_features != fc6.out_features:
-            raise ValueError(f"voc_det: fc7 reads {fc7.in_features} inputs but fc6 gives {fc6.out_features}")
+            raise CheckpointError(f"voc_det: fc7 reads {fc7.in_features} inputs but fc6 gives {fc6.out_features}")
         self.roi_grid = k
         n_in = _input_channels(space)
         anchors = AnchorGenerator(sizes=tuple(tuple(s) for s in anchor_sizes),

@@ -10,7 +10,12 @@ nets kept that layer fixed at bilinear, hence ``learn_upsampling=False`` by defa
 then frozen, and the layer is computed by the equivalent, faster ``F.interpolate``; the result is the
 same up to float rounding, see ``FCN32s.upsample``).
 
-Stride.  "32s" is VGG's stride; this AlexNet's pool5 has stride 1, so the fc7 map has stride
+Two nets.  :class:`DeployFCN32s` is the authors' (their segmentation prototxt, FCN's voc-fcn-alexnet) on
+the deploy (CaffeNet) geometry: input padded by 100, stride 32, a fixed 63-tap bilinear up-convolution
+and FCN's crop (offset 18), whole training images; the ``paper`` recipe.  :class:`FCN32s` (below) reads
+the training geometry's stride-16 fc7 map; the ``fast`` recipe.
+
+Stride.  "32s" is VGG's stride; the train geometry's pool5 has stride 1, so the fc7 map has stride
 ``s = 16`` (fc7 is ``ceil(H / 16) x ceil(W / 16)`` for an H x W input) and the up-convolution is
 32 x 32 with stride 16.  It is still the single-stream FCN-32s design (no skip layers).
 
@@ -88,13 +93,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from ssl_bench.data.images import DECODE_ERRORS, SkipCounter, decode_rgb
 from ssl_bench.data.voc import VOC_CLASSES, read_image_set, voc_colormap, voc_root
+from ssl_bench.errors import ConfigError, DataError, MissingDataError
 from ssl_bench.metrics import confusion_matrix, mean_iou, per_class_iou, pixel_accuracy, voc_prefix
 from ssl_bench.models.inputs import RGB_MEAN, trunk_input
-from ssl_bench.pretext.common import check_finite, configure_optimizers
+from ssl_bench.pretext.common import check_finite
+from ssl_bench.transfer.loaders import sharded_loader
 
-__all__ = ["IGNORE_INDEX", "MEAN_PIXEL", "NUM_CLASSES", "SEG_CLASSES", "FCN32s", "SegTrainTransform",
+__all__ = ["IGNORE_INDEX", "MEAN_PIXEL", "NUM_CLASSES", "SEG_CLASSES", "DeployFCN32s", "FCN32s", "SegTrainTransform",
            "VOCSegmentationData", "VOCSegmentationDataset", "VOCSegmentationTask", "bilinear_kernel",
-           "collate_seg", "read_mask", "read_sbd_mask", "sbd_dataset_dir"]
+           "build_fcn", "collate_seg", "coordinate_map", "read_mask", "read_sbd_mask", "sbd_dataset_dir",
+           "trunk_layers"]
 
 NUM_CLASSES = 21
 IGNORE_INDEX = 255
@@ -108,12 +116,12 @@ _VALID_LABELS = np.array([*range(NUM_CLASSES), IGNORE_INDEX])
 
 def _check_labels(a: np.ndarray, path: Path | str) -> np.ndarray:
     if a.ndim != 2:
-        raise ValueError(f"{path}: segmentation mask must be a 2-D class map, got shape {a.shape}")
+        raise DataError(f"{path}: segmentation mask must be a 2-D class map, got shape {a.shape}")
     values = np.unique(a)
     bad = np.setdiff1d(values, _VALID_LABELS)
     if bad.size:
-        raise ValueError(f"{path}: segmentation mask holds values {bad[:10].tolist()} outside 0..20 "
-                         f"and {IGNORE_INDEX} (void)")
+        raise DataError(f"{path}: segmentation mask holds values {bad[:10].tolist()} outside 0..20 "
+                        f"and {IGNORE_INDEX} (void)")
     return a.astype(np.uint8, copy=False)
 
 
@@ -126,9 +134,9 @@ def _rgb_to_classes(rgb: np.ndarray, path: Path) -> np.ndarray:
     found = [tuple(int(v) for v in c) for c in colours]
     unknown = [c for c in found if c not in index]
     if unknown:
-        raise ValueError(f"{path}: RGB segmentation mask holds {len(unknown)} colour(s) that are not VOC "
-                         f"class colours, e.g. {unknown[:5]}; expected a palette ('P') PNG of class "
-                         "indices or exactly the devkit's colours for classes 0..20 and void")
+        raise DataError(f"{path}: RGB segmentation mask holds {len(unknown)} colour(s) that are not VOC "
+                        f"class colours, e.g. {unknown[:5]}; expected a palette ('P') PNG of class "
+                        "indices or exactly the devkit's colours for classes 0..20 and void")
     lut = np.array([index[c] for c in found], dtype=np.uint8)
     return lut[inverse.reshape(-1)].reshape(rgb.shape[:2])
 
@@ -146,8 +154,8 @@ def read_mask(path: str | Path) -> np.ndarray:
         if im.mode == "RGB":
             return _rgb_to_classes(np.array(im), path)
         if im.mode not in ("P", "L"):
-            raise ValueError(f"{path}: segmentation mask has PIL mode {im.mode!r}; expected a palette "
-                             "('P') or greyscale ('L') PNG of class indices, or an RGB PNG in VOC colours")
+            raise DataError(f"{path}: segmentation mask has PIL mode {im.mode!r}; expected a palette "
+                            "('P') or greyscale ('L') PNG of class indices, or an RGB PNG in VOC colours")
         a = np.array(im)
     return _check_labels(a, path)
 
@@ -161,16 +169,16 @@ def read_sbd_mask(path: str | Path) -> np.ndarray:
     try:
         mat = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
     except (ValueError, TypeError, NotImplementedError, OSError) as e:
-        raise ValueError(f"{path}: not a readable SBD .mat file ({e})") from None
+        raise DataError(f"{path}: not a readable SBD .mat file ({e})") from None
     gt = mat.get("GTcls")
     seg = getattr(gt, "Segmentation", None)
     if seg is None:
-        raise ValueError(f"{path}: no GTcls.Segmentation in this .mat (keys: "
-                         f"{sorted(k for k in mat if not k.startswith('__'))}); expected SBD's cls/ files")
+        raise DataError(f"{path}: no GTcls.Segmentation in this .mat (keys: "
+                        f"{sorted(k for k in mat if not k.startswith('__'))}); expected SBD's cls/ files")
     a = np.asarray(seg)
     if not np.issubdtype(a.dtype, np.integer):
         if not np.issubdtype(a.dtype, np.floating) or not np.all(a == np.round(a)):
-            raise ValueError(f"{path}: GTcls.Segmentation must hold integer class indices, got {a.dtype}")
+            raise DataError(f"{path}: GTcls.Segmentation must hold integer class indices, got {a.dtype}")
     return _check_labels(a, path)
 
 
@@ -181,10 +189,10 @@ def sbd_dataset_dir(sbd_root: str | Path) -> Path:
         if (cand / "cls").is_dir() and (cand / "img").is_dir():
             for split in ("train.txt", "val.txt"):
                 if not (cand / split).is_file():
-                    raise FileNotFoundError(f"{cand / split}: SBD split file is missing")
+                    raise MissingDataError(f"{cand / split}: SBD split file is missing")
             return cand
-    raise FileNotFoundError(f"{root}: no SBD data set here; expected benchmark_RELEASE/dataset with "
-                            "img/<id>.jpg, cls/<id>.mat, train.txt and val.txt")
+    raise MissingDataError(f"{root}: no SBD data set here; expected benchmark_RELEASE/dataset with "
+                           "img/<id>.jpg, cls/<id>.mat, train.txt and val.txt")
 
 
 def _read_ids(f: Path) -> list[str]:
@@ -219,9 +227,9 @@ class SegTrainTransform:
                  flip: bool = True, fill: Sequence[int] = MEAN_PIXEL) -> None:
         lo, hi = (float(v) for v in scale_range)
         if not 0 < lo <= hi:
-            raise ValueError(f"scale_range: expected 0 < low <= high, got {tuple(scale_range)}")
+            raise ConfigError(f"scale_range: expected 0 < low <= high, got {tuple(scale_range)}")
         if crop_size < 1:
-            raise ValueError(f"crop_size: expected a positive size, got {crop_size}")
+            raise ConfigError(f"crop_size: expected a positive size, got {crop_size}")
         self.crop_size, self.scale_range, self.flip, self.fill = int(crop_size), (lo, hi), flip, tuple(fill)
 
     def __call__(self, image: Tensor, mask: Tensor,
@@ -256,9 +264,10 @@ class VOCSegmentationDataset(Dataset):
     Args:
         root: the VOC<year> folder, the VOCdevkit above it, or the folder holding VOCdevkit.
         year: VOC year ("2012").
-        split: ``ImageSets/Segmentation/<split>.txt``.
-        sbd_root: SBD's ``benchmark_RELEASE/dataset`` (see the module docstring); only with split
-            "train": adds SBD train+val ids that are not in VOC ``val``.
+        split: ``ImageSets/Segmentation/<split>.txt`` (e.g. "seg11valid" with FCN's 736-image list placed
+            there), or "sbd_train": exactly SBD's ``train.txt`` images and labels (the papers' training set).
+        sbd_root: SBD's ``benchmark_RELEASE/dataset`` (see the module docstring); with split "train" it
+            adds SBD train+val ids that are not in VOC ``val``; split "sbd_train" needs it.
         transform: joint ``(image, mask) -> (image, mask)`` (e.g. :class:`SegTrainTransform`).
     Every listed image and label file must exist (FileNotFoundError naming the first missing one).
     """
@@ -268,6 +277,16 @@ class VOCSegmentationDataset(Dataset):
                  transform: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None) -> None:
         self.root = voc_root(root, year)
         self.year, self.split, self.transform = str(year), split, transform
+        if split == "sbd_train":
+            if sbd_root is None:
+                raise ConfigError("task.datamodule.sbd_root: the split 'sbd_train' (SBD's train.txt) needs the "
+                                  "SBD dataset folder (benchmark_RELEASE/dataset)")
+            sbd = sbd_dataset_dir(sbd_root)
+            self.samples = [(i, sbd / "img" / f"{i}.jpg", sbd / "cls" / f"{i}.mat")
+                            for i in _read_ids(sbd / "train.txt")]
+            self.num_sbd = len(self.samples)
+            self._check_files()
+            return
         ids = read_image_set(self.root, year, split, task="Segmentation")
         self.samples: list[tuple[str, Path, Path]] = [
             (i, self.root / "JPEGImages" / f"{i}.jpg", self.root / "SegmentationClass" / f"{i}.png")
@@ -275,8 +294,8 @@ class VOCSegmentationDataset(Dataset):
         self.num_sbd = 0
         if sbd_root is not None:
             if split != "train":
-                raise ValueError(f"sbd_root: SBD augmentation applies to the VOC 'train' split only "
-                                 f"(got split={split!r}); SBD overlaps VOC val and test must stay clean")
+                raise ConfigError(f"sbd_root: SBD augmentation applies to the VOC 'train' split only "
+                                  f"(got split={split!r}); SBD overlaps VOC val and test must stay clean")
             sbd = sbd_dataset_dir(sbd_root)
             exclude = set(read_image_set(self.root, year, "val", task="Segmentation")) | set(ids)
             extra: list[str] = []
@@ -287,10 +306,13 @@ class VOCSegmentationDataset(Dataset):
                     extra.append(i)
             self.samples += [(i, sbd / "img" / f"{i}.jpg", sbd / "cls" / f"{i}.mat") for i in extra]
             self.num_sbd = len(extra)
+        self._check_files()
+
+    def _check_files(self) -> None:
         for image_id, img, lab in self.samples:
             for f, what in ((img, "image"), (lab, "segmentation label")):
                 if not f.is_file():
-                    raise FileNotFoundError(f"{f}: {what} of {image_id} (listed in {split}) is missing")
+                    raise MissingDataError(f"{f}: {what} of {image_id} (listed in {self.split}) is missing")
 
     @property
     def ids(self) -> list[str]:
@@ -311,8 +333,8 @@ class VOCSegmentationDataset(Dataset):
             return None, str(img_path)
         mask = torch.from_numpy(self.read_label(index))
         if tuple(image.shape[1:]) != tuple(mask.shape):
-            raise ValueError(f"{lab_path}: label is {tuple(mask.shape)} but image {img_path} is "
-                             f"{tuple(image.shape[1:])} (H x W)")
+            raise DataError(f"{lab_path}: label is {tuple(mask.shape)} but image {img_path} is "
+                            f"{tuple(image.shape[1:])} (H x W)")
         if self.transform is not None:
             image, mask = self.transform(image, mask)
         return image, mask
@@ -336,17 +358,20 @@ def collate_seg(batch: list[tuple[Any, Any]], fill: Sequence[int] = MEAN_PIXEL) 
 
 
 class VOCSegmentationData(pl.LightningDataModule):
-    """Train on ``train_split`` (+ SBD) with :class:`SegTrainTransform`, test on whole
+    """Train on ``train_split`` (+ SBD) with :class:`SegTrainTransform` (``crop_size=None``: whole
+    images, unaugmented, as FCN's data layer; use batch size 1 or they are padded), test on whole
     ``test_split`` images (``test_batch_size`` per batch, padded; 1 = FCN's protocol)."""
 
     def __init__(self, root: str | Path, year: str | int = "2012", train_split: str = "train",
-                 test_split: str = "val", sbd_root: str | Path | None = None, crop_size: int = 320,
+                 test_split: str = "val", sbd_root: str | Path | None = None, crop_size: int | None = 320,
                  scale_range: Sequence[float] = (0.5, 1.5), batch_size: int = 8, num_workers: int = 2,
-                 test_batch_size: int = 1) -> None:
+                 test_batch_size: int = 1, seed: int = 0) -> None:
         super().__init__()
+        self.seed = int(seed)  # the training order (DDP ranks split the same global batches)
         self.root, self.year = root, str(year)
         self.train_split, self.test_split, self.sbd_root = train_split, test_split, sbd_root
-        self.transform = SegTrainTransform(crop_size, scale_range)
+        # no crop size: whole training images as FCN's data layer reads them (no scaling, no flip)
+        self.transform = None if crop_size is None else SegTrainTransform(crop_size, scale_range)
         self.batch_size, self.test_batch_size, self.num_workers = batch_size, test_batch_size, num_workers
         self.train_set: VOCSegmentationDataset | None = None
         self.test_set: VOCSegmentationDataset | None = None
@@ -359,9 +384,7 @@ class VOCSegmentationData(pl.LightningDataModule):
             self.test_set = VOCSegmentationDataset(self.root, self.year, self.test_split)
 
     def _loader(self, ds: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=collate_seg, persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available())
+        return sharded_loader(ds, batch_size, shuffle, self.seed, collate_seg, self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
@@ -448,6 +471,106 @@ class FCN32s(nn.Module):
         return self.upsample(self.score(self.drop(feat)), x.shape[-2:])
 
 
+# The CaffeNet (deploy) layers in front of fc7, in order: each block's convolution, and the pooling
+# after conv1, conv2 and conv5 (a colour branch shares conv1's geometry).
+_DEPLOY_PATH = ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5", "fc6", "fc7")
+
+
+def trunk_layers(trunk: nn.Module) -> list[tuple[int, int, int, int]]:
+    """(kernel, stride, padding, dilation) of every layer from the input to fc7 of an AlexNet trunk
+    (or of the AlexNet a ``ColorInputTrunk`` wraps), along one spatial axis."""
+    base = getattr(trunk, "trunk", trunk)
+    out = []
+    for name in _DEPLOY_PATH:
+        layer = getattr(base, name, None)
+        layer = layer[0] if isinstance(layer, nn.Sequential) else layer
+        if not isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):
+            raise ConfigError(f"task.module.geometry=deploy: the trunk has no {name} convolution or pooling "
+                              "(FCN-32s in the deploy geometry needs an AlexNet trunk)")
+        k, s, p, d = (v if isinstance(v, int) else v[0]
+                      for v in (layer.kernel_size, layer.stride, layer.padding, layer.dilation))
+        out.append((k, s, p, d))
+    return out
+
+
+def coordinate_map(layers: Sequence[tuple[int, int, int, int]], input_pad: int = 0) -> tuple[int, float]:
+    """(stride S, centre B): cell y of the last layer's map is centred on input pixel ``S * y + B``,
+    with the input zero-padded by ``input_pad`` on every side (FCN's ``coord_map``)."""
+    stride, centre = 1, float(-input_pad)
+    for k, s, p, d in layers:
+        centre += stride * ((d * (k - 1)) / 2 - p)
+        stride *= s
+    return stride, centre
+
+
+class DeployFCN32s(nn.Module):
+    """FCN-32s exactly as the authors' segmentation net (FCN's voc-fcn-alexnet) on the deploy trunk.
+
+    The input is zero-padded by ``input_pad`` (FCN's conv1 ``pad: 100``; zero is the mean pixel after
+    the trunk's input normalisation, as Caffe's zero padding after mean subtraction), the trunk runs to
+    fc7 (fc6/fc7 are convolutions on the pool5 map: stride S = 32), then dropout (0: the trunk's drop6 /
+    drop7 are FCN's), a zero-initialised 1x1 score layer, a fixed bilinear up-convolution
+    (``2 S - 1`` = 63 taps, stride S, one filter per class, no bias: FCN's ``upscore`` with
+    ``surgery.interp``) and FCN's crop back to the input: output pixel o is up-convolution pixel
+    ``o + crop_offset``, the offset that puts score cell y's peak on the input pixel its receptive
+    field is centred on (18 for CaffeNet with pad 100, the ``crop_param offset`` of FCN's prototxt).
+
+    ``forward(x)``: float trunk input N x C x H x W -> logits N x num_classes x H x W.
+    """
+
+    def __init__(self, trunk: nn.Module, num_classes: int = NUM_CLASSES, input_pad: int = 100,
+                 dropout: float = 0.0, layer: str = "fc7") -> None:
+        super().__init__()
+        self.trunk, self.layer, self.num_classes, self.input_pad = trunk, layer, num_classes, int(input_pad)
+        self.input_space = getattr(trunk, "input_space", "rgb")
+        stride, centre = coordinate_map(trunk_layers(trunk), self.input_pad)
+        k = 2 * stride - 1
+        offset = (k - 1) / 2 - centre
+        if offset < 0 or offset != int(offset):
+            raise ConfigError(f"task.module.input_pad={input_pad}: the score map's cells are centred at "
+                              f"{stride} y + {centre}; FCN's crop needs a whole non-negative offset, got {offset}")
+        self.stride, self.crop_offset = stride, int(offset)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.score = nn.Conv2d(int(trunk.out_channels), num_classes, 1)
+        nn.init.zeros_(self.score.weight)
+        nn.init.zeros_(self.score.bias)
+        self.upscore = nn.ConvTranspose2d(num_classes, num_classes, k, stride=stride, groups=num_classes,
+                                          bias=False)
+        with torch.no_grad():
+            self.upscore.weight.copy_(bilinear_kernel(1, k).expand(num_classes, 1, k, k))
+        self.upscore.weight.requires_grad_(False)
+
+    def upsample(self, score: Tensor, size: Sequence[int]) -> Tensor:
+        """N x K x h x w score map -> N x K x H x W (the up-convolution, then FCN's crop)."""
+        H, W = int(size[0]), int(size[1])
+        up, off = self.upscore(score), self.crop_offset
+        if up.shape[-2] < off + H or up.shape[-1] < off + W:
+            raise ValueError(f"DeployFCN32s: a {tuple(score.shape[-2:])} score map does not cover a {H} x {W} "
+                             f"input after the crop of {off}; is input_pad ({self.input_pad}) too small?")
+        return up[..., off:off + H, off:off + W]
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = self.input_pad
+        feat = self.trunk.forward_features(F.pad(x, (p, p, p, p)), (self.layer,))[self.layer]
+        return self.upsample(self.score(self.drop(feat)), x.shape[-2:])
+
+
+def build_fcn(trunk: nn.Module, num_classes: int, geometry: str, stride: int, learn_upsampling: bool,
+              dropout: float, input_pad: int) -> nn.Module:
+    """The FCN-32s of the trunk's geometry; ConfigError naming the key when the trunk's stride is not
+    ``stride`` or a deploy net is asked to learn its upsampling."""
+    if geometry == "train":
+        return FCN32s(trunk, num_classes, stride=stride, learn_upsampling=learn_upsampling, dropout=dropout)
+    if geometry != "deploy":
+        raise ConfigError(f"task.module.geometry: expected 'train' or 'deploy', got {geometry!r}")
+    if learn_upsampling:
+        raise ConfigError("task.module.learn_upsampling: the deploy FCN-32s keeps FCN's upsampling fixed")
+    model = DeployFCN32s(trunk, num_classes, input_pad=input_pad, dropout=dropout)
+    if model.stride != int(stride):
+        raise ConfigError(f"task.module.stride={stride}: the deploy trunk's fc7 map has stride {model.stride}")
+    return model
+
+
 class VOCSegmentationTask(pl.LightningModule):
     """Fine-tune an FCN-32s on VOC segmentation; ``trainer.test`` fills ``self.results``.
 
@@ -458,6 +581,13 @@ class VOCSegmentationTask(pl.LightningModule):
         learn_upsampling: see :class:`FCN32s`.
         year: the metric namespace ``voc_prefix(year)/seg/...`` ("2012" -> ``voc12/seg/...``).
         dropout: FCN's drop7 on fc7.
+        geometry: the trunk's geometry: "train" (:class:`FCN32s` at ``stride``) or "deploy"
+            (:class:`DeployFCN32s`, the authors' net, whose stride the trunk fixes).
+        stride: the fc7 map's stride the net is expected to have (16 for train, 32 for deploy); a
+            trunk with another stride is an error naming ``task.module.stride``.
+        input_pad: deploy only, FCN's conv1 padding of the input (100).
+        bias_lr_mult, bias_decay_mult: Caffe's lr_mult / decay_mult of every trained bias (the authors'
+            net: 2 and 0).
     Batches: {"image": uint8 N x 3 x H x W, "mask": uint8/int64 N x H x W, "skipped": [paths]}.
     Logs ``voc12/seg/loss`` (for year 2012); after the test, ``results`` = {``voc12/seg/mIoU``,
     ``voc12/seg/pixel_acc``, ``voc12/seg/IoU/<class>``} in %, and ``confusion`` (int64 C x C,
@@ -466,9 +596,12 @@ class VOCSegmentationTask(pl.LightningModule):
 
     def __init__(self, trunk: nn.Module, optimizer: Callable[..., Any],
                  scheduler: Callable[..., Any] | None = None, num_classes: int = NUM_CLASSES,
-                 learn_upsampling: bool = False, year: str | int = "2012", dropout: float = 0.5) -> None:
+                 learn_upsampling: bool = False, year: str | int = "2012", dropout: float = 0.5,
+                 geometry: str = "train", stride: int = 16, input_pad: int = 100, bias_lr_mult: float = 1.0,
+                 bias_decay_mult: float = 1.0) -> None:
         super().__init__()
-        self.model = FCN32s(trunk, num_classes, learn_upsampling=learn_upsampling, dropout=dropout)
+        self.bias_lr_mult, self.bias_decay_mult = float(bias_lr_mult), float(bias_decay_mult)
+        self.model = build_fcn(trunk, num_classes, geometry, stride, learn_upsampling, dropout, input_pad)
         self.input_space = self.model.input_space
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.num_classes, self.prefix = num_classes, f"{voc_prefix(year)}/seg"
@@ -538,5 +671,16 @@ class VOCSegmentationTask(pl.LightningModule):
             self.log(k, v, sync_dist=False)
 
     def configure_optimizers(self) -> Any:
-        return configure_optimizers([p for p in self.parameters() if p.requires_grad],
-                                    self.optimizer_factory, self.scheduler_factory)
+        """SGD on [weights, biases], the biases' lr and weight decay scaled by ``bias_lr_mult`` /
+        ``bias_decay_mult`` before the scheduler is built (its base lrs include the multiplier)."""
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        biases = [p for n, p in named if n.endswith(".bias") and p.dim() == 1]
+        ids = {id(p) for p in biases}
+        opt = self.optimizer_factory([{"params": [p for _, p in named if id(p) not in ids]}, {"params": biases}])
+        bias = opt.param_groups[1]
+        bias["lr"] *= self.bias_lr_mult
+        if "weight_decay" in bias:
+            bias["weight_decay"] *= self.bias_decay_mult
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}

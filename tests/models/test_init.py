@@ -15,6 +15,7 @@ from ssl_bench.models.alexnet import LAYERS, alexnet_small
 from ssl_bench.models.init import (
     GaussianInit,
     KraehenbuehlInit,
+    RunInit,
     calibrate_layers,
     find_layers,
     gradient_ratios,
@@ -197,6 +198,22 @@ def test_calibration_equalises_gradient_ratios(batch_norm, iterations):
             assert torch.allclose(trunk.eval()(x), before, atol=1e-3)
 
 
+def test_calibration_is_exact_in_one_round_without_batch_norm():
+    """BN-free ReLU net with non-zero biases (an absorbed trunk): the biases follow the scaling of the
+    layers below, so the net stays positively homogeneous and one round equalises the draws it measured."""
+    trunk = net(batch_norm=False)
+    x = images(8)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for i, name in enumerate(LAYERS):
+            layer = getattr(trunk, name)[0]
+            layer.weight.mul_(4.0 ** ((i % 3) - 1))
+            layer.bias.copy_(0.3 * torch.randn(layer.bias.shape, generator=g))
+    assert spread(gradient_ratios(trunk, x, draws=2, seed=0, train=False)) > 10
+    calibrate_layers(trunk, x, iterations=1, draws=2, seed=0)
+    assert spread(gradient_ratios(trunk, x, draws=2, seed=0, train=False)) < 1.01
+
+
 # ------------------------------------------------------------------------------------ k-means
 
 
@@ -330,3 +347,48 @@ def test_config_classes_end_to_end(training):
     state = copy.deepcopy(trunk.state_dict())
     assert GaussianInit()(trunk, x) == {}
     assert all(torch.equal(state[k], v) for k, v in trunk.state_dict().items())
+
+
+# ----------------------------------------------------------------------------- run_init
+
+
+def test_run_init_as_the_authors_run_init_sh():
+    """k-means + per-unit rescaling (output mean = bias 0.1, std 1) on conv1..conv5 only; fc6/fc7 the
+    prototxt's Gaussian fillers (std 0.005, bias 1); the head's output layer zero; no calibration."""
+    trunk = net(seed=3)
+    start = copy.deepcopy(trunk)
+    x = images(20)
+    x[16:] = float("nan")  # beyond num_images: must not be used
+    init = RunInit(num_images=16, kmeans_iters=3, max_patches=1000, seed=1)
+    assert init.name == "run_init"
+    report = init(trunk, x)
+
+    assert report["layers"] == [f"conv{i}.0" for i in range(1, 6)] and report["kmeans"]
+    assert report["gaussian_layers"] == ["fc6.0", "fc7.0"] and "calibration_scales" not in report
+    outputs = conv_outputs(trunk, x[:16])
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5"):
+        mean, std = unit_stats(outputs[name])
+        assert (mean - 0.1).abs().max() < 1e-3 and (std - 1).abs().max() < 1e-3, name
+        w, w0 = getattr(trunk, name)[0].weight.flatten(1), getattr(start, name)[0].weight.flatten(1)
+        cos = F.cosine_similarity(w, w0, dim=1)
+        assert cos.abs().max() < 0.99, name  # k-means filters, not the rescaled Gaussian ones
+    for name in ("fc6", "fc7"):
+        layer = getattr(trunk, name)[0]
+        assert layer.weight.std().item() == pytest.approx(0.005, rel=0.05) and abs(layer.weight.mean()) < 5e-4
+        assert torch.equal(layer.bias, torch.ones_like(layer.bias))
+
+    head = nn.Sequential(nn.Conv2d(64, 32, 1), nn.ReLU(), nn.Conv2d(32, 313, 1))
+    first = head[0].weight.clone()
+    init.init_head(head)
+    assert not head[2].weight.any() and not head[2].bias.any() and torch.equal(head[0].weight, first)
+    kept = nn.Conv2d(64, 313, 1)
+    weight = kept.weight.clone()
+    RunInit(zero_head=False).init_head(kept)
+    assert torch.equal(kept.weight, weight)
+
+
+def test_run_init_rejects_unknown_layers():
+    with pytest.raises(ValueError, match="layers: unknown layer"):
+        RunInit(layers=["conv9"], num_images=4)(net(), images(4))
+    with pytest.raises(ValueError, match="gaussian_layers: unknown layer"):
+        RunInit(layers=["conv1"], gaussian_layers=["fc8"], kmeans=False, num_images=4)(net(), images(4))

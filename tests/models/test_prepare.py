@@ -14,7 +14,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import TINY_TRUNK, pre_activations  # noqa: E402  (shared by the trunk tests)
-from PIL import Image
 from torch import nn
 
 from ssl_bench.models.alexnet import LAYERS, AlexNet, alexnet_small
@@ -22,13 +21,14 @@ from ssl_bench.models.checkpoint import CheckpointMismatchError, load_prepared, 
 from ssl_bench.models.prepare import (
     AB_SCALE,
     MODES,
+    RESCALE_METHODS,
     ColorInputTrunk,
     absorb_batch_norm,
     fc_layers,
     prepare_for_transfer,
+    prepare_with_report,
     rescale_for_transfer,
 )
-from ssl_bench.runs.prepare_weights import main as prepare_weights_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -278,6 +278,121 @@ def test_colour_mode_rescales_the_l_trunk_and_keeps_the_branch_zero():
         assert torch.allclose(color(lab), gray(lab[:, :1]), atol=1e-6)
 
 
+@pytest.mark.parametrize("rescale", [True, "per_unit"])
+def test_per_unit_rescale_is_the_rescaling_of_before(rescale):
+    trunk = trained_looking()
+    x = l_images(6)
+    old = prepare_for_transfer(trunk, "gray", rescale_images=x)
+    new = prepare_for_transfer(trunk, "gray", rescale=rescale, images=x)
+    assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values()))
+    assert not torch.equal(old.conv3[0].weight, absorb_batch_norm(trunk).conv3[0].weight)
+
+
+@pytest.mark.parametrize("rescale", [False, "none", None])
+def test_no_rescale_is_the_absorbed_trunk(rescale):
+    trunk = trained_looking()
+    absorbed = absorb_batch_norm(trunk)
+    images = l_images(4) if rescale is not None else None  # None without images: as before, no rescaling
+    kept = prepare_for_transfer(trunk, "gray", rescale=rescale, images=images)
+    assert all(torch.equal(a, b) for a, b in zip(absorbed.state_dict().values(), kept.state_dict().values()))
+
+
+def test_rescale_argument_errors():
+    assert RESCALE_METHODS == ("calibrate", "per_unit", "none")
+    trunk, x = trained_looking(), l_images(2)
+    with pytest.raises(ValueError, match="rescale='calibrate' needs images"):
+        prepare_for_transfer(trunk, rescale="calibrate")
+    with pytest.raises(ValueError, match="rescale: expected one of"):
+        prepare_for_transfer(trunk, rescale="per-unit", images=x)
+    with pytest.raises(ValueError, match="not both"):
+        prepare_for_transfer(trunk, images=x, rescale_images=x)
+
+
+# ------------------------------------------------------------------------------ calibration
+
+# An independent AlexNet forward (written from the layer table of docs/protocols.md §1.6, with
+# torch.nn.functional only) and an independent gradient-ratio measurement: own random 1000-way top,
+# own Gaussian gradients, all of them in one batched autograd call, in float64.
+GROUPS = {"conv1": 1, "conv2": 2, "conv3": 1, "conv4": 2, "conv5": 2, "fc6": 1, "fc7": 1}
+PADDING = {"conv2": 2, "conv3": 1, "conv4": 1, "conv5": 1, "fc7": 0}
+SMALL = dict(widths=(8, 16, 16, 16, 16), fc_channels=32, fc6_dilation=2)
+
+
+def functional_fc7(w: dict[str, torch.Tensor], x: torch.Tensor, deploy: bool, fc6_kernel: int) -> torch.Tensor:
+    """N x C x H x W -> fc7 (after ReLU) of a BN-free AlexNet with weights ``w`` ("conv1.0.weight", ...)."""
+    def conv(h, name, **kw):
+        return F.relu(F.conv2d(h, w[f"{name}.0.weight"], w[f"{name}.0.bias"], groups=GROUPS[name], **kw))
+
+    def pool(h, stride):
+        return F.max_pool2d(h, 3, stride, 0, ceil_mode=True) if deploy else F.max_pool2d(h, 3, stride, 1)
+
+    h = pool(conv(x, "conv1", stride=4, padding=0 if deploy else 5), 2)
+    h = pool(conv(h, "conv2", padding=PADDING["conv2"]), 2)
+    h = conv(conv(h, "conv3", padding=1), "conv4", padding=1)
+    h = pool(conv(h, "conv5", padding=1), 2 if deploy else 1)
+    h = conv(h, "fc6", padding=0 if deploy else SMALL["fc6_dilation"] * (fc6_kernel - 1) // 2,
+             dilation=1 if deploy else SMALL["fc6_dilation"])
+    return conv(h, "fc7")
+
+
+def independent_ratios(trunk: AlexNet, x: torch.Tensor, draws: int = 1024, seed: int = 99) -> dict[str, float]:
+    """E_z ||dL/dW||^2 / ||W||^2 per weight layer, L = sum(z * top(fc7)), z ~ N(0, 1)."""
+    g = torch.Generator().manual_seed(seed)
+    w = {k: v.detach().double().clone().requires_grad_(True) for k, v in trunk.state_dict().items()}
+    h = functional_fc7(w, x.double(), trunk.geometry == "deploy", trunk.config["fc6_kernel"])
+    y = F.conv2d(h, torch.randn(1000, h.shape[1], 1, 1, generator=g, dtype=torch.float64) * 0.01)
+    z = torch.randn((draws, *y.shape), generator=g, dtype=torch.float64)
+    names = [f"{n}.0.weight" for n in LAYERS]
+    grads = torch.autograd.grad(y, [w[n] for n in names], grad_outputs=z, is_grads_batched=True)
+    return {layer: gr.pow(2).sum().item() / draws / w[n].pow(2).sum().item()
+            for layer, n, gr in zip(LAYERS, names, grads)}
+
+
+def small_trunk(geometry: str) -> tuple[AlexNet, torch.Tensor]:
+    """A trained-looking BN trunk (set up in the train geometry) in ``geometry``, and its images:
+    deploy at 99 px with a 2x2 fc6 (1x1 fc6/fc7 maps, as at 227 with 6x6), train at 64 px."""
+    fc6_kernel, size = (2, 99) if geometry == "deploy" else (3, 64)
+    trained = trained_looking(**SMALL, fc6_kernel=fc6_kernel)
+    trunk = AlexNet(**{**trained.config, "geometry": geometry})
+    trunk.load_state_dict(trained.state_dict())
+    return trunk.eval(), l_images(8, size, seed=4)
+
+
+def spread(ratios: dict[str, float]) -> float:
+    return max(ratios.values()) / min(ratios.values())
+
+
+@pytest.mark.parametrize("geometry", ["deploy", "train"])
+def test_calibrate_equalises_gradient_ratios_measured_independently(geometry):
+    trunk, x = small_trunk(geometry)
+    absorbed = prepare_for_transfer(trunk, "gray", rescale="none")
+    with torch.no_grad():  # the independent forward is the trunk's forward
+        assert rel_close(functional_fc7(absorbed.state_dict(), x, geometry == "deploy", trunk.config["fc6_kernel"]),
+                         absorbed(x))
+    before = independent_ratios(absorbed, x, draws=64)
+    assert spread(before) > 2  # unequal before, so the check below can fail
+
+    prepared, report = prepare_with_report(trunk, "gray", rescale="calibrate", images=x)
+    assert report["rescale"] == "calibrate" and 1 <= report["calibration"]["rounds"] <= 10
+    assert not has_bn(prepared) and prepared.geometry == geometry
+    assert spread(independent_ratios(prepared, x)) < 1.10
+    # the weights changed (whole layers scaled), the filters' directions did not
+    for name in LAYERS:
+        w, w0 = getattr(prepared, name)[0].weight, getattr(absorbed, name)[0].weight
+        assert not torch.allclose(w, w0, rtol=1e-3), name
+        assert F.cosine_similarity(w.flatten(), w0.flatten(), dim=0) > 1 - 1e-5, name
+
+
+def test_calibrate_keeps_the_colour_branch_zero():
+    trunk, x = small_trunk("deploy")
+    gray = prepare_for_transfer(trunk, "gray", rescale="calibrate", images=x, calibration_draws=4)
+    color = prepare_for_transfer(trunk, "color", rescale="calibrate", images=x, calibration_draws=4)
+    assert isinstance(color, ColorInputTrunk) and not color.conv1_ab.weight.any()
+    lab = torch.cat([x[:2], 30 * torch.randn(2, 2, *x.shape[-2:])], dim=1)
+    with torch.no_grad():
+        assert torch.allclose(color(lab), gray(x[:2]), atol=1e-6)
+
+
 # ------------------------------------------------------------------------------ modes
 
 
@@ -344,58 +459,3 @@ def test_load_suite_trunk_and_errors(tmp_path):
         load_prepared(tmp_path / "last.ckpt")
     with pytest.raises(FileNotFoundError):
         load_suite_trunk(tmp_path / "missing.ckpt")
-
-
-def test_prepare_weights_cli(tmp_path, capsys):
-    trunk = trained_looking()
-    ckpt = tmp_path / "last.ckpt"
-    suite_checkpoint(ckpt, trunk)
-    data = tmp_path / "imgs" / "cls"
-    data.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(5):
-        Image.fromarray(rng.integers(0, 256, (48 + 8 * i, 72, 3), dtype=np.uint8)).save(data / f"{i}.png")
-    args = ["--rescale-data", str(tmp_path / "imgs"), "--rescale-images", "4", "--size", "64"]
-
-    assert prepare_weights_main([str(ckpt), "--out", str(tmp_path / "gray.pt"), *args]) == 0
-    assert prepare_weights_main([str(ckpt), "--out", str(tmp_path / "color.pt"), "--mode", "color", *args]) == 0
-    out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 2 and "mode color" in out[1] and "rescaled on 4 images" in out[1]
-    gray, grec = load_prepared(tmp_path / "gray.pt")
-    color, crec = load_prepared(tmp_path / "color.pt")
-    assert grec["mode"] == "gray" and crec["mode"] == "color" and isinstance(color, ColorInputTrunk)
-    assert crec["meta"]["rescale_images"] == 4 and crec["meta"]["absorbed_bn"] is True
-    assert not has_bn(gray) and not has_bn(color)
-    lab = lab_images(2)
-    with torch.no_grad():
-        assert torch.allclose(color(lab), gray(lab[:, :1]), atol=1e-6)
-        # rescaled: not just the absorbed trunk
-        assert not torch.allclose(gray(lab[:, :1]), absorb_batch_norm(trunk)(lab[:, :1]))
-    # without rescaling and without absorption: the trunk itself
-    assert prepare_weights_main([str(ckpt), "--out", str(tmp_path / "raw.pt"), "--no-absorb"]) == 0
-    raw, _ = load_prepared(tmp_path / "raw.pt")
-    assert has_bn(raw)
-    with torch.no_grad():
-        assert torch.equal(raw(lab[:, :1]), trunk(lab[:, :1]))
-    capsys.readouterr()
-
-
-def test_prepare_weights_cli_user_errors(tmp_path, capsys):
-    rgb = tmp_path / "rgb.ckpt"
-    suite_checkpoint(rgb, alexnet_small(input_space="rgb", **TINY_TRUNK))
-    assert prepare_weights_main([str(rgb), "--out", str(tmp_path / "o.pt"), "--mode", "color"]) == 2
-    err = capsys.readouterr().err
-    assert "finetune.mode" in err and "'rgb'" in err and "'L'" in err and len(err.strip().splitlines()) == 1
-    other = tmp_path / "other.pt"
-    torch.save({"weights": torch.zeros(1)}, other)
-    assert prepare_weights_main([str(other), "--out", str(tmp_path / "o.pt")]) == 2
-    assert "not written by ssl_bench" in capsys.readouterr().err
-    assert prepare_weights_main([str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "o.pt")]) == 2
-    assert "does not exist" in capsys.readouterr().err
-    assert prepare_weights_main([str(rgb), "--out", str(tmp_path / "o.pt"), "--rescale-images", "3"]) == 2
-    assert "--rescale-data" in capsys.readouterr().err
-    assert prepare_weights_main([str(rgb), "--out", str(tmp_path / "o.pt"),
-                                 "--rescale-data", str(tmp_path / "nothing")]) == 2
-    assert "--rescale-data" in capsys.readouterr().err
-    assert prepare_weights_main([str(rgb), "--out", str(tmp_path / "o.pt"), "--mode", "grey"]) == 2
-    assert not (tmp_path / "o.pt").exists()

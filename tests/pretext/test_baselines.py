@@ -79,12 +79,12 @@ def test_baseline_pretrains_and_its_trunk_is_probed(name, tiny_data, tmp_path, r
     assert probe["method"] == method and 0 <= probe["metrics"]["probe/conv5/top1"] <= 100
 
 
-def test_colorization_starts_from_kraehenbuehl_init(tiny_data, tmp_path, run_cli):
+def test_colorization_starts_from_run_init(tiny_data, tmp_path, run_cli):
     out = tmp_path / "run"
     assert run_cli("pretrain", *tiny_overrides(tiny_data, out, tmp_path / "cache"), "init.num_images=32",
                    "init.max_patches=2000") == 0
     record = json.loads((out / "results.json").read_text())
-    assert record["init"]["name"] == "kraehenbuehl" and record["trunk"]["input_space"] == "L"
+    assert record["init"]["name"] == "run_init" and record["trunk"]["input_space"] == "L"
 
 
 def test_kraehenbuehl_init_is_a_probe_row(tiny_data, tmp_path, run_cli):

@@ -68,3 +68,34 @@ def test_live_or_foreign_writers_temp_folders_are_kept(tmp_path):
         age(d, STALE_AFTER_S + 60)
     FeatureStore(root, "c").write(one_batch(), 4)
     assert live.is_dir() and foreign.is_dir()
+
+
+def test_concurrent_askers_extract_once_and_all_read_the_entry(tmp_path):
+    """Two processes (here: threads, each with its own lock file handle, as two DDP ranks have) asking
+    for the same entry at once: one extracts and writes, the other waits and only reads."""
+    import threading
+
+    from ssl_bench.probe.feature_cache import load_or_extract
+    extractions, results = [], {}
+    started = threading.Barrier(2)
+
+    def batches(missing):
+        extractions.append(list(missing))
+        time.sleep(0.3)  # a slow trunk pass: the other asker arrives meanwhile
+        for i in range(2):
+            yield {"conv1": torch.arange(8.0).repeat(4, 1) + i}, torch.full((4,), i, dtype=torch.int64)
+
+    def ask(name):
+        started.wait()
+        results[name] = load_or_extract(FeatureStore(tmp_path, "entry"), ["conv1"], batches, 8)
+
+    threads = [threading.Thread(target=ask, args=(r,)) for r in ("rank0", "rank1")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert extractions == [["conv1"]], "exactly one asker extracted"
+    assert sorted(hit for _, _, hit in results.values()) == [False, True]
+    expected = torch.cat([torch.arange(8.0).repeat(4, 1) + i for i in range(2)]).numpy()
+    for feats, labels, _ in results.values():
+        assert (feats["conv1"] == expected).all() and labels.tolist() == [0] * 4 + [1] * 4

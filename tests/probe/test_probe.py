@@ -303,3 +303,85 @@ def test_streaming_probe_uses_random_crops_and_no_cache(tiny_data, tiny_checkpoi
     res = json.loads((out / "results.json").read_text())
     assert res["feature_cache"] == {"enabled": False, "hits": 0, "misses": 0}
     assert set(res["chosen_lr"]) == {"conv1", "conv4"} and not (tmp_path / "cache" / "features").exists()
+
+
+# ------------------------------------------------------------------------------ protocol recipes
+
+
+def test_goyal_avgpool_in_deploy_geometry_gives_the_published_dims():
+    """CaffeNet geometry at 227 (maps 55/27/13) with Goyal et al.'s kernels: (55-19)/4+1 = 10,
+    (27-12)/3+1 = 6, 13-9+1 = 5, 13-8+1 = 6 -> the ~9k dims of docs/protocols.md §3.1."""
+    trunk = alexnet(geometry="deploy")
+    assert extractor(trunk, CONV_LAYERS, "avgpool").dims(227) == {
+        "conv1": 9600, "conv2": 9216, "conv3": 9600, "conv4": 9600, "conv5": 9216}
+
+
+def test_paper_schedule_steps_at_40k_80k_120k_of_140k():
+    from ssl_bench.runs.probe import schedule
+    paper = {"lr_steps": [40000, 80000, 120000], "lr_gamma": 0.1, "schedule_iterations": 140000,
+             "max_steps": 140000}
+    factory, length = schedule(paper, batches_per_epoch=5000)
+    assert length == {"max_steps": 140000, "max_epochs": -1, "check_val_every_n_epoch": None,
+                      "val_check_interval": 140000}
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    multiplier = factory(opt).lr_lambdas[0]
+    got = [multiplier(i) for i in (0, 39999, 40000, 79999, 80000, 119999, 120000, 139999)]
+    assert got == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    # fast: 30 epochs of 10 batches = 300 steps, the boundaries scaled by 300/140000
+    fast = {**paper, "max_steps": None, "epochs": 30}
+    factory, length = schedule(fast, batches_per_epoch=10)
+    assert length == {"max_epochs": 30, "check_val_every_n_epoch": 30}
+    multiplier = factory(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)).lr_lambdas[0]
+    assert multiplier(85) == 1 and multiplier(86) == pytest.approx(0.1)  # 40000 * 300 / 140000 = 85.7
+
+
+def test_bias_gets_twice_the_lr_and_no_decay():
+    """The authors' prototxt: classifier weights lr_mult 1 decay_mult 1, biases lr_mult 2 decay_mult 0."""
+    probe = LinearProbe(ProbeHeads({"conv1": 8}, 3, lrs=[0.01]), lambda g: torch.optim.SGD(
+        g, lr=0.5, momentum=0.9, weight_decay=5e-4), 3, bias_lr_mult=2.0, bias_weight_decay=0.0)
+    groups = {g["name"]: g for g in probe.configure_optimizers().param_groups}
+    assert set(groups) == {"conv1@0.01", "conv1@0.01/bias"}
+    assert groups["conv1@0.01"]["lr"] == 0.01 and groups["conv1@0.01"]["weight_decay"] == 5e-4
+    assert groups["conv1@0.01/bias"]["lr"] == 0.02 and groups["conv1@0.01/bias"]["weight_decay"] == 0.0
+    assert [p.shape for p in groups["conv1@0.01/bias"]["params"]] == [torch.Size([3])]
+    plain = LinearProbe(ProbeHeads({"conv1": 8}, 3), lambda g: torch.optim.SGD(g, lr=0.5), 3,
+                        bias_lr_mult=2.0, bias_weight_decay=0.0)
+    lrs = {g["name"]: g["lr"] for g in plain.configure_optimizers().param_groups}
+    assert lrs == {"conv1": 0.5, "conv1/bias": 1.0}  # no per-head lr: the optimiser's, times 2
+
+
+def test_global_batch_splits_over_devices_or_names_the_key():
+    from omegaconf import OmegaConf
+
+    from ssl_bench.errors import ConfigError
+    from ssl_bench.runs.common import per_device_batch, world_size
+    assert world_size(OmegaConf.create({"devices": 4, "num_nodes": 2})) == 8
+    assert world_size(OmegaConf.create({"devices": [0, 2], "num_nodes": 1})) == 2
+    assert world_size(OmegaConf.create({"devices": "0,1,3", "num_nodes": 1})) == 3
+    assert world_size({"devices": "auto", "accelerator": "cpu"}) == 1
+    assert per_device_batch(256, 8, "probe.batch_size") == 32
+    with pytest.raises(ConfigError, match=r"probe.batch_size=256 .* 3 processes"):
+        per_device_batch(256, 3, "probe.batch_size")
+
+
+@pytest.mark.slow
+def test_paper_protocol_run_records_recipe_and_deviations(tiny_data, tiny_checkpoint, tmp_path, run_cli, capsys):
+    """protocol=paper: deploy geometry, 227 crops streamed (no cache), one lr on all of train, the
+    schedule in iterations; the two values shortened for the test are the record's only deviations."""
+    out = tmp_path / "paper"
+    assert run_cli("probe", f"checkpoint={tiny_checkpoint}", "protocol=paper", "recipe.max_steps=3",
+                   *probe_overrides(tiny_data, out)) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["protocol"]["name"] == "paper"
+    assert res["protocol"]["deviations"] == ["batch_size=32", "max_steps=3"]  # paper: 256, 140000
+    assert res["protocol"]["recipe"]["geometry"] == "deploy" and res["trunk"]["geometry"] == "deploy"
+    assert res["protocol"]["recipe"]["crop_size"] == 227 and res["protocol"]["recipe"]["cache"] is False
+    # tiny trunk (16-32-48-48-32 wide), bilinear sides 10/6/5/5/6
+    assert res["feature_dims"] == {"conv1": 1600, "conv2": 1152, "conv3": 1200, "conv4": 1200, "conv5": 1152}
+    assert res["chosen_lr"] == {l: 0.01 for l in CONV_LAYERS} and "holdout_top1" not in str(res["metrics"])
+    assert res["feature_cache"] == {"enabled": False, "hits": 0, "misses": 0}
+    assert not (tmp_path / "cache" / "features").exists()
+    # k-NN has no published protocol: refused before any work
+    assert run_cli("probe", f"checkpoint={tiny_checkpoint}", "protocol=paper", "probe=knn",
+                   *probe_overrides(tiny_data, tmp_path / "knn")) == 2
+    assert "no published knn protocol" in capsys.readouterr().err

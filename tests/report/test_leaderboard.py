@@ -238,15 +238,25 @@ def test_markdown_table(rendered):
     text = paths["md"].read_text(encoding="utf-8")
     assert text == to_markdown(table)
     block = text.split("## Per-layer frozen probes", 1)[1].split("\n## ", 1)[0]
-    lines = [line for line in block.splitlines() if line.startswith("|")]
-    assert sum(line.startswith("| Method |") for line in lines) == 1
-    assert re.fullmatch(r"\|(---\|)+", lines[1])
-    body = lines[2:]
-    assert len(body) == 3 + N_PUBLISHED_PROBES  # colorization, gaussian, evil + published
-    widths = {line.count(" | ") for line in lines if not line.startswith("|---")}
-    assert len(widths) == 1  # every row has as many cells as the header
-    assert "| colorization/full | linear | measured: 3 seeds | synth10 | 13.2 ± 1.3 (n=3) |" in text
-    assert "| 32.6 |" in text and "published: Split-Brain Table 2" in text
+    groups = block.split("\n### ")[1:]
+    # no record has a protocol entry: measured rows are "protocol unknown", apart from the published
+    assert [g.splitlines()[0] for g in groups] == [
+        "Measured under protocol unknown (no protocol record, e.g. an older run): not comparable with the "
+        "published numbers",
+        "Published numbers (no run above used the published protocol)"]
+    measured, published = ([line for line in g.splitlines() if line.startswith("|")] for g in groups)
+    for lines in (measured, published):
+        assert lines[0].startswith("| Method | Probe | Data | Source | n | conv1 |")
+        assert re.fullmatch(r"\|(---\|)+", lines[1])
+        assert len({line.count(" | ") for line in lines if not line.startswith("|---")}) == 1
+    assert len(measured) - 2 == 3 and len(published) - 2 == N_PUBLISHED_PROBES
+    # n once per row; a cell with fewer runs than its row shows its own n; bold = best measured mean
+    assert "| colorization/full | linear | synth10 | measured | 3 | 13.2 ± 1.3 | **21.0 ± 1.0** | **31.0 ± 0.5** | " \
+           "**34.0 ± 1.0** | **29.0 ± 1.0** | conv4: 34.0 ± 1.0 | P1 |" in text
+    assert "| gaussian | linear | synth10 | measured | 2 | **15.5 ± 0.7** | 18.0 ± 1.4 | 16.0 (n=1) |" in text
+    assert "(n=3)" not in text and "| 32.6 |" in text and "published: Split-Brain Table 2" in text
+    legend = block.split("\n- P1: ", 1)[1]
+    assert legend.startswith("Protocol unknown") and "\n- P2: ImageNet, frozen AlexNet" in legend
 
 
 def test_csv_columns_and_values(rendered):
@@ -277,7 +287,8 @@ def test_html_has_values_and_escapes(rendered):
     _, paths = rendered
     text = paths["html"].read_text(encoding="utf-8")
     assert text.startswith("<!DOCTYPE html>") and "<style>" in text
-    assert "31.0 ± 0.5 (n=3)" in text and "34.0 ± 1.0 (n=3)" in text
+    assert '<td class="num best">31.0 ± 0.5</td>' in text and "conv4: 34.0 ± 1.0" in text
+    assert '<td class="n">3</td>' in text and "(n=3)" not in text
     assert "evil&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert "<script" not in text
     assert text.count('<tr class="published">') == N_PUBLISHED_PROBES
@@ -303,7 +314,7 @@ def test_main_prints_markdown_and_paths(results, tmp_path, capsys):
     out = tmp_path / "board"
     assert leaderboard_main([str(results["a"]), str(results["b"]), "--out", str(out)]) == 0
     captured = capsys.readouterr()
-    assert "| colorization/full | linear | measured: 3 seeds |" in captured.out
+    assert "| colorization/full | linear | synth10 | measured | 3 |" in captured.out
     for name in OUTPUT_NAMES.values():
         assert str(out / name) in captured.out and (out / name).is_file()
     assert str(results["malformed"]) in captured.err and str(results["failed"]) in captured.err
@@ -334,3 +345,53 @@ def test_no_results_exits_1(tmp_path, capsys):
     assert leaderboard_main([str(tmp_path / "only_pretrain")]) == 1
     assert "1 pretrain run(s)" in capsys.readouterr().err
     assert not list(tmp_path.rglob("leaderboard*"))
+
+
+# ---------------------------------------------------------------------------------------- protocols
+
+
+def protocol(name: str, *deviations: str) -> dict:
+    return {"name": name, "recipe": {}, "deviations": list(deviations)}
+
+
+def test_only_unchanged_paper_runs_sit_beside_the_published_numbers(tmp_path):
+    fast = protocol("fast", "geometry=train", "crop_size=56")
+    for seed in (0, 1):
+        write(tmp_path / f"paper{seed}", probe_record("colorization/full", seed, seed_values(COLOR, seed),
+                                                      protocol=protocol("paper")))
+        write(tmp_path / f"fast{seed}", probe_record("gaussian", seed, seed_values(GAUSS, seed), protocol=fast))
+    write(tmp_path / "short", probe_record("kraehenbuehl", 0, {"conv1": 9.0},
+                                           protocol=protocol("paper", "max_steps=3")))
+    write(tmp_path / "old", probe_record("context_encoder", 0, {"conv1": 7.0}))  # a description string
+    section = build_table(collect([tmp_path])).section("probes")
+    titles = [g.title for g in section.groups]
+    assert titles == [
+        "Published protocol: measured rows next to the published numbers they reproduce",
+        "Measured under protocol fast; deviations from the published recipe: geometry=train, crop_size=56: "
+        "not comparable with the published numbers",
+        "Measured under protocol paper; deviations from the published recipe: max_steps=3: not comparable "
+        "with the published numbers",
+        "Measured under protocol unknown (no protocol record, e.g. an older run): not comparable with the "
+        "published numbers"]
+    first = section.groups[0].rows
+    # the comparable run, then the published row it reproduces, then the other published rows
+    assert [(r.method, r.published) for r in first[:2]] == [("colorization/full", False),
+                                                            ("Zhang et al. (colorization)", True)]
+    assert len(first) == 1 + N_PUBLISHED_PROBES and all(r.published for r in first[1:])
+    assert [[r.method for r in g.rows] for g in section.groups[1:]] == [
+        ["gaussian"], ["kraehenbuehl"], ["context_encoder"]]
+    assert section.rows == [r for g in section.groups for r in g.rows]
+    text = to_markdown(build_table(collect([tmp_path])))
+    assert "| colorization/full | linear | synth10 | measured | 2 |" in text
+
+
+def test_csv_records_protocol_and_comparability(tmp_path):
+    write(tmp_path / "p", probe_record("colorization/full", 0, {"conv1": 1.0}, protocol=protocol("paper")))
+    write(tmp_path / "f", probe_record("gaussian", 0, {"conv1": 2.0},
+                                       protocol=protocol("fast", "geometry=train", "cache=True")))
+    paths = render(build_table(collect([tmp_path])), tmp_path / "out")
+    with open(paths["csv"], newline="", encoding="utf-8") as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    assert (rows["colorization/full"]["protocol_name"], rows["colorization/full"]["comparable"]) == ("paper", "1")
+    assert rows["gaussian"]["comparable"] == "0" and rows["gaussian"]["deviations"] == "geometry=train;cache=True"
+    assert rows["Gaussian"]["comparable"] == "1" and rows["Gaussian"]["source"] == "published"

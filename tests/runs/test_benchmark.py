@@ -156,3 +156,32 @@ def test_sigterm_in_a_stage_stops_the_benchmark(outputs, tmp_path, capsys):
     assert "run the same command again to resume" in capsys.readouterr().out
     with exclusive(outputs / "smoke"):  # the lock went with the stopped run
         pass
+
+
+def test_rerun_of_a_finished_benchmark_with_wandb_makes_one_run_per_stage(tmp_path, monkeypatch):
+    """Stages that finished before (here without W&B) are skipped, yet each stage with a logger gets its
+    W&B run, named after the stage, with its metrics and results.json: as when the stages run."""
+    from report.test_wandb import contents, fake_stage, offline_runs
+
+    from ssl_bench.report.tracking import stable_run_id
+    from ssl_bench.runs.benchmark import compose, plan, run_benchmark
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("SSL_BENCH_OUTPUTS", str(tmp_path / "out"))
+    base = ["preset=smoke", "methods=[gaussian_rgb]"]
+    first = run_benchmark(compose("benchmark", base), fake_stage)
+    assert first["ran"] and not first["failures"]
+    cfg = compose("benchmark", [*base, "logger=wandb", "logger.wandb.project=rerun"])
+    again = run_benchmark(cfg, fake_stage)
+    assert again["ran"] == [] and sorted(again["skipped"]) == sorted(first["ran"])
+    logged = [st for st in plan(cfg) if "logger" in st.config]
+    assert logged, "the smoke plan has stages with a logger"
+    for stage in logged:
+        (run,) = offline_runs(stage.dir)
+        got = contents(run)
+        assert got["run"] == [stable_run_id(stage.dir)]   # the id the stage's own WandbLogger uses
+        (info,) = got["info"]
+        assert (info["name"], info["project"], info["group"]) == (stage.name, "rerun", "benchmark-smoke")
+        record = json.loads((stage.dir / "results.json").read_text())
+        summary = {k: v for s in got["summary"] for k, v in s.items()}
+        assert all(summary[k] == v for k, v in record["metrics"].items())
+        assert [a.type for a in got["artifact"]].count("results") == 1

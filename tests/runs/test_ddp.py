@@ -74,6 +74,15 @@ def test_probe_on_two_gloo_processes_equals_one_process(tmp_path):
     assert two["config"]["trainer"]["devices"] == 2 and (tmp_path / "two" / "train_ddp_process_1.log").exists()
     assert two["all_heads"] == one["all_heads"], "same heads, same accuracy, on every layer and lr"
     assert two["metrics"] == one["metrics"]
+    # the trained weights themselves: batch-norm statistics in float64 on both paths, so the two
+    # runs differ by float32 rounding of the summed gradients only
+    import torch
+    h1, h2 = (torch.load(tmp_path / run / "heads.pt", map_location="cpu") for run in ("one", "two"))
+    assert sorted(h1) == sorted(h2) and any(k.endswith("1.weight") for k in h1)
+    diff = max((h1[k].double() - h2[k].double()).abs().max().item() for k in h1)
+    scale = max(h1[k].double().abs().max().item() for k in h1 if k.endswith("1.weight"))
+    print(f"probe DDP: max |head(1 process) - head(2 processes)| = {diff:.3g} (largest weight {scale:.3g})")
+    assert diff <= 1e-5 * scale, diff
     # nothing counted twice (a padded sampler would count 52 test images): every accuracy is k/50
     for k, v in two["all_heads"].items():
         n = 50 if "/test/" in k else 10
@@ -82,8 +91,9 @@ def test_probe_on_two_gloo_processes_equals_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_pretraining_on_two_gloo_processes(tiny_data, tmp_path):
-    """DDP pretraining: each rank takes its half of every epoch (the datamodule shards, Lightning's
-    sampler is off), one rank writes results and samples."""
+    """DDP pretraining: data.batch_size is the global batch (each of the 2 ranks loads half of it), each
+    rank takes its half of every epoch (the datamodule shards, Lightning's sampler is off), one rank
+    writes results and samples; a global batch that does not divide is refused naming the key."""
     from helpers import tiny_overrides
     out = tmp_path / "run"
     args = [a for a in tiny_overrides(tiny_data, out, tmp_path / "cache") if not a.startswith("trainer.max_epochs")]
@@ -94,7 +104,13 @@ def test_pretraining_on_two_gloo_processes(tiny_data, tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
-    # 80 train images: 40 per rank, batches of 16 with the last partial one dropped -> 2 steps per epoch
-    assert res["metrics"]["pretrain/steps"] == 4 and res["config"]["trainer"]["devices"] == 2
+    # 80 train images: 40 per rank; global batch 16 = 8 per rank -> 5 steps per epoch
+    assert res["metrics"]["pretrain/steps"] == 10 and res["config"]["trainer"]["devices"] == 2
     assert (out / "samples" / "final.png").is_file() and (out / "train_ddp_process_1.log").exists()
     assert done.stdout.count("results written") == 1
+    odd = subprocess.run([sys.executable, "-m", "ssl_bench.cli", "pretrain", *args, "data.batch_size=15",
+                          f"hydra.run.dir={tmp_path}/odd", "trainer.accelerator=cpu", "trainer.devices=2",
+                          "trainer.strategy=ddp"], env=env, capture_output=True, text=True, timeout=300)
+    err = [line for line in odd.stderr.splitlines() if line.startswith("ssl-bench: error:")]
+    assert odd.returncode == 2 and len(err) == 1 and "data.batch_size=15" in err[0] and "2 processes" in err[0]
+    assert not (tmp_path / "odd" / "checkpoints").exists()

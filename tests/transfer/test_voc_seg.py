@@ -122,6 +122,11 @@ def test_sbd_adds_ids_outside_voc_val(voc, tmp_path):
     (sbd / "train.txt").write_text(f"{new[0]}\n{val[0]}\n{new[1]}\n")
     (sbd / "val.txt").write_text(f"{new[2]}\n{train[0]}\n{new[0]}\n")
 
+    only = VOCSegmentationDataset(voc, "2012", "sbd_train", sbd_root=tmp_path / "benchmark_RELEASE")
+    assert only.ids == [new[0], val[0], new[1]] and only.num_sbd == 3  # exactly SBD's train.txt
+    assert np.array_equal(only[1][1].numpy(), segs[val[0]])
+    with pytest.raises(ValueError, match="sbd_root"):
+        VOCSegmentationDataset(voc, "2012", "sbd_train")
     ds = VOCSegmentationDataset(voc, "2012", "train", sbd_root=tmp_path / "benchmark_RELEASE")
     assert ds.ids == train + new           # VOC val excluded, duplicates once, VOC train kept from VOC
     assert ds.num_sbd == 3
@@ -319,8 +324,152 @@ def test_short_fit_and_test_on_synthetic_voc(voc, tmp_path):
     assert torch.equal(task.model.upscore.weight, bilinear_kernel(21, 32))
     out = trainer.test(task, datamodule=data)
     r = task.results
-    assert 0.0 <= r["voc12/seg/mIoU"] <= 100.0 and 0.0 <= r["voc12/seg/pixel_acc"] <= 100.0
+    c = task.confusion.astype(float)  # rows target, columns prediction; IoU written out per class
+    ious = [c[k, k] / (c[k].sum() + c[:, k].sum() - c[k, k]) for k in range(21) if c[k].sum() + c[:, k].sum()]
+    assert r["voc12/seg/mIoU"] == pytest.approx(100 * np.mean(ious))
+    assert r["voc12/seg/pixel_acc"] == pytest.approx(100 * np.trace(c) / c.sum())
     assert len([k for k in r if "/IoU/" in k]) == 21
     assert out[0]["voc12/seg/mIoU"] == pytest.approx(r["voc12/seg/mIoU"])
     ds = VOCSegmentationDataset(voc, "2012", "val")
     assert task.confusion.sum() == sum(int((ds[i][1] != IGNORE_INDEX).sum()) for i in range(len(ds)))
+
+
+def _overfit_miou(voc: Path, tmp_path: Path, epochs: int) -> float:
+    """mIoU on the VOC2012 'train' images after ``epochs`` on those same images (whole 64 px images)."""
+    pl.seed_everything(0, verbose=False)
+    data = VOCSegmentationData(voc, "2012", test_split="train", crop_size=64, scale_range=(1.0, 1.0),
+                               batch_size=4, num_workers=0)
+    task = VOCSegmentationTask(_tiny_trunk(), partial(torch.optim.Adam, lr=1e-2), dropout=0.0)
+    trainer = _trainer(tmp_path, max_epochs=max(epochs, 1), limit_train_batches=1.0 if epochs else 0)
+    if epochs:
+        trainer.fit(task, datamodule=data)
+    trainer.test(task, datamodule=data, verbose=False)
+    return task.results["voc12/seg/mIoU"]
+
+
+def test_fcn_learns_the_training_masks(voc, tmp_path):
+    """Training must learn: the untrained FCN (zero score layer) predicts background everywhere (measured
+    mIoU 6.8); 60 epochs on the training images raise their mIoU well above it (measured 17.4)."""
+    untrained, trained = _overfit_miou(voc, tmp_path, 0), _overfit_miou(voc, tmp_path, 60)
+    assert trained > untrained + 7, (untrained, trained)
+
+
+# ------------------------------------------------------------------------------------ deploy FCN-32s (paper)
+
+def _deploy_trunk(**kw) -> nn.Module:
+    return alexnet_small(input_space="rgb", geometry="deploy", widths=(16, 32, 48, 48, 32), fc_channels=64,
+                         batch_norm=False, **kw)
+
+
+def _receptive_centre(layers, y: int, input_pad: int) -> float:
+    """Brute force: the input interval fc7 cell y sees, walked back layer by layer; its midpoint."""
+    lo, hi = y, y
+    for k, s, p, d in reversed(layers):
+        lo, hi = lo * s - p, hi * s - p + d * (k - 1)
+    return (lo + hi) / 2 - input_pad
+
+
+def test_deploy_fcn_has_fcn_alexnets_stride_and_crop_and_keeps_odd_sizes():
+    from ssl_bench.models.alexnet import AlexNet
+    from ssl_bench.transfer.voc_seg import DeployFCN32s, coordinate_map, trunk_layers
+    caffenet = AlexNet(input_space="rgb", geometry="deploy", widths=(4, 4, 4, 4, 4), fc_channels=4, batch_norm=False)
+    model = DeployFCN32s(caffenet)
+    # FCN's voc-fcn-alexnet: upscore kernel 63 stride 32, crop_param offset 18 (its val.prototxt)
+    assert (model.stride, model.crop_offset, model.upscore.kernel_size) == (32, 18, (63, 63))
+    assert not model.upscore.weight.requires_grad and model.upscore.bias is None
+    for trunk in (caffenet, _deploy_trunk()):
+        layers = trunk_layers(trunk)
+        stride, centre = coordinate_map(layers, 100)
+        assert [_receptive_centre(layers, y, 100) for y in (0, 3)] == [centre, centre + 3 * stride]
+    with torch.no_grad():
+        for h, w in ((1, 1), (33, 47), (101, 63), (227, 229)):
+            assert model(torch.randn(1, 3, h, w)).shape == (1, 21, h, w)
+        small = DeployFCN32s(_deploy_trunk())
+        for h, w in ((5, 7), (65, 63)):
+            assert small(torch.randn(2, 3, h, w)).shape == (2, 21, h, w)
+
+
+def test_deploy_upsampler_is_bilinear_between_the_cells_centres():
+    """Score cell y sits on its receptive field's centre c_y; between centres the output is the
+    separable linear interpolation of the cells (numpy's interp per axis as the reference)."""
+    from ssl_bench.transfer.voc_seg import DeployFCN32s, coordinate_map, trunk_layers
+    model = DeployFCN32s(_deploy_trunk())
+    stride, centre = coordinate_map(trunk_layers(model.trunk), 100)
+    g = torch.Generator().manual_seed(0)
+    score = torch.randn(1, 21, 6, 5, generator=g)
+    H, W = 150, 120
+    out = model.upsample(score, (H, W))[0].numpy()
+    ys, xs = centre + stride * np.arange(6), centre + stride * np.arange(5)
+    rows = np.arange(int(np.ceil(max(ys[0], 0))), int(min(ys[-1], H - 1)) + 1)
+    cols = np.arange(int(np.ceil(max(xs[0], 0))), int(min(xs[-1], W - 1)) + 1)
+    assert len(rows) > 60 and len(cols) > 60
+    s = score[0].numpy()
+    for c in (0, 7, 20):
+        along_x = np.stack([np.interp(cols, xs, s[c, i]) for i in range(6)])         # 6 x len(cols)
+        ref = np.stack([np.interp(rows, ys, along_x[:, j]) for j in range(len(cols))], axis=1)
+        assert np.allclose(out[c][np.ix_(rows, cols)], ref, atol=1e-5)
+
+
+def _protocol_of(out: Path) -> dict:
+    import json
+    return json.loads((out / "results.json").read_text())
+
+
+def test_paper_segmentation_run_is_the_deploy_fcn_without_geometry_deviations(tmp_path, run_cli):
+    out = tmp_path / "paper"
+    assert run_cli("finetune", "task=voc_seg", "protocol=paper", "init=gaussian", "backbone=alexnet_small",
+                   "backbone.widths=[16,32,48,48,32]", "backbone.fc_channels=64", "backbone.fc6_kernel=1",
+                   "backbone.input_space=rgb", "voc_root=synthetic", "synthetic_voc.num_trainval=8",
+                   "synthetic_voc.num_test=4", "synthetic_voc.image_size=64", f"paths.data_dir={tmp_path / 'data'}",
+                   f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={out}", "task.datamodule.num_workers=0",
+                   "trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0", "finetune.rescale_images=4",
+                   "finetune.rescale_size=64", "finetune.rescale=per_unit", "recipe.train_list=train",
+                   "recipe.test_list=val", "recipe.max_steps=1", "recipe.accumulate_grad_batches=2") == 0
+    record = _protocol_of(out)
+    assert record["trunk"]["geometry"] == "deploy" and record["protocol"]["recipe"]["stride"] == 32
+    assert sorted(record["protocol"]["deviations"]) == ["accumulate_grad_batches=2", "max_steps=1", "rescale=per_unit",
+                                                        "test_list=val", "train_list=train"]
+    assert 0.0 <= record["metrics"]["voc12/seg/mIoU"] <= 100.0
+
+
+def test_deploy_fcn_overfits_two_training_images(voc):
+    """Two whole training images, batch 1: the zero-initialised net predicts background only (mIoU of
+    the images' classes about 30); fitting them brings it near 100 (measured 89)."""
+    ds = VOCSegmentationDataset(voc, "2012", "train")
+    picked = [ds[i] for i in range(len(ds)) if min(np.unique(ds[i][1].numpy(), return_counts=True)[1]) >= 100][:2]
+    assert len(picked) == 2
+    torch.manual_seed(0)
+    task = VOCSegmentationTask(_deploy_trunk(), partial(torch.optim.Adam, lr=3e-3), geometry="deploy", stride=32,
+                               dropout=0.0)
+
+    def miou() -> float:
+        task.on_test_epoch_start()
+        for image, mask in picked:
+            task.accumulate(task.segment(image[None]), mask[None].long())
+        return task.compute_results(task.confusion)["voc12/seg/mIoU"]
+
+    before = miou()
+    opt = task.configure_optimizers()
+    for _ in range(50):
+        for image, mask in picked:
+            loss = task.training_step({"image": image[None], "mask": mask[None], "skipped": []}, 0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    after = miou()
+    assert before < 40 and after > 80, (before, after)
+
+
+def test_biases_get_caffes_lr_and_decay_multipliers():
+    """The authors' net trains every bias at lr_mult 2, decay_mult 0; the weights keep the base values."""
+    task = VOCSegmentationTask(_deploy_trunk(), partial(torch.optim.SGD, lr=1e-4, momentum=0.9, weight_decay=5e-4),
+                               geometry="deploy", stride=32, bias_lr_mult=2.0, bias_decay_mult=0.0)
+    weights, biases = task.configure_optimizers().param_groups
+    assert (weights["lr"], weights["weight_decay"], biases["lr"], biases["weight_decay"]) == (1e-4, 5e-4, 2e-4, 0.0)
+    trunk_biases = [p for n, p in task.model.trunk.named_parameters() if n.endswith(".bias")]
+    assert len(trunk_biases) == 7                                       # conv1..conv5, fc6, fc7
+    assert {id(p) for p in biases["params"]} == {id(task.model.score.bias), *map(id, trunk_biases)}
+    assert id(task.model.score.weight) in {id(p) for p in weights["params"]}
+    assert all(id(p) != id(task.model.upscore.weight) for g in (weights, biases) for p in g["params"])
+    with pytest.raises(ValueError, match="task.module.stride=16"):
+        VOCSegmentationTask(_deploy_trunk(), partial(torch.optim.SGD, lr=0.1), geometry="deploy", stride=16)

@@ -45,6 +45,8 @@ seed). Raters whose sentinel accuracy is below a threshold (paper: all sentinels
 excluded; so are raters who answered no sentinel at all, unless the threshold is 0.
 """
 
+from ssl_bench.errors import ConfigError
 
-class UserError(ValueError):
+
+class UserError(ConfigError):
     """Bad input from the person running the study (reported in one line, exit code 2)."""
