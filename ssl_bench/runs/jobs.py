@@ -72,19 +72,49 @@ def composition_error(e: BaseException) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
+def sweep_lines(overrides: Sequence[str], limit: int = 64) -> list[list[str]] | None:
+    """Override lines that together try every value of every swept key: the sweep's first job
+    (``seed=0,1,2`` -> ``seed=0``), then each other value of each sweep with the rest at their first
+    value (at most ``limit`` lines). Hydra's own settings (``hydra/launcher=...``, ``hydra.sweep.dir=...``)
+    are left out: they are not part of the job's config. None when the line does not parse (Hydra then
+    reports it itself)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in overrides if not a.startswith("-")])
+    except HydraException:
+        return None
+    choices: list[list[str]] = []
+    for o in parsed:
+        line = o.input_line or ""
+        if o.get_key_element().lstrip("+~").startswith("hydra"):
+            continue
+        key = line.split("=", 1)[0]
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [None]
+        if not values:
+            return None
+        choices.append([line] if values == [None] else [f"{key}={v}" for v in values])
+    first = [c[0] for c in choices]
+    lines = [first] + [first[:i] + [v] + first[i + 1:] for i, c in enumerate(choices) for v in c[1:]]
+    return lines[:limit]
+
+
 def check_overrides(config: str, overrides: Sequence[str]) -> None:
     """Compose ``config`` with the command line before Hydra runs it: a misspelt key or option becomes
-    a one-line ConfigError. Sweeps (-m) and Hydra flags are left to Hydra, which expands them."""
+    a one-line ConfigError. A sweep (-m) is checked on every swept value."""
     from hydra.errors import ConfigCompositionException
 
     from ssl_bench.config import compose
     from ssl_bench.errors import ConfigError
-    if any(a.startswith("-") for a in overrides):
-        return
-    try:
-        compose(config, overrides)
-    except ConfigCompositionException as e:
-        raise ConfigError(composition_error(e)) from e
+    sweep = any(a in ("-m", "--multirun") for a in overrides)
+    if any(a.startswith("-") for a in overrides) and not sweep:
+        return  # other Hydra flags (--cfg, --help, ...) are Hydra's
+    lines = sweep_lines(overrides) if sweep else [list(overrides)]
+    for line in lines or []:
+        try:
+            compose(config, line)
+        except ConfigCompositionException as e:
+            raise ConfigError(composition_error(e)) from e
 
 
 def summary(record: dict[str, Any], shown: tuple[str, ...]) -> str:

@@ -105,6 +105,23 @@ def test_bad_config_value_is_one_line_naming_the_key_before_training(overrides, 
     assert not (out / "checkpoints").exists() and not (out / "results.json").exists()
 
 
+@pytest.mark.parametrize("sweep", [["-m", "seed=0,1", "trainer.max_epoch=1"],
+                                   ["--multirun", "pretext=colorization,colourization"]])
+def test_misspelt_key_or_option_in_a_sweep_is_one_line_before_any_job(sweep, tmp_path, run_cli, capsys):
+    code = run_cli("pretrain", *sweep, f"hydra.sweep.dir={tmp_path}/sweep")
+    err = _lines(capsys.readouterr().err)
+    assert code == 2 and len(err) == 1 and err[0].startswith("ssl-bench: error: "), err
+    assert ("trainer.max_epoch" in err[0] or "colourization" in err[0]) and not (tmp_path / "sweep").exists()
+
+
+def test_sweep_check_tries_every_swept_value_once_and_leaves_hydra_settings_out():
+    from ssl_bench.runs.jobs import sweep_lines
+    assert sweep_lines(["-m", "seed=0,1", "init=gaussian,kraehenbuehl", "hydra/launcher=slurm",
+                        "hydra.sweep.dir=x", "+a.b=range(3,5)", "c=1"]) == [
+        ["seed=0", "init=gaussian", "+a.b=3", "c=1"], ["seed=1", "init=gaussian", "+a.b=3", "c=1"],
+        ["seed=0", "init=kraehenbuehl", "+a.b=3", "c=1"], ["seed=0", "init=gaussian", "+a.b=4", "c=1"]]
+
+
 def test_check_value_accepts_the_defaults_and_null_where_allowed():
     from ssl_bench.config import check_value, compose, validate
     for name in ("pretrain", "probe_run", "finetune", "colorization_eval"):
