@@ -24,7 +24,7 @@ from ssl_bench import color
 from ssl_bench.errors import ConfigError
 from ssl_bench.models.inputs import L_CENTER
 from ssl_bench.pretext import common
-from ssl_bench.pretext.colorization import ColorObjective, training_prior
+from ssl_bench.pretext.colorization import ColorizationPretext, ColorObjective
 from ssl_bench.pretext.common import SkipCounter
 from ssl_bench.pretext.losses import resize_to
 
@@ -114,14 +114,8 @@ class SplitBrainPretext(pl.LightningModule):
         loss_l = F.cross_entropy(out["l_logits"].float(), lightness_bins(out["L_grid"], self.l_bins))
         return {"loss": loss_ab + loss_l, "loss_ab": loss_ab, "loss_ab_unweighted": plain_ab, "loss_L": loss_l}
 
-    @staticmethod
-    def data_arguments(datamodule: Any, cache_dir: str | Path, arguments: dict[str, Any]) -> dict[str, Any]:
-        """The training set's ab prior, which a rebalancing objective needs (see `common`)."""
-        objective = arguments["objective"]
-        if not objective.rebalance:
-            return {}
-        return {"prior": training_prior(datamodule, cache_dir, arguments["ab_stride"], objective.prior_sigma,
-                                        objective.prior_images)}
+    # the training set's ab prior for the L -> ab half's rebalancing: the colorization pretext's own
+    data_arguments = staticmethod(ColorizationPretext.data_arguments)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any] | None:
         images = common.batch_images(self, batch)
