@@ -26,6 +26,18 @@ def tiny_overrides(data_root: Path, out_dir: Path, cache: Path) -> list[str]:
     ]
 
 
+def probe_pretrained(run_cli: Callable[..., int], pretrain_dir: Path, data_root: Path, tmp_path: Path) -> dict:
+    """Run a one-epoch linear probe of conv1/conv5 on ``pretrain_dir``'s last checkpoint (the way a
+    user would, through the CLI) and return its results.json; asserts that the probe run succeeded."""
+    import json
+    out = tmp_path / "probe"
+    assert run_cli("probe", f"checkpoint={pretrain_dir / 'checkpoints' / 'last.ckpt'}", f"data.root={data_root}",
+                   "data.synthetic=null", "data.num_workers=0", "probe.epochs=1", "probe.layers=[conv1,conv5]",
+                   f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={out}",
+                   "trainer.enable_progress_bar=false") == 0
+    return json.loads((out / "results.json").read_text())
+
+
 def synthetic_batch(n: int, classes: int = 10, size: int = 64, seed: int = 1):
     """uint8 N x 3 x size x size images and their labels from the suite's synthetic renderer."""
     import torch

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_TRUNK, synthetic_batch, tiny_overrides, train_losses
+from helpers import TINY_TRUNK, probe_pretrained, synthetic_batch, tiny_overrides, train_losses
 
 from ssl_bench.models.alexnet import alexnet_small
 from ssl_bench.models.checkpoint import read_checkpoint
@@ -70,12 +70,7 @@ def test_baseline_pretrains_and_its_trunk_is_probed(name, tiny_data, tmp_path, r
     assert ckpt["ssl_bench"]["trunk"]["in_channels"] == 3
     if samples:
         assert (out / "samples" / "final.png").is_file()
-    probe_out = tmp_path / "probe"
-    assert run_cli("probe", f"checkpoint={out / 'checkpoints' / 'last.ckpt'}", f"data.root={tiny_data}",
-                   "data.synthetic=null", "data.num_workers=0", "probe.epochs=1", "probe.layers=[conv1,conv5]",
-                   f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={probe_out}",
-                   "trainer.enable_progress_bar=false") == 0
-    probe = json.loads((probe_out / "results.json").read_text())
+    probe = probe_pretrained(run_cli, out, tiny_data, tmp_path)
     assert probe["method"] == method and 0 <= probe["metrics"]["probe/conv5/top1"] <= 100
 
 

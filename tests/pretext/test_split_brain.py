@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from helpers import synthetic_batch, tiny_overrides, train_losses
+from helpers import probe_pretrained, synthetic_batch, tiny_overrides, train_losses
 
 from ssl_bench.models.alexnet import AlexNet
 from ssl_bench.models.checkpoint import read_suite_checkpoint
@@ -101,10 +101,5 @@ def test_pretrains_and_is_probed_from_its_checkpoint(tiny_data, tmp_path, run_cl
     assert (out / "samples" / "final.png").is_file()
     opened = read_suite_checkpoint(out / "checkpoints" / "last.ckpt")
     assert isinstance(opened.load_trunk(), SplitBrainAlexNet)
-    probe_out = tmp_path / "probe"
-    assert run_cli("probe", f"checkpoint={out / 'checkpoints' / 'last.ckpt'}", f"data.root={tiny_data}",
-                   "data.synthetic=null", "data.num_workers=0", "probe.epochs=1", "probe.layers=[conv1,conv5]",
-                   f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={probe_out}",
-                   "trainer.enable_progress_bar=false") == 0
-    probe = json.loads((probe_out / "results.json").read_text())
+    probe = probe_pretrained(run_cli, out, tiny_data, tmp_path)
     assert probe["method"] == "split_brain" and 0 <= probe["metrics"]["probe/conv5/top1"] <= 100
