@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Sequence
+from typing import Any
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -33,3 +34,17 @@ def piecewise_constant(optimizer: Optimizer, boundaries: Sequence[int], values: 
                        scale: float = 1.0) -> LambdaLR:
     """LambdaLR with multipliers ``values`` switching at iteration ``boundaries`` (x ``scale``)."""
     return LambdaLR(optimizer, PiecewiseConstant(boundaries, values, scale))
+
+
+def caffe_bias_optimizers(opt: Any, scheduler_factory: Any, bias_lr_mult: float, bias_decay_mult: float) -> Any:
+    """Lightning's ``configure_optimizers`` value for an optimiser built on [weights, biases]: the biases'
+    lr and weight decay scaled as Caffe's second ``param`` block does (lr_mult / decay_mult), then the
+    per-iteration scheduler from ``scheduler_factory`` (None: none), built after the scaling so its
+    base lrs include the bias multiplier."""
+    bias = opt.param_groups[1]
+    bias["lr"] *= bias_lr_mult
+    if "weight_decay" in bias:
+        bias["weight_decay"] *= bias_decay_mult
+    if scheduler_factory is None:
+        return opt
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler_factory(opt), "interval": "step"}}

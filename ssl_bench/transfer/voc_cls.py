@@ -53,6 +53,7 @@ from ssl_bench.io import atomic_writer
 from ssl_bench.metrics import mean_average_precision, voc_prefix
 from ssl_bench.models.inputs import trunk_input
 from ssl_bench.models.layers import LAYERS
+from ssl_bench.models.optim import caffe_bias_optimizers
 from ssl_bench.pretext import common
 from ssl_bench.transfer.loaders import sharded_loader
 
@@ -576,11 +577,4 @@ class VOCClassificationTask(pl.LightningModule):
         assert not any(id(p) in frozen for g in groups for p in g["params"]), \
             "frozen parameters must not reach the optimiser"
         opt = self.optimizer_factory(groups)
-        bias = opt.param_groups[1]
-        bias["lr"] *= self.bias_lr_mult
-        if "weight_decay" in bias:
-            bias["weight_decay"] *= self.bias_decay_mult
-        if self.scheduler_factory is None:
-            return opt
-        # built after the scaling, so the scheduler's base lrs include the bias multiplier
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+        return caffe_bias_optimizers(opt, self.scheduler_factory, self.bias_lr_mult, self.bias_decay_mult)

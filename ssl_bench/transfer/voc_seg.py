@@ -96,6 +96,7 @@ from ssl_bench.data.voc import VOC_CLASSES, read_image_set, voc_colormap, voc_ro
 from ssl_bench.errors import ConfigError, DataError, MissingDataError
 from ssl_bench.metrics import confusion_matrix, mean_iou, per_class_iou, pixel_accuracy, voc_prefix
 from ssl_bench.models.inputs import RGB_MEAN, trunk_input
+from ssl_bench.models.optim import caffe_bias_optimizers
 from ssl_bench.pretext.common import check_finite
 from ssl_bench.transfer.loaders import sharded_loader
 
@@ -677,10 +678,4 @@ class VOCSegmentationTask(pl.LightningModule):
         biases = [p for n, p in named if n.endswith(".bias") and p.dim() == 1]
         ids = {id(p) for p in biases}
         opt = self.optimizer_factory([{"params": [p for _, p in named if id(p) not in ids]}, {"params": biases}])
-        bias = opt.param_groups[1]
-        bias["lr"] *= self.bias_lr_mult
-        if "weight_decay" in bias:
-            bias["weight_decay"] *= self.bias_decay_mult
-        if self.scheduler_factory is None:
-            return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+        return caffe_bias_optimizers(opt, self.scheduler_factory, self.bias_lr_mult, self.bias_decay_mult)
