@@ -1,8 +1,8 @@
 """The embedded default data set: a deterministic synthetic ImageFolder tree of object images.
 
-Why it looks the way it does (see shared/reference/embedded-default-notes.md): a first synthetic
-set let a *random* RGB AlexNet reach 85-90% on the linear probe, because hue plus a crude shape
-cue gave the class away.  A benchmark on which an untrained network ties the best method separates
+Why it looks the way it does (docs/data.md tells the longer story): a first synthetic set let a
+*random* RGB AlexNet reach 85-90% on the linear probe, because hue plus a crude shape cue gave the
+class away.  A benchmark on which an untrained network ties the best method separates
 nothing, so this generator is built so that
 
 * colour alone does not give the class away: every class has two hue modes, and each of the eight
@@ -16,10 +16,14 @@ nothing, so this generator is built so that
   vector), so a filter bank cannot read the texture off a colour channel;
 * the object's lightness is jittered per instance (base level, texture contrast and polarity,
   shading), so luminance statistics do not reveal the class either;
-* the background depends on position (bluish sky with a vertical gradient above a random, slightly
-  tilted horizon; green/brown ground below) but not on the class, which makes colorization
-  position-aware as on natural photographs;
-* instances vary in scale, rotation, aspect, smooth deformation and position, and 0-3 smaller
+* the background has the same statistics at every position (stationary lightness and colour noise,
+  pebbles and twigs at uniform positions and orientations) and a per-image hue unrelated to the
+  class: nothing in it tells up from down or left from right, so the relative position of two
+  patches (context prediction) and the content of a hole (context encoder) must be read from the
+  objects;
+* class objects stand upright (within about 23 degrees) and the main object is large and near the
+  centre, so its parts and outline keep a fixed arrangement around the image centre;
+* instances vary in scale, tilt, aspect, smooth deformation and position, and 0-3 smaller
   distractors (other classes' objects in their own colours, or neutral grey/brown "rocks") sit
   behind or partly in front of the main object.  The label is the main (largest) object's class.
 
@@ -49,7 +53,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from ssl_bench.errors import ConfigError, OutputExistsError
 
@@ -58,7 +62,7 @@ __all__ = ["CLASS_NAMES", "SHAPES", "TEXTURES", "HUE_MODES_DEG", "CLASS_HUE_MODE
 
 # Bump whenever the rendered pixels change for the same spec: the manifest records it, so a tree
 # written by an older generator is reported as different instead of silently reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 _GENERATOR_ID = "ssl_bench.data.synthetic"
 
 SHAPES: tuple[str, ...] = ("star", "disc", "triangle", "square", "cross",
@@ -191,7 +195,9 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.n
     big = Image.fromarray(coarse).resize((int(round(gw * cell)), int(round(gh * cell))),
                                                    Image.Resampling.BICUBIC)
     arr = np.asarray(big, dtype=np.float32)
-    oy, ox = int(cell // 2), int(cell // 2)  # skip the border cells where bicubic has no support
+    # A random phase (skipping the border cells where bicubic has no support): the noise's variance
+    # peaks on the coarse grid's nodes, and a fixed phase would tie those peaks to image positions.
+    oy, ox = (int(cell // 2) + rng.integers(0, max(1, int(cell)), size=2)).tolist()
     return arr[oy:oy + h, ox:ox + w] * 1.6
 
 
@@ -373,6 +379,7 @@ class _Object:
     a: float
     b: float
     paint_seed: int            # texture parameters are drawn from this stream when painted
+    rim_L: float | None        # lightness of the object's outline band (None: no outline)
 
 
 def _make_object(rng: np.random.Generator, n: int, cls: int | None, radius: float,
@@ -396,7 +403,9 @@ def _make_object(rng: np.random.Generator, n: int, cls: int | None, radius: floa
         hue = HUE_MODES_DEG[mode] + rng.normal(0.0, 6.0)
         chroma = rng.uniform(30.0, 60.0)
     polys = _deform(polys, rng, 0.1 if cls is not None else 0.05)
-    angle = rng.uniform(0.0, 2.0 * np.pi)
+    # Objects stand upright (within +-23 degrees), as things in photographs do: their parts sit in a
+    # fixed arrangement, so a patch of an object tells where its neighbouring parts are.
+    angle = rng.uniform(-0.4, 0.4) if cls is not None else rng.uniform(0.0, 2.0 * np.pi)
     g = rng.uniform(0.0, 7.0)
     phi = rng.uniform(0.0, 2.0 * np.pi)
     a = chroma * math.cos(math.radians(hue))
@@ -404,9 +413,13 @@ def _make_object(rng: np.random.Generator, n: int, cls: int | None, radius: floa
     f = _gamut_scale([L_base - 0.5 * abs(amplitude), L_base, L_base + 0.5 * abs(amplitude)], a, b)
     rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
     pix = [((p @ rot.T) * radius + np.array([cx, cy]), fill) for p, fill in polys]
+    # Class objects have an outline band 25-35 units darker (or, for dark objects, lighter) than
+    # their body: a part that every object has, at a fixed place, and that shows in any one channel.
+    rim = rng.uniform(25.0, 35.0)
+    rim_L = None if cls is None else (L_base - rim if L_base >= 50.0 else L_base + rim)
     return _Object(pix, cx, cy, angle, radius, texture, L_base, amplitude,
                    (g * math.cos(phi), g * math.sin(phi)), a * f, b * f,
-                   int(rng.integers(0, 2**63)))
+                   int(rng.integers(0, 2**63)), rim_L)
 
 
 def _rasterise(obj: _Object, n: int) -> np.ndarray:
@@ -418,6 +431,15 @@ def _rasterise(obj: _Object, n: int) -> np.ndarray:
         q = p * ss
         draw.polygon([(float(x), float(y)) for x, y in q], fill=255 if fill else 0)
     return np.asarray(im.reduce(ss), dtype=np.float32) / 255.0
+
+
+def _outline(alpha: np.ndarray, width: int) -> np.ndarray:
+    """The band within ``width`` pixels inside the edge of a coverage map (n x n in [0, 1] -> same).
+    The object goes on beyond the image border, so the border itself gets no band."""
+    pad = width + 1
+    im = Image.fromarray(np.pad(np.rint(alpha * 255.0), pad, mode="edge").astype(np.uint8))
+    inner = np.asarray(im.filter(ImageFilter.MinFilter(2 * width + 1)), dtype=np.float64)[pad:-pad, pad:-pad]
+    return np.clip(alpha - inner / 255.0, 0.0, 1.0)
 
 
 def _paint(obj: _Object, rng: np.random.Generator, canvas: np.ndarray, alpha: np.ndarray,
@@ -435,6 +457,9 @@ def _paint(obj: _Object, rng: np.random.Generator, canvas: np.ndarray, alpha: np
     r64 = obj.radius / s
     L = obj.L_base + obj.amplitude * (2.0 * p - 1.0) + (obj.shading[0] * u + obj.shading[1] * v) / r64
     field = np.empty((y1 - y0, x1 - x0, 3))
+    if obj.rim_L is not None:
+        band = _outline(alpha, max(1, int(round(1.5 * s))))[y0:y1, x0:x1]
+        L = L * (1.0 - band) + obj.rim_L * band
     field[..., 0] = np.clip(L, 4.0, 97.0)
     field[..., 1] = obj.a
     field[..., 2] = obj.b
@@ -444,38 +469,46 @@ def _paint(obj: _Object, rng: np.random.Generator, canvas: np.ndarray, alpha: np
 
 # ------------------------------------------------------------------------------------ background
 
-def _background(rng: np.random.Generator, n: int, s: float) -> np.ndarray:
-    """Sky above a random, slightly tilted horizon; ground below.  Independent of the class."""
-    yy, xx = np.mgrid[0:n, 0:n].astype(np.float64) + 0.5
-    horizon = rng.uniform(0.3, 0.68) * n + rng.uniform(-0.15, 0.15) * (xx - n / 2)
-    # Sky: bluish, darker and more saturated towards the top, paler at the horizon.
-    L_top, L_hor = rng.uniform(46.0, 68.0), rng.uniform(70.0, 90.0)
-    sky_hue = math.radians(rng.uniform(228.0, 272.0))
-    C_top = rng.uniform(14.0, 38.0)
-    C_hor = C_top * rng.uniform(0.3, 0.7)
-    t = np.clip(yy / np.maximum(horizon, 1.0), 0.0, 1.0)
-    sky_L = L_top + (L_hor - L_top) * t
-    sky_C = C_top + (C_hor - C_top) * t
-    for _ in range(int(rng.integers(0, 3))):  # soft clouds: lighter, less blue
-        ccx, ccy = rng.uniform(0, n), rng.uniform(0.0, 0.8) * n
-        sx, sy = rng.uniform(6.0, 16.0) * s, rng.uniform(2.0, 5.0) * s
-        blob = np.exp(-(((xx - ccx) / sx) ** 2 + ((yy - ccy) / sy) ** 2))
-        sky_L = sky_L + rng.uniform(6.0, 14.0) * blob
-        sky_C = sky_C * (1.0 - 0.7 * blob)
-    # Ground: greens to browns, lighter towards the horizon (aerial perspective), mottled.
-    g_hue = rng.uniform(55.0, 140.0)
-    g_C = rng.uniform(15.0, 42.0)
-    L_far, L_near = rng.uniform(40.0, 62.0), rng.uniform(26.0, 50.0)
-    depth = np.clip((yy - horizon) / np.maximum(n - horizon, 1.0), 0.0, 1.0)
-    mottle = _smooth_noise(rng, n, n, rng.uniform(4.0, 9.0) * s)
-    g_L = L_far + (L_near - L_far) * depth + rng.uniform(3.0, 7.0) * mottle
-    g_h = np.radians(g_hue + 8.0 * _smooth_noise(rng, n, n, 10.0 * s))
-    ground = 1.0 / (1.0 + np.exp(-(yy - horizon) * 2.0))  # ~1 px soft horizon line
+def _background(rng: np.random.Generator, n: int, s: float, object_L: float) -> np.ndarray:
+    """A textured, cluttered ground whose statistics are the same at every position (n x n x 3 Lab).
+
+    Nothing in it says where up is: the lightness and colour fields are stationary noise drawn with
+    a random phase, and the clutter (pebbles and twigs) is placed uniformly at random orientations.
+    Its hue is drawn per image, independently of the class.  Its mean lightness lies 12-30 units
+    from the main object's base lightness ``object_L``, so the outline shows in any one channel."""
+    L0 = object_L + rng.uniform(12.0, 30.0) * rng.choice([-1.0, 1.0])
+    if not 20.0 <= L0 <= 85.0:
+        L0 = 2.0 * object_L - L0
+    hue0, chroma0 = rng.uniform(0.0, 360.0), rng.uniform(2.0, 14.0)
+    L = (L0 + rng.uniform(2.0, 5.0) * _smooth_noise(rng, n, n, rng.uniform(10.0, 18.0) * s)
+         + rng.uniform(1.0, 2.5) * _smooth_noise(rng, n, n, rng.uniform(2.5, 4.0) * s))
+    hue = np.radians(hue0 + 20.0 * _smooth_noise(rng, n, n, rng.uniform(12.0, 20.0) * s))
+    chroma = np.clip(chroma0 * (1.0 + 0.4 * _smooth_noise(rng, n, n, rng.uniform(8.0, 14.0) * s)), 0.0, None)
+    L = L + _clutter(rng, n, s)
     lab = np.empty((n, n, 3))
-    lab[..., 0] = sky_L * (1 - ground) + g_L * ground
-    lab[..., 1] = (sky_C * math.cos(sky_hue)) * (1 - ground) + g_C * np.cos(g_h) * ground
-    lab[..., 2] = (sky_C * math.sin(sky_hue)) * (1 - ground) + g_C * np.sin(g_h) * ground
+    lab[..., 0] = np.clip(L, 5.0, 95.0)
+    lab[..., 1] = chroma * np.cos(hue)
+    lab[..., 2] = chroma * np.sin(hue)
     return lab
+
+
+def _clutter(rng: np.random.Generator, n: int, s: float) -> np.ndarray:
+    """Lightness offsets (n x n) of 3-10 small pebbles and twigs, uniform in position and orientation."""
+    ss = _SUPERSAMPLE
+    layers = {1.0: Image.new("L", (n * ss, n * ss), 0), -1.0: Image.new("L", (n * ss, n * ss), 0)}
+    for _ in range(int(rng.integers(3, 11))):
+        x, y = rng.uniform(-4.0 * s, n + 4.0 * s, size=2) * ss
+        sign = float(rng.choice([-1.0, 1.0]))
+        draw = ImageDraw.Draw(layers[sign])
+        if rng.random() < 0.5:  # twig: a thin segment
+            half, th = rng.uniform(3.0, 8.0) * s * ss, rng.uniform(0.0, np.pi)
+            dx, dy = half * math.cos(th), half * math.sin(th)
+            draw.line([(x - dx, y - dy), (x + dx, y + dy)], fill=255, width=max(1, int(round(0.8 * s * ss))))
+        else:  # pebble: a small ellipse
+            rx, ry = rng.uniform(1.0, 2.5, size=2) * s * ss
+            draw.ellipse([x - rx, y - ry, x + rx, y + ry], fill=255)
+    amp = rng.uniform(6.0, 14.0)
+    return amp * sum(sign * np.asarray(im.reduce(ss), dtype=np.float64) / 255.0 for sign, im in layers.items())
 
 
 # ------------------------------------------------------------------------------------ render
@@ -501,12 +534,12 @@ def render(spec: SyntheticSpec, split: str, index: int) -> tuple[np.ndarray, int
     s = n / 64.0
     label = int(index) % spec.num_classes
     rng = _rng_for(spec, split, int(index))
-    canvas = _background(rng, n, s)
-
-    r_main = rng.uniform(0.17, 0.32) * n
-    margin = 0.8 * r_main
-    main = _make_object(rng, n, label, r_main, rng.uniform(margin, n - margin),
-                        rng.uniform(margin, n - margin))
+    # The main object is large and near the centre, as in object-centric photographs: a patch grid
+    # laid over the image then sees its parts and its outline on every side.
+    r_main = rng.uniform(0.24, 0.36) * n
+    main = _make_object(rng, n, label, r_main, n * (0.5 + rng.uniform(-0.16, 0.16)),
+                        n * (0.5 + rng.uniform(-0.16, 0.16)))
+    canvas = _background(rng, n, s, main.L_base)
     distractors: list[tuple[_Object, bool]] = []
     for _ in range(int(rng.integers(0, 4))):
         if rng.random() < 0.6 and spec.num_classes > 1:

@@ -70,11 +70,12 @@ def _render_voc_image(seed: int, image_index: int, main_cls: int, n: int
     """One image: (uint8 n x n x 3 RGB, instances in annotation order, main object first)."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x0C07, int(image_index)]))
     s = n / 64.0
-    canvas = _syn._background(rng, n, s)
     r_main = rng.uniform(0.16, 0.3) * n
     m = 0.7 * r_main
     objects = [(main_cls, _syn._make_object(rng, n, main_cls, r_main, rng.uniform(m, n - m),
                                             rng.uniform(m, n - m)))]
+    # the ground's lightness keeps its distance from the main object's, as in the classification set
+    canvas = _syn._background(rng, n, s, objects[0][1].L_base)
     for _ in range(int(rng.choice([0, 1, 2, 3], p=[0.35, 0.3, 0.2, 0.15]))):
         cls = int(rng.integers(len(VOC_CLASSES)))
         r = rng.uniform(0.05, 0.24) * n

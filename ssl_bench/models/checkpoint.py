@@ -27,6 +27,7 @@ from ssl_bench.errors import CheckpointError, MissingDataError
 from ssl_bench.io import atomic_writer
 from ssl_bench.models.alexnet import AlexNet
 from ssl_bench.models.prepare import ColorInputTrunk, prepared_mode
+from ssl_bench.models.split_brain import SplitBrainAlexNet
 from ssl_bench.weights.convention import ConventionTrunk, InputConvention, wrap_native
 
 __all__ = [
@@ -233,8 +234,9 @@ def save_prepared(trunk: nn.Module, path: str | Path, meta: dict[str, Any] | Non
     # an imported network keeps its input convention: stored beside the wrapped module, re-applied on load
     convention = trunk.convention if isinstance(trunk, ConventionTrunk) else None
     inner = trunk.trunk if isinstance(trunk, ConventionTrunk) else trunk
-    if not isinstance(inner, (AlexNet, ColorInputTrunk)):
-        raise TypeError(f"save_prepared: expected an AlexNet or ColorInputTrunk, got {type(inner).__name__}")
+    if not isinstance(inner, (AlexNet, ColorInputTrunk, SplitBrainAlexNet)):
+        raise TypeError(f"save_prepared: expected an AlexNet, ColorInputTrunk or SplitBrainAlexNet, "
+                        f"got {type(inner).__name__}")
     path = Path(path)
     payload = {
         "state_dict": {k: v.detach().cpu() for k, v in inner.state_dict().items()},
@@ -262,8 +264,9 @@ def load_prepared(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise CheckpointMismatchError(f"{path} is not a prepared-weights file (no '{PREPARED_KEY}' entry){hint}")
     config = dict(record["config"])
     color = bool(config.pop("color_branch", False))
+    build = _locate(config.pop("_target_")) if "_target_" in config else AlexNet  # e.g. the split-brain trunk
     try:
-        module: nn.Module = AlexNet(**config)
+        module: nn.Module = build(**config)
     except (TypeError, ValueError) as e:
         raise CheckpointMismatchError(f"{path}: cannot rebuild the trunk from {record['config']}: {e}") from e
     if color:

@@ -12,14 +12,19 @@ rescaling (``"none"``). Two transfer modes exist for a colorization (L) trunk:
   initialised to zero and learned; its output is summed with conv1(L) before the ReLU
   (`ColorInputTrunk`).
 
-RGB trunks (other pretexts) transfer in mode "rgb". The prepared module's ``input_space`` says how
-to feed uint8 images: ``trunk_input(images, module.input_space)`` ("L", "rgb" or "lab").
+RGB trunks (other pretexts) transfer in mode "rgb", the split-brain trunk (`SplitBrainAlexNet`, two
+disjoint half-width AlexNets on L and ab) in mode "lab": each step is applied to the two halves (batch
+norm absorbed in each, both calibrated together as the one net they form, fc6/fc7 of the halves joined
+into block-diagonal layers), and the whole net, read through the concatenated features of its halves,
+is fine-tuned. The prepared module's ``input_space`` says how to feed uint8 images:
+``trunk_input(images, module.input_space)`` ("L", "rgb" or "lab").
 Prepared modules are saved and loaded by `ssl_bench.models.checkpoint` (save_prepared / load_prepared).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,18 +36,22 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ssl_bench.data.images import DECODE_ERRORS, DataLayoutError, decode_rgb, eval_transform, list_images
 from ssl_bench.errors import CheckpointError, ConfigError
 from ssl_bench.models.alexnet import CONV_LAYERS, LAYERS, AlexNet
-from ssl_bench.models.init import calibrate_gradient_ratios, rescale_units
+from ssl_bench.models.init import TOP_NAME, calibrate_gradient_ratios, rescale_units, top_gradient_ratios
 from ssl_bench.models.inputs import trunk_input
+from ssl_bench.models.split_brain import HALVES, SplitBrainAlexNet
 
 __all__ = [
-    "AB_SCALE", "CALIBRATION_DRAWS", "CALIBRATION_ROUNDS", "DEFAULT_RESCALE_SIZE", "MODES", "RESCALE_METHODS",
+    "AB_SCALE", "AUTO_MODES", "CALIBRATION_DRAWS", "CALIBRATION_ROUNDS", "DEFAULT_RESCALE_SIZE", "MODES",
+    "RESCALE_METHODS",
     "ColorInputTrunk", "absorb_batch_norm", "calibrate_for_transfer", "fc_layers", "prepare_for_transfer",
     "prepare_with_report", "prepared_mode", "rescale_batch", "rescale_for_transfer", "resolve_mode", "resolve_rescale",
 ]
 
 # The authors' scale of the ab input of the colour branch (method reference 1.6).
 AB_SCALE = 0.693
-MODES: tuple[str, ...] = ("auto", "gray", "color", "rgb")
+MODES: tuple[str, ...] = ("auto", "gray", "color", "rgb", "lab")
+# the mode "auto" picks for each input space
+AUTO_MODES = {"L": "gray", "rgb": "rgb", "lab": "lab"}
 # The authors fine-tune on 227 x 227 crops; the rescaling statistics are measured at that size.
 DEFAULT_RESCALE_SIZE = 227
 RESCALE_METHODS: tuple[str, ...] = ("calibrate", "per_unit", "none")
@@ -56,7 +65,7 @@ CALIBRATION_ROUNDS, CALIBRATION_DRAWS = 10, 256
 
 
 @torch.no_grad()
-def absorb_batch_norm(trunk: AlexNet) -> AlexNet:
+def absorb_batch_norm(trunk: AlexNet | SplitBrainAlexNet) -> AlexNet | SplitBrainAlexNet:
     """A new AlexNet without batch norm whose convolutions fold in ``trunk``'s BN running statistics.
 
     Each block is conv -> BN(affine=False) -> ReLU. In eval mode BN computes
@@ -67,11 +76,14 @@ def absorb_batch_norm(trunk: AlexNet) -> AlexNet:
     float rounding.
 
     Args:
-        trunk: an AlexNet (any mode; its running statistics are used). Not modified.
+        trunk: an AlexNet (any mode; its running statistics are used), or a SplitBrainAlexNet (each
+            half absorbed). Not modified.
     Returns:
-        a new AlexNet with ``config["batch_norm"] = False`` and otherwise the same config, on the
-        same device / dtype, in ``trunk``'s training mode. A trunk already without BN is copied.
+        a new trunk of the same class with ``config["batch_norm"] = False`` and otherwise the same
+        config, on the same device / dtype, in ``trunk``'s training mode. A trunk already without BN is copied.
     """
+    if isinstance(trunk, SplitBrainAlexNet):
+        return _absorb_halves(trunk)
     if not isinstance(trunk, AlexNet):
         raise TypeError(f"absorb_batch_norm expects an AlexNet trunk, got {type(trunk).__name__}")
     if not trunk.config.get("batch_norm", True):
@@ -98,6 +110,14 @@ def absorb_batch_norm(trunk: AlexNet) -> AlexNet:
         new_conv.weight.copy_(weight.to(new_conv.weight.dtype))
         new_conv.bias.copy_(bias.to(new_conv.bias.dtype))
     absorbed.train(trunk.training)
+    return absorbed
+
+
+def _absorb_halves(trunk: SplitBrainAlexNet) -> SplitBrainAlexNet:
+    """A split-brain trunk with each half absorbed (the halves share no layer, so each folds alone)."""
+    absorbed = copy.deepcopy(trunk)
+    absorbed.l_half, absorbed.ab_half = (absorb_batch_norm(half) for half in trunk.halves)
+    absorbed.config = {**trunk.config, "batch_norm": False}
     return absorbed
 
 
@@ -157,11 +177,97 @@ def calibrate_for_transfer(trunk: nn.Module, images: Tensor, seed: int = 0,
         trunk, images: as `rescale_for_transfer` (a ColorInputTrunk's zero colour branch is left alone).
         seed: the random top and gradients.
         draws: random gradient draws averaged per round (magic_init: 1; see ``CALIBRATION_DRAWS``).
+    A split-brain trunk is calibrated half by half (`_calibrate_halves`).
+
     Returns:
-        {"rounds", "scales": layer name -> weight factor}.
+        {"rounds", "scales": layer name -> weight factor} (a split-brain trunk: also "half_rounds" and
+        "balance_rounds").
     """
     base, images = _trunk_and_input(trunk, images)
+    if isinstance(base, SplitBrainAlexNet):
+        return _calibrate_halves(base, images, seed, iterations, draws)
     return calibrate_gradient_ratios(base, images, iterations=iterations, draws=draws, seed=seed)
+
+
+def _calibrate_halves(trunk: SplitBrainAlexNet, images: Tensor, seed: int, iterations: int,
+                      draws: int) -> dict[str, Any]:
+    """Gradient-ratio calibration of a split-brain trunk, in place: every layer of both halves ends
+    with the same E||dL/dW||^2 / ||W||^2 under one random top on the concatenated fc7.
+
+    magic_init's update assumes that scaling one layer multiplies every other layer's ratio by the
+    same factor; with two parallel halves it reaches only the layers of the same half, and the
+    rounds diverge. So each half is calibrated as the AlexNet it is (its own random top: within a
+    half the ratios become equal), then `_balance_halves` brings both halves to one level with the
+    update that accounts for the two chains (and equalises to a tighter tolerance than magic_init's
+    stop test, which allows rho to differ by about 5% per layer).
+
+    Args:
+        images: N x 3 x H x W (L - 50, a, b); the L half is calibrated on channel 0, the ab half on 1-2.
+    Returns:
+        {"rounds": the most rounds either half made, "half_rounds": half -> rounds, "balance_rounds",
+        "scales": "l_half.conv1.0"... -> total weight factor}.
+    """
+    if _has_batch_norm(trunk):
+        raise ConfigError("rescale=calibrate: a split-brain trunk is calibrated without batch norm "
+                          "(absorb it first: absorb_bn=true)")
+    scales: dict[str, float] = {}
+    rounds: dict[str, int] = {}
+    for name, half, x in zip(HALVES, trunk.halves, (images[:, :1], images[:, 1:])):
+        report = calibrate_gradient_ratios(half, x, iterations=iterations, draws=draws, seed=seed)
+        rounds[name] = report["rounds"]
+        scales.update({f"{name}.{k}": v for k, v in report["scales"].items() if k != TOP_NAME})
+    balance = _balance_halves(trunk, images, iterations, draws, seed)
+    for key in scales:
+        scales[key] *= balance["scales"][key]
+    return {"rounds": max(rounds.values()), "half_rounds": rounds, "balance_rounds": balance["rounds"],
+            "scales": scales}
+
+
+def _balance_halves(trunk: SplitBrainAlexNet, images: Tensor, iterations: int, draws: int, seed: int,
+                    tolerance: float = 0.01) -> dict[str, Any]:
+    """Rounds of magic_init's update generalised to two parallel chains, on a BN-free split-brain
+    trunk, in place, until every layer's log rho is within ``tolerance`` of the mean (one random top
+    on the concatenated fc7, kept fixed; rho = sqrt(E||dL/dW||^2 / ||W||^2)).
+
+    With each bias following the scale of its input, multiplying the weights of layer j of a half by
+    e^(a_j) moves log rho_k of that half's layer k by A - 2 a_k (A = the sum of the half's a_j: k's
+    input or its backward signal is scaled by every other a_j) and leaves the other half alone. Every
+    layer reaches the mean T of all log rho with A = n (T - m) / (n - 2) and a_k = (log rho_k - T + A) / 2
+    (n layers per half, m the half's mean log rho); for one chain (A = 0) this is magic_init's update.
+
+    Returns:
+        {"rounds", "scales": "l_half.conv1.0"... -> total weight factor}.
+    """
+    n = len(LAYERS)
+    total = {f"{half}.{name}.0": 1.0 for half in HALVES for name in LAYERS}
+    rounds = 0
+    for it in range(iterations):
+        ratios = top_gradient_ratios(trunk, images, draws=draws, seed=seed + 7919 + it)
+        log_rho = {k: 0.5 * math.log(ratios[k]) for k in total}
+        target = sum(log_rho.values()) / len(log_rho)
+        if all(abs(v - target) < tolerance for v in log_rho.values()):
+            break
+        for half_name, half in zip(HALVES, trunk.halves):
+            own = [log_rho[f"{half_name}.{name}.0"] for name in LAYERS]
+            shift = n * (target - sum(own) / n) / (n - 2)
+            factors = [math.exp((r - target + shift) / 2) for r in own]
+            _scale_half(half, factors)
+            for name, f in zip(LAYERS, factors):
+                total[f"{half_name}.{name}.0"] *= f
+        rounds += 1
+    return {"rounds": rounds, "scales": total}
+
+
+@torch.no_grad()
+def _scale_half(half: AlexNet, factors: Sequence[float]) -> None:
+    """Weights of conv1..fc7 times ``factors``; each bias times the product of the factors up to its
+    layer, the scale of that layer's output (see `_balance_halves`)."""
+    cumulative = 1.0
+    for name, f in zip(LAYERS, factors):
+        conv: nn.Conv2d = getattr(half, name)[0]
+        cumulative *= f
+        conv.weight.mul_(f)
+        conv.bias.mul_(cumulative)
 
 
 # ------------------------------------------------------------------------------------ fc layers
@@ -181,14 +287,21 @@ def fc_layers(trunk: nn.Module) -> tuple[nn.Linear, nn.Linear]:
     contiguous k x k RoI grid, as the authors did when turning fc6 back into an FC layer for Fast
     R-CNN — i.e. ``Linear(fc6)(roi.flatten(1)) == conv2d(roi, W6, dilation=1, padding=0)``.
 
+    A split-brain trunk's halves each have their fc6/fc7; on the concatenated pool5 map (the L half's
+    channels first) they are one block-diagonal layer each, which computes the halves' concatenated
+    outputs exactly (fine-tuning may then fill the zero blocks: the whole net is fine-tuned).
+
     Args:
-        trunk: an absorbed (BN-free) AlexNet, or a ColorInputTrunk around one.
+        trunk: an absorbed (BN-free) AlexNet or SplitBrainAlexNet, or a ColorInputTrunk around an AlexNet.
     Returns:
         (fc6, fc7) new ``nn.Linear`` modules with copied weights and biases (same device / dtype).
     Raises:
         ValueError: the trunk still has batch norm (a Linear cannot carry it; absorb it first).
     """
     base = trunk.trunk if isinstance(trunk, ColorInputTrunk) else trunk
+    if isinstance(base, SplitBrainAlexNet):
+        pairs = zip(*(fc_layers(half) for half in base.halves))
+        return tuple(_block_diagonal(*pair) for pair in pairs)  # type: ignore[return-value]
     if _has_batch_norm(base):
         raise ValueError("fc_layers: the trunk still has batch norm after fc6/fc7; absorb it first "
                          "(absorb_batch_norm / prepare_for_transfer with absorb_bn=True)")
@@ -203,6 +316,16 @@ def fc_layers(trunk: nn.Module) -> tuple[nn.Linear, nn.Linear]:
         fc.bias.copy_(conv.bias)
         layers.append(fc)
     return layers[0], layers[1]
+
+
+@torch.no_grad()
+def _block_diagonal(first: nn.Linear, second: nn.Linear) -> nn.Linear:
+    """One Linear computing ``cat([first(x1), second(x2)])`` on ``cat([x1, x2])``: (o1 + o2) x (i1 + i2) weight."""
+    w = torch.block_diag(first.weight, second.weight)
+    fc = nn.Linear(w.shape[1], w.shape[0], device=w.device, dtype=w.dtype)
+    fc.weight.copy_(w)
+    fc.bias.copy_(torch.cat([first.bias, second.bias]))
+    return fc
 
 
 # ------------------------------------------------------------------------------------ colour mode
@@ -273,27 +396,28 @@ class ColorInputTrunk(nn.Module):
 
 
 def prepared_mode(trunk: nn.Module) -> str:
-    """The transfer mode a prepared module implements: "color", "gray" or "rgb"."""
+    """The transfer mode a prepared module implements: "color", "gray", "rgb" or "lab"."""
     if hasattr(trunk, "rewrap"):  # ConventionTrunk: the mode of the network inside
         return prepared_mode(trunk.trunk)
     if isinstance(trunk, ColorInputTrunk):
         return "color"
-    return "gray" if getattr(trunk, "input_space", None) == "L" else "rgb"
+    return AUTO_MODES.get(getattr(trunk, "input_space", None), "rgb")
 
 
 def resolve_mode(trunk: nn.Module, mode: str) -> str:
-    """Check ``mode`` against the trunk's input space; "auto" -> "gray" (L) or "rgb" (RGB)."""
+    """Check ``mode`` against the trunk's input space; "auto" -> "gray" (L), "rgb" (RGB) or "lab" (split-brain)."""
     if mode not in MODES:
         raise ConfigError(f"finetune.mode: expected one of {list(MODES)}, got {mode!r}")
     space = getattr(trunk, "input_space", None)
-    if space not in ("L", "rgb"):
+    if space not in AUTO_MODES or isinstance(trunk, ColorInputTrunk):
         raise ConfigError(f"finetune.mode={mode!r}: the trunk's input space is {space!r}; expected an "
-                          "'L' or 'rgb' trunk (prepare a trunk only once)")
+                          "'L', 'rgb' or 'lab' trunk (prepare a trunk only once)")
     if mode == "auto":
-        return "gray" if space == "L" else "rgb"
-    needed = "rgb" if mode == "rgb" else "L"
+        return AUTO_MODES[space]
+    needed = {"rgb": "rgb", "lab": "lab"}.get(mode, "L")
     if space != needed:
-        hint = "use finetune.mode=rgb (or auto)" if space == "rgb" else "use finetune.mode=gray or color (or auto)"
+        hint = {"rgb": "use finetune.mode=rgb (or auto)", "lab": "use finetune.mode=lab (or auto)"}.get(
+            space, "use finetune.mode=gray or color (or auto)")
         raise ConfigError(f"finetune.mode={mode!r} needs a trunk with input space {needed!r}, but this trunk "
                           f"has input space {space!r}; {hint}")
     return mode
@@ -316,7 +440,7 @@ def resolve_rescale(rescale: str | bool | None, images: Tensor | None) -> str:
     return rescale
 
 
-def prepare_with_report(trunk: AlexNet, mode: str = "auto", absorb_bn: bool = True,
+def prepare_with_report(trunk: AlexNet | SplitBrainAlexNet, mode: str = "auto", absorb_bn: bool = True,
                         rescale: str | bool | None = None, images: Tensor | None = None, seed: int = 0,
                         calibration_draws: int = CALIBRATION_DRAWS) -> tuple[nn.Module, dict[str, Any]]:
     """`prepare_for_transfer`, also returning what was done: {"mode", "absorbed_bn", "rescale",
@@ -333,7 +457,7 @@ def prepare_with_report(trunk: AlexNet, mode: str = "auto", absorb_bn: bool = Tr
     return module.eval(), report
 
 
-def prepare_for_transfer(trunk: AlexNet, mode: str = "auto", absorb_bn: bool = True,
+def prepare_for_transfer(trunk: AlexNet | SplitBrainAlexNet, mode: str = "auto", absorb_bn: bool = True,
                          rescale_images: Tensor | None = None, rescale: str | bool | None = None,
                          images: Tensor | None = None, seed: int = 0,
                          calibration_draws: int = CALIBRATION_DRAWS) -> nn.Module:
@@ -346,14 +470,17 @@ def prepare_for_transfer(trunk: AlexNet, mode: str = "auto", absorb_bn: bool = T
     branch stays zero).
 
     Args:
-        trunk: a pretrained AlexNet ("L" or "rgb" input space), in the geometry it will be fine-tuned in.
-        mode: "auto" (gray for L trunks, rgb for RGB trunks), "gray", "color" (L trunks) or "rgb".
+        trunk: a pretrained AlexNet ("L" or "rgb" input space) or SplitBrainAlexNet ("lab"), in the
+            geometry it will be fine-tuned in.
+        mode: "auto" (gray for L trunks, rgb for RGB trunks, lab for split-brain ones), "gray", "color"
+            (L trunks), "rgb" or "lab".
         absorb_bn: fold batch norm into the convolutions (else a copy keeps its BN).
         rescale_images: the older name of ``images`` (give one of them).
         rescale: "calibrate" | "per_unit" | "none", or True (per_unit) / False (none); None (default):
             per_unit when images are given, else none.
         images: network input for the trunk *before* the colour branch — N x 1 x H x W (L - 50) for
-            L trunks, N x 3 x H x W (normalised RGB) for RGB trunks.
+            L trunks, N x 3 x H x W (normalised RGB) for RGB trunks, N x 3 x H x W (L - 50, a, b) for
+            split-brain trunks.
         seed: the calibration's random top and gradients.
         calibration_draws: random gradient draws averaged per calibration round (magic_init: 1).
     Returns:

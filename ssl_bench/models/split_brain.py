@@ -22,6 +22,8 @@ from ssl_bench.models.alexnet import AlexNet
 from ssl_bench.models.layers import CONV_LAYERS
 
 TARGET = "ssl_bench.models.split_brain.SplitBrainAlexNet"
+# the attribute names of the two AlexNets, whose modules carry the layer names conv1..fc7
+HALVES: tuple[str, ...] = ("l_half", "ab_half")
 
 
 class SplitBrainAlexNet(nn.Module):
@@ -95,4 +97,4 @@ def split_brain_alexnet(**kwargs) -> SplitBrainAlexNet:
     return SplitBrainAlexNet(**kwargs)
 
 
-__all__ = ["SplitBrainAlexNet", "TARGET", "split_brain_alexnet"]
+__all__ = ["HALVES", "SplitBrainAlexNet", "TARGET", "split_brain_alexnet"]

@@ -149,7 +149,8 @@ class BiGANPretext(pl.LightningModule):
             raise ConfigError(f"pretext.encoder_size={encoder_size} (data.crop_size) is smaller than "
                               f"pretext.image_size={self.image_size}: the encoder reads at least G's resolution")
         self.encoder_size = int(encoder_size)
-        self.encoder_head = nn.Linear(self._pool5_features(self.encoder_size), self.latent_dim)
+        # no bias: the released encoder's linear predictor has none (train_gan.py, --encode_out_bias off)
+        self.encoder_head = nn.Linear(self._pool5_features(self.encoder_size), self.latent_dim, bias=False)
         _dcgan_init(self.encoder_head)
         self.register_buffer("sample_z", self._uniform(16, torch.Generator().manual_seed(SAMPLE_SEED)),
                              persistent=False)
@@ -165,12 +166,16 @@ class BiGANPretext(pl.LightningModule):
         return torch.rand(n, self.latent_dim, generator=generator, device=device) * 2.0 - 1.0
 
     def encode(self, images: Tensor) -> Tensor:
-        """uint8 N x 3 x H x W (the full crop) -> latents N x d."""
+        """uint8 N x 3 x H x W (the full crop) -> latents N x d in (-1, 1).
+
+        The head's output goes through 2 sigmoid - 1, as the released code maps the encoder's
+        predictions to the uniform latent's range (dist.py, ``UniformDistribution.logits_to_sample``):
+        D then judges E(x) and z on the same support, so it cannot tell them apart by range alone."""
         x = trunk_input(images, self.input_space)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         pool5 = self.trunk.pool5(self.trunk.forward_features(x, ("conv5",))["conv5"])
-        return self.encoder_head(pool5.flatten(1))
+        return 2.0 * torch.sigmoid(self.encoder_head(pool5.flatten(1)).float()) - 1.0
 
     def discriminator_input(self, images: Tensor) -> Tensor:
         """uint8 N x 3 x H x W -> N x 3 x S x S in [-1, 1] at G's resolution (antialiased resize)."""
@@ -208,16 +213,19 @@ class BiGANPretext(pl.LightningModule):
             return None
         opt_ge, opt_d = self.optimizers()
         p = self.forward_pairs(images)
-        gen = bigan_generator_loss(self.discriminator(p["x"], p["z_hat"]), self.discriminator(p["fake"], p["z"]))
-        # D's loss on the same pairs, detached: both updates start from the same point (released code)
-        disc = bigan_discriminator_loss(self.discriminator(p["x"], p["z_hat"].detach()),
-                                        self.discriminator(p["fake"].detach(), p["z"]))
+        # one pass of D over both kinds of pair serves both losses, as in the released code (the
+        # "opp_" losses reuse D's outputs): both updates start from the same point
+        real, fake = self.discriminator(p["x"], p["z_hat"]), self.discriminator(p["fake"], p["z"])
+        gen, disc = bigan_generator_loss(real, fake), bigan_discriminator_loss(real, fake)
         common.check_finite(gen, self.global_step)
         common.check_finite(disc, self.global_step, "pretrain/disc_loss")
         opt_ge.zero_grad(set_to_none=True)
-        self.manual_backward(gen)
-        opt_d.zero_grad(set_to_none=True)  # drops what the encoder/generator loss left on D
-        self.manual_backward(disc)
+        opt_d.zero_grad(set_to_none=True)
+        ge_params = [q for group in opt_ge.param_groups for q in group["params"] if q.requires_grad]
+        d_params = [q for group in opt_d.param_groups for q in group["params"] if q.requires_grad]
+        # each loss reaches only its own side's parameters (D's loss does not flow back into E or G)
+        self.manual_backward(gen, inputs=ge_params, retain_graph=True)
+        self.manual_backward(disc, inputs=d_params)
         opt_ge.step()
         opt_d.step()
         self._step_schedulers()

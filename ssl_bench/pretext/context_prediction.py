@@ -91,6 +91,7 @@ class ContextPredictionPretext(pl.LightningModule):
         self.channels_last = channels_last
         self.register_buffer("confusion", torch.zeros(NUM_POSITIONS, NUM_POSITIONS, dtype=torch.long),
                              persistent=False)  # true x predicted, over one validation epoch
+        self.last_confusion: Tensor | None = None  # the last finished validation epoch's, summed over ranks
         self.skips = SkipCounter()
         self._generator: torch.Generator | None = None
         self._val_generator: torch.Generator | None = None
@@ -167,15 +168,17 @@ class ContextPredictionPretext(pl.LightningModule):
         n = labels.shape[0]
         self.log("pretrain/val_loss", F.cross_entropy(logits.float(), labels), batch_size=n, sync_dist=True)
         self.log("pretrain/val_acc", (pred == labels).float().mean(), batch_size=n, sync_dist=True)
-        self.confusion += torch.bincount(labels * NUM_POSITIONS + pred,
-                                         minlength=NUM_POSITIONS ** 2).view(NUM_POSITIONS, NUM_POSITIONS)
+        self.confusion += position_confusion(labels, pred)
 
     def on_validation_epoch_end(self) -> None:
         self._val_generator = None
         if self._trainer is None:
             return
         total = self.trainer.strategy.reduce(self.confusion.clone(), reduce_op="sum")  # every rank calls it
-        if self.trainer.sanity_checking or self.global_rank != 0:
+        if self.trainer.sanity_checking:
+            return
+        self.last_confusion = total.long().cpu()
+        if self.global_rank != 0:
             return
         root = common.samples_dir(self)
         if root is None:
@@ -230,10 +233,24 @@ class ContextPredictionPretext(pl.LightningModule):
         return common.configure_optimizers(self.parameters(), self.optimizer_factory, self.scheduler_factory)
 
     @property
+    def pretext_metrics(self) -> dict[str, Any]:
+        """What results.json records beyond the logged scalars: the last validation epoch's relative-position
+        confusion (counts, rows = true position, columns = predicted, in ``POSITION_NAMES`` order)."""
+        if self.last_confusion is None:
+            return {}
+        return {"position_names": list(POSITION_NAMES), "position_confusion": self.last_confusion.tolist()}
+
+    @property
     def checkpoint_meta(self) -> dict[str, Any]:
         """What any tool needs to rebuild and feed the trunk (stored in every checkpoint)."""
         return common.trunk_meta(self.trunk, "context_prediction", self.color, patch_size=self.patch_size,
                                  gap=self.gap, jitter=self.jitter)
+
+
+def position_confusion(labels: Tensor, pred: Tensor) -> Tensor:
+    """True and predicted positions (int64 N each, in 0..7) -> counts int64 8 x 8 (rows = true)."""
+    flat = torch.bincount(labels * NUM_POSITIONS + pred, minlength=NUM_POSITIONS ** 2)
+    return flat.view(NUM_POSITIONS, NUM_POSITIONS)
 
 
 def write_confusion(matrix: Tensor, stem: Path) -> Path:

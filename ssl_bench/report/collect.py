@@ -4,7 +4,9 @@
 stage that raised) in place of one becomes a warning naming the stage and its reason. Files that
 cannot be used (unreadable, malformed JSON, another schema version, status other than "completed")
 are skipped with a :class:`ResultsWarning` naming the file; they never stop the table.
-:func:`route` says which table section a record belongs to.
+:func:`route` says which table section a record belongs to: a linear or kNN probe on Places205 goes
+to its own section (``places``), because its 205 scene classes make it comparable with published
+Places205 numbers only, never with the ImageNet ones.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ssl_bench.errors import MissingDataError
 
 RESULTS_NAME = "results.json"
 FAILED_NAME = "failed.json"  # written by ssl_bench.runs.benchmark for a stage that raised
+PLACES205_DATAMODULE = "Places205DataModule"  # the class conf/data/places205.yaml builds
 # Same value as ssl_bench.report.results.SCHEMA_VERSION; not imported from there because that module
 # imports torch, which would make the read-only leaderboard command take seconds to start.
 SCHEMA_VERSION = 1
@@ -116,7 +119,7 @@ def route(record: Mapping[str, Any], path: Path | str,
     if kind == "probe":
         probe = record.get("probe")
         if probe in ("linear", "knn"):
-            return "probes", probe
+            return ("places" if is_places205(record) else "probes"), probe
         if probe == "svm_voc07":
             return "svm", probe
         warn(f"{path}: unknown probe {probe!r} (expected linear, knn or svm_voc07); skipped")
@@ -129,6 +132,18 @@ def route(record: Mapping[str, Any], path: Path | str,
     return None
 
 
+def is_places205(record: Mapping[str, Any]) -> bool:
+    """Whether a record was measured on Places205: its resolved config's data module when the record
+    has one, otherwise (a record written without a config) a data set name starting with "places"."""
+    config = record.get("config")
+    data = config.get("data") if isinstance(config, Mapping) else None
+    target = data.get("_target_") if isinstance(data, Mapping) else None
+    if target:
+        # the data set name is only the root folder's name; the data module says what was read
+        return str(target).rsplit(".", 1)[-1] == PLACES205_DATAMODULE
+    return dataset_name(record).lower().startswith("places")
+
+
 def dataset_name(record: Mapping[str, Any]) -> str:
     """The record's data set name ("unknown" when it has none)."""
     ds = record.get("dataset")
@@ -136,5 +151,5 @@ def dataset_name(record: Mapping[str, Any]) -> str:
     return str(name) if name not in (None, "") else "unknown"
 
 
-__all__ = ["FAILED_NAME", "RESULTS_NAME", "SCHEMA_VERSION", "ResultsWarning", "collect", "dataset_name",
-           "route", "warn_results"]
+__all__ = ["FAILED_NAME", "PLACES205_DATAMODULE", "RESULTS_NAME", "SCHEMA_VERSION", "ResultsWarning", "collect",
+           "dataset_name", "is_places205", "route", "warn_results"]

@@ -8,6 +8,8 @@ the order of methods), not a target value.
 Value keys are the leaderboard's column keys:
 
 - probes: ``conv1`` .. ``conv5`` (ImageNet top-1 %);
+- Places205 probes (the leaderboard's ``places`` section): ``places_conv1`` .. ``places_conv5``
+  (top-1 %); the suite holds no published Places205 rows, so that section shows measured rows only;
 - VOC: ``cls_fc6`` (classification, fc6-8 fine-tuned), ``cls_all`` (all layers fine-tuned), ``det``
   (VOC2007 detection mAP), ``seg`` (VOC2012 segmentation mIoU);
 - colour: ``auc_raw``, ``auc_rebal``, ``classifier_top1``, ``amt_real``.
@@ -82,7 +84,7 @@ PUBLISHED_PROBES: tuple[PublishedRow, ...] = (
     _probe("Gaussian", "gaussian", 11.6, 17.1, 16.9, 16.3, 14.1),
     _probe("Krähenbühl et al.", "kraehenbuehl", 17.5, 23.0, 24.5, 23.2, 20.6),
     _probe("Doersch et al. (context prediction)", "context_prediction", 16.2, 23.3, 30.2, 31.7, 29.6),
-    _probe("Donahue et al. (BiGAN)", None, 17.7, 24.5, 31.0, 29.9, 28.0),
+    _probe("Donahue et al. (BiGAN)", "bigan", 17.7, 24.5, 31.0, 29.9, 28.0),
     _probe("Pathak et al. (context encoder)", "context_encoder", 14.1, 20.7, 21.0, 19.8, 15.5),
     _probe("Zhang et al. (colorization)", "colorization/full", 13.1, 24.8, 31.0, 32.6, 31.8),
 )
@@ -99,12 +101,12 @@ def _voc(method: str, key: str | None, cls_fc6: float | None, cls_all: float | N
 PUBLISHED_VOC: tuple[PublishedRow, ...] = (
     _voc("ImageNet labels", "supervised", 78.9, 79.9, 56.8, 48.0),
     _voc("Gaussian", "gaussian", None, 53.3, 43.4, 19.8),
-    _voc("Autoencoder", None, 16.0, 53.8, 41.9, 25.2),
+    _voc("Autoencoder", "autoencoder", 16.0, 53.8, 41.9, 25.2),
     _voc("Krähenbühl et al.", "kraehenbuehl", 39.2, 56.6, 45.6, 32.6),
     _voc("Doersch et al.", "context_prediction", None, 55.3, 46.6, None),
     _voc("Doersch et al. †", "context_prediction", 55.1, 65.3, 51.1, None, rescaled=True),
     _voc("Pathak et al.", "context_encoder", None, 56.5, 44.5, 29.7),
-    _voc("Donahue et al. †", None, 52.3, 60.1, 46.9, 35.2, rescaled=True),
+    _voc("Donahue et al. †", "bigan", 52.3, 60.1, 46.9, 35.2, rescaled=True),
     _voc("Zhang et al. colorization †", "colorization/full", 61.5, 65.9, 46.9, 35.6, rescaled=True,
          note="the ECCV paper splits this into 'gray' (det 46.1, seg 35.0) and 'color' "
               "(det 46.9, seg 35.6)"),

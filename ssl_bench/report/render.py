@@ -281,7 +281,8 @@ Panel = tuple[str, str, SectionSpec, list[Row]]  # title, y-axis unit, section, 
 
 def _panels(table: Table) -> list[Panel]:
     panels: list[Panel] = []
-    for key, title in (("probes", "Measured probes"), ("svm", "Measured VOC2007 SVM")):
+    for key, title in (("probes", "Measured probes"), ("places", "Measured Places205 probes"),
+                       ("svm", "Measured VOC2007 SVM")):
         section = table.section(key)
         if section and section.measured:
             panels.append((title, section.spec.unit, section.spec, section.measured))
@@ -365,8 +366,8 @@ WANDB_META = ["method", "suite_method", "probe", "data", "source", "n_runs"]
 
 
 def _wandb_key(section: str, probe: str) -> str:
-    if section == "probes":
-        return f"leaderboard/{probe}_probe"
+    if section in ("probes", "places"):
+        return f"leaderboard/{'places_' if section == 'places' else ''}{probe}_probe"
     return "leaderboard/" + {"svm": "voc07_svm", "color": "colorization"}.get(section, section)
 
 

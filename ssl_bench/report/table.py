@@ -9,6 +9,8 @@ averaged together.
 Sections (one table each; a section appears only when something was measured for it):
 
 - ``probes``: linear / kNN probes, top-1 % per layer conv1..conv5 and the best layer;
+- ``places``: the same probes measured on Places205 (205 scene classes), apart from the ImageNet
+  published rows they are not comparable with (:func:`~ssl_bench.report.collect.is_places205`);
 - ``svm``: VOC2007 linear SVM per layer, mAP %;
 - ``voc``: PASCAL VOC fine-tuning (classification fc6-8 / all, detection, segmentation);
 - ``color``: colorization quality (AuC raw / rebalanced, classifier top-1).
@@ -65,6 +67,9 @@ class SectionSpec:
 SECTIONS: tuple[SectionSpec, ...] = (
     SectionSpec("probes", "Per-layer frozen probes (top-1 %)",
                 tuple(Column(layer, layer, f"probe/{layer}/top1") for layer in CONV_LAYERS), True, "top-1 %"),
+    SectionSpec("places", "Places205 per-layer frozen probes (top-1 %)",
+                tuple(Column(f"places_{layer}", layer, f"probe/{layer}/top1") for layer in CONV_LAYERS),
+                True, "top-1 %"),
     SectionSpec("svm", "VOC2007 linear SVM per layer (mAP %)",
                 tuple(Column(f"svm_{layer}", layer, f"voc07/svm/{layer}/mAP") for layer in CONV_LAYERS),
                 True, "mAP %"),
@@ -264,6 +269,8 @@ def group_rows(measured: list[Row], published: list[Row]) -> list[Group]:
     n_measured = sum(not r.published for r in paired)
     title = ("Published protocol: measured rows next to the published numbers they reproduce" if n_measured
              else "Published numbers (no run above used the published protocol)")
+    if not published:
+        title = "Published protocol (no published numbers shown in this table)"
     group = Group(title, True, paired)
     return [group, *rest] if n_measured else [*rest, group]
 
@@ -390,7 +397,7 @@ def _number(x: Any) -> float | None:
 
 def _published_row(spec: SectionSpec, p: PublishedRow) -> Row:
     cells = {k: Stat((float(v),), published=True) for k, v in p.values.items() if v is not None}
-    probe = "linear" if spec.key == "probes" else ("finetune" if spec.key == "voc" else "")
+    probe = "linear" if spec.key in ("probes", "places") else ("finetune" if spec.key == "voc" else "")
     return Row(spec.key, p.method, probe, p.data, p.protocol, True, cells, citation=p.cite,
                suite_method=p.suite_method, note=p.note, protocol_name="published", comparable=True)
 

@@ -29,9 +29,10 @@ class RunClock:
 
 
 def envelope(clock: RunClock, cfg: DictConfig) -> dict[str, Any]:
-    """The fields every results.json carries besides its own: seed, times, resolved config
-    (provenance, i.e. versions and git commit, is added by :func:`write_results`)."""
-    return {"seed": cfg.get("seed"), "started": clock.started.isoformat(),
+    """The fields every results.json carries besides its own: seed, the precision the run computed in
+    (``fastest`` resolved, :func:`run_precision`), times, resolved config (provenance, i.e. versions and
+    git commit, is added by :func:`write_results`)."""
+    return {"seed": cfg.get("seed"), "precision": run_precision(cfg), "started": clock.started.isoformat(),
             "finished": datetime.now(timezone.utc).isoformat(), "wall_time_s": clock.elapsed(),
             "config": OmegaConf.to_container(cfg, resolve=True)}
 
@@ -49,6 +50,53 @@ def device_for(accelerator: str) -> str:
     """The device a single-process evaluation runs on, from ``trainer.accelerator``."""
     import torch
     return "cuda" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "cpu"
+
+
+FASTEST = "fastest"
+FP32 = "32-true"
+BF16 = "bf16-mixed"
+# CPU features that compute bf16 in hardware (without them autocast emulates bf16 through fp32)
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The CPU's feature names: torch's own detection, or the flags of ``cpuinfo`` (Linux) where torch has none."""
+    import torch
+    detect = getattr(torch.cpu, "get_capabilities", None)
+    if detect is not None:
+        return {str(k) for k, v in detect().items() if v is True}
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return set()
+    return {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+
+
+def native_bf16(device: str) -> bool:
+    """Whether ``device`` ("cpu" or "cuda") computes bf16 natively (a CUDA GPU from Ampere on; a CPU
+    with AVX512-BF16 or AMX-BF16), i.e. whether bf16 autocast is faster there rather than emulated."""
+    import torch
+    if device == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    return bool(cpu_flags() & set(CPU_BF16_FLAGS))
+
+
+def resolve_precision(requested: str, device: str) -> str:
+    """The Lightning precision a run uses: ``fastest`` is bf16-mixed where ``device`` has native bf16 and
+    32-true where bf16 would be emulated; any other value (32-true, bf16-mixed, 16-mixed, ...) as given."""
+    if requested != FASTEST:
+        return requested
+    return BF16 if native_bf16(device) else FP32
+
+
+def run_precision(cfg: DictConfig) -> str:
+    """The precision of the run configured by ``cfg`` (its ``precision`` key, on the device of its
+    ``trainer.accelerator``); runs without the key (colorization quality) compute in fp32."""
+    requested = cfg.get("precision")
+    if requested is None:
+        return FP32
+    trainer = cfg.get("trainer")
+    return resolve_precision(str(requested), device_for(trainer.get("accelerator", "auto") if trainer else "auto"))
 
 
 def recipe_settings(recipe: DictConfig, *sections: DictConfig | None) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from ssl_bench.models.inputs import trunk_input
 from ssl_bench.models.prepare import fc_layers, prepare_for_transfer
 from ssl_bench.report.protocol import paper_recipe, protocol_record
 from ssl_bench.report.tracking import finish_run
-from ssl_bench.runs.common import RunClock, finish_record
+from ssl_bench.runs.common import RunClock, finish_record, run_precision
 from ssl_bench.runs.pretrain import build_loggers, resolve_resume
 from ssl_bench.transfer.voc_cls import write_test_scores
 from ssl_bench.transfer.voc_seg import VOCSegmentationDataset
@@ -47,16 +47,29 @@ TASK_RECIPE_PATHS = {
                                                  "fc8_bias", "metric", "test_reduce")}
     | {k: f"task.datamodule.{k}" for k in ("augment", "load_size", "crop_size", "scale_range", "test_augment",
                                             "test_crops")},
-    "voc_det": {"test_scale": "task.datamodule.min_size", "max_size": "task.datamodule.max_size",
-                "rois_per_batch": "task.module.box_batch_size_per_image"},
+    "voc_det": {k: f"task.datamodule.{k}" for k in ("train_scales", "train_max_size", "rois_per_batch", "fg_fraction")}
+    | {k: f"task.module.{k}" for k in ("bias_lr_mult", "bias_decay_mult", "test_nms", "score_thresh", "max_per_image")}
+    | {"test_scale": "task.datamodule.min_size", "max_size": "task.datamodule.max_size",
+       "train_difficult": "task.datamodule.use_difficult_in_training", "proposals": "task.datamodule.detector"},
     "voc_seg": {"crop_size": "task.datamodule.crop_size", "train_list": "task.datamodule.train_split",
                 "test_list": "task.datamodule.test_split", "stride": "task.module.stride",
                 "bias_lr_mult": "task.module.bias_lr_mult", "bias_decay_mult": "task.module.bias_decay_mult"},
 }
-# what the detection code does whatever the recipe asks (recorded, so a paper run shows it)
+# what the code does whatever the recipe asks (recorded, so a paper run shows it): the RPN detector
+# (recipe.proposals=rpn) has torchvision's NMS 0.5, biases as weights, and trains at the test scale
 FIXED_BEHAVIOUR = {
-    "voc_det": {"proposals": "rpn", "bias_lr_mult": 1.0, "fg_fraction": 0.25, "test_nms": 0.5},
+    "voc_det": {"bias_lr_mult": 1.0, "bias_decay_mult": 1.0, "fg_fraction": 0.25, "test_nms": 0.5},
 }
+
+
+def fixed_behaviour(cfg: DictConfig) -> dict[str, Any]:
+    """FIXED_BEHAVIOUR of the task; for the RPN detector also its single training scale."""
+    if cfg.task.name != "voc_det":
+        return dict(FIXED_BEHAVIOUR.get(cfg.task.name, {}))
+    if str(cfg.task.datamodule.detector) != "rpn":
+        return {}
+    d = cfg.task.datamodule
+    return {**FIXED_BEHAVIOUR["voc_det"], "train_scales": [int(d.min_size)], "train_max_size": int(d.max_size)}
 
 
 
@@ -146,6 +159,18 @@ def build_task(cfg: DictConfig, trunk: torch.nn.Module) -> pl.LightningModule:
                        scheduler=scheduler, **extra)
 
 
+def detection_proposals(cfg: DictConfig, voc: Path) -> dict[str, Any]:
+    """{} unless the task is Fast R-CNN detection; then {"proposals": folder, "synthetic": bool}
+    (stand-ins on the synthetic VOC tree, else ``task.proposals`` or a ConfigError naming it)."""
+    if cfg.task.name != "voc_det" or str(cfg.task.datamodule.detector) == "rpn":
+        return {}
+    from ssl_bench.transfer.fast_rcnn_data import resolve_proposals
+    d = cfg.task.datamodule
+    folder, synthetic = resolve_proposals(cfg.task.get("proposals"), voc, str(cfg.voc_root) == "synthetic",
+                                          cfg.task.year, (str(d.train_split), str(d.test_split)))
+    return {"proposals": folder, "synthetic": synthetic}
+
+
 def task_key(cfg: DictConfig) -> str:
     """The leaderboard's column of this run: voc_cls_fc6, voc_cls_all, voc_det, voc_seg."""
     if cfg.task.name == "voc_cls":
@@ -167,7 +192,7 @@ def effective_recipe(cfg: DictConfig, desc: dict[str, Any]) -> dict[str, Any]:
         if key in recipe:
             value = OmegaConf.select(cfg, path, default=None)
             recipe[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-    recipe.update(FIXED_BEHAVIOUR.get(cfg.task.name, {}))
+    recipe.update(fixed_behaviour(cfg))
     if cfg.task.name == "voc_cls":
         recipe["train_layers"] = train_layers(cfg)
     recipe["rescale"] = desc["rescale"]
@@ -180,7 +205,8 @@ def protocol_entry(cfg: DictConfig, desc: dict[str, Any]) -> dict[str, Any]:
     recipe, paper = effective_recipe(cfg, desc), paper_recipe("finetune", cfg.task.name)
     if cfg.task.name == "voc_cls" and recipe.get("train_layers") in ("fc6-8", "all"):
         paper["train_layers"] = recipe["train_layers"]
-    extra = [] if desc["mode"] in ("auto", "gray", "rgb") else [f"finetune.mode={desc['mode']}"]
+    extra = [] if desc["mode"] in ("auto", "gray", "rgb", "lab") else [f"finetune.mode={desc['mode']}"]
+    extra += ["synthetic_proposals"] if desc.get("synthetic_proposals") else []
     return protocol_record(cfg.protocol.name, recipe, paper, extra)
 
 
@@ -190,15 +216,17 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True)
     voc = resolve_voc(cfg.voc_root, cfg.task.year, cfg.paths.data_dir, cfg.synthetic_voc, "voc_root")
+    proposals = detection_proposals(cfg, voc)
     trunk, desc = load_source(cfg, voc)
-    dm = instantiate(cfg.task.datamodule, root=str(voc))
+    desc["synthetic_proposals"] = proposals.pop("synthetic", False)
+    dm = instantiate(cfg.task.datamodule, root=str(voc), **proposals)
     model = build_task(cfg, trunk)
     ckpt_dir = out_dir / "checkpoints"
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:07d}", save_last=True, save_top_k=1,
                                  monitor=None, every_n_train_steps=cfg.save_every_n_train_steps,
                                  save_on_train_epoch_end=True, auto_insert_metric_name=False)
     loggers = build_loggers(cfg)
-    trainer = instantiate(cfg.trainer, default_root_dir=str(out_dir), precision=cfg.precision,
+    trainer = instantiate(cfg.trainer, default_root_dir=str(out_dir), precision=run_precision(cfg),
                           callbacks=[checkpoint], logger=loggers,
                           use_distributed_sampler=False)  # the VOC loaders shard themselves, without padding
     resume = resolve_resume(cfg.ckpt_path, out_dir)

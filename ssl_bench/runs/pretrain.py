@@ -24,7 +24,7 @@ from ssl_bench.models.init import apply_init
 from ssl_bench.pretext.callbacks import AtomicCheckpointIO, CheckpointMetadata
 from ssl_bench.pretext.common import NonFiniteLossError
 from ssl_bench.report.tracking import finish_run, wandb_run_kwargs
-from ssl_bench.runs.common import RunClock, finish_record
+from ssl_bench.runs.common import RunClock, finish_record, run_precision
 
 
 class RngState(pl.Callback):
@@ -202,7 +202,7 @@ def build_trainer(cfg: DictConfig, step_times: StepTimes, loggers: list[Any]) ->
                                  every_n_train_steps=cfg.checkpoint.every_n_train_steps,
                                  save_on_train_epoch_end=True, auto_insert_metric_name=False)
     # the datamodule's loaders shard themselves across DDP ranks (resumable train order, no padded val)
-    return instantiate(cfg.trainer, default_root_dir=str(out_dir), precision=cfg.precision,
+    return instantiate(cfg.trainer, default_root_dir=str(out_dir), precision=run_precision(cfg),
                        use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
                        callbacks=build_callbacks(cfg, checkpoint, step_times), logger=loggers)
 
@@ -275,6 +275,9 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         "samples": samples + ([str(final.relative_to(out_dir))] if final else []),
         "compile": step_times.summary(bool(cfg.get("compile"))),
     }
+    pretext_metrics = getattr(model, "pretext_metrics", None)  # a pretext's own measurements (non-scalar)
+    if pretext_metrics:
+        record["pretext_metrics"] = pretext_metrics
     record = finish_record(record, clock, cfg, out_dir, write=trainer.is_global_zero)
     finish_run(loggers, record, out_dir / "results.json")
     return record

@@ -48,6 +48,7 @@ from ssl_bench.runs.common import (
     finish_record,
     per_device_batch,
     recipe_settings,
+    run_precision,
     world_size,
 )
 
@@ -190,7 +191,7 @@ def fit_heads(cfg: DictConfig, settings: dict[str, Any], dims: dict[str, int], n
                          bias_weight_decay=settings.get("bias_weight_decay"))
     trainer = instantiate(cfg.trainer, **length, default_root_dir=str(out_dir),
                           logger=loggers or False, enable_checkpointing=False, num_sanity_val_steps=0,
-                          precision=cfg.precision,
+                          precision=run_precision(cfg),
                           use_distributed_sampler=False)  # the loaders shard themselves, without padding
     trainer.fit(module, train_dataloaders=train, val_dataloaders=list(vals.values()))
     if trainer.is_global_zero:  # every trained head (layer x lr), e.g. to compare a DDP run with one process

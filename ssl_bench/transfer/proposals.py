@@ -16,7 +16,7 @@ import numpy as np
 
 from ssl_bench.errors import DataError, MissingDataError
 
-__all__ = ["read_proposals"]
+__all__ = ["read_proposals", "write_proposals", "proposal_path", "synthetic_proposals"]
 
 
 def _cell_string(entry: object) -> str:
@@ -67,3 +67,52 @@ def read_proposals(path: str | Path, ids: Sequence[str] | None = None) -> dict[s
     if missing:
         raise DataError(f"{path}: no proposals for image {missing[0]!r} ({len(missing)} of {len(ids)} missing)")
     return {i: out[i] for i in ids}
+
+
+def proposal_path(folder: str | Path, year: str | int, split: str) -> Path:
+    """The release's file name for a split: ``<folder>/voc_<year>_<split>.mat``."""
+    return Path(folder).expanduser() / f"voc_{year}_{split}.mat"
+
+
+def write_proposals(path: str | Path, boxes: dict[str, np.ndarray]) -> Path:
+    """Write {image id: N x 4 0-based (x1, y1, x2, y2)} in the release's format (cells ``images`` and
+    ``boxes``, 1-based y1 x1 y2 x2), atomically."""
+    from scipy.io import savemat
+
+    from ssl_bench.io import atomic_writer
+
+    names = np.empty(len(boxes), dtype=object)
+    cells = np.empty(len(boxes), dtype=object)
+    for k, (name, b) in enumerate(boxes.items()):
+        names[k] = name
+        cells[k] = (np.asarray(b, dtype=np.float64).reshape(-1, 4)[:, (1, 0, 3, 2)] + 1.0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_writer(path, "wb") as f:
+        savemat(f, {"images": names[:, None], "boxes": cells[:, None]})
+    return path
+
+
+def synthetic_proposals(gt: dict[str, tuple[np.ndarray, int, int]], seed: int = 0, jittered: int = 40,
+                        random: int = 60) -> dict[str, np.ndarray]:
+    """Stand-in proposals for the synthetic VOC tree (which has no selective search): per image
+    ``jittered`` boxes around each ground-truth box (corners moved by up to 30% of its size, giving
+    both foreground and background overlaps) and ``random`` boxes anywhere, rounded to whole pixels.
+
+    gt: {image id: (boxes M x 4 inclusive 0-based, height, width)} -> {image id: float32 N x 4}.
+    """
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, (boxes, h, w) in gt.items():
+        parts = []
+        for b in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
+            size = np.array([b[2] - b[0] + 1, b[3] - b[1] + 1] * 2)
+            parts.append(b + rng.uniform(-0.3, 0.3, size=(jittered, 4)) * size)
+        xy = rng.uniform(0, 1, size=(random, 4)) * np.array([w - 1, h - 1, w - 1, h - 1])
+        parts.append(np.concatenate([np.minimum(xy[:, :2], xy[:, 2:]), np.maximum(xy[:, :2], xy[:, 2:])], 1))
+        p = np.round(np.concatenate(parts))
+        p[:, 0::2] = p[:, 0::2].clip(0, w - 1)
+        p[:, 1::2] = p[:, 1::2].clip(0, h - 1)
+        p[:, 2:] = np.maximum(p[:, 2:], p[:, :2])
+        out[name] = p.astype(np.float32)
+    return out

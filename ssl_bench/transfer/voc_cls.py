@@ -54,6 +54,7 @@ from ssl_bench.metrics import mean_average_precision, voc_prefix
 from ssl_bench.models.inputs import trunk_input
 from ssl_bench.models.layers import LAYERS
 from ssl_bench.models.optim import caffe_bias_optimizers
+from ssl_bench.models.split_brain import HALVES
 from ssl_bench.pretext import common
 from ssl_bench.transfer.loaders import sharded_loader
 
@@ -75,6 +76,8 @@ TRUNK_LAYERS = LAYERS
 FROZEN_FOR_FC6: tuple[str, ...] = TRUNK_LAYERS[:5]
 # Extra modules of a colour wrapper and the trunk layer they belong with.
 _ALIASES = {"conv1_ab": "conv1"}
+# Modules holding the layers: a wrapper's network (``.trunk``) and the split-brain trunk's two halves.
+_HOLDERS = ("trunk", *HALVES)
 
 
 # ------------------------------------------------------------------------------------ data
@@ -255,11 +258,11 @@ class VOCClassificationData(pl.LightningDataModule):
 # ------------------------------------------------------------------------------------ trunk layers
 
 def _layer_of(name: str) -> str | None:
-    """The trunk layer a parameter / module path belongs to: leading wrapper components named
-    "trunk" are skipped, then the first component must be conv1..fc7 (or an alias such as conv1_ab)."""
+    """The trunk layer a parameter / module path belongs to: leading holder components ("trunk", a
+    split-brain half) are skipped, then the first component must be conv1..fc7 (or an alias such as conv1_ab)."""
     parts = name.split(".")
     i = 0
-    while i < len(parts) and parts[i] == "trunk" and parts[i] not in TRUNK_LAYERS:
+    while i < len(parts) and parts[i] in _HOLDERS:
         i += 1
     if i >= len(parts):
         return None
@@ -269,8 +272,8 @@ def _layer_of(name: str) -> str | None:
 
 def layer_parameters(trunk: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
     """{layer: [(name, parameter)]} for conv1..fc7, found by name prefix, directly on the trunk or on a
-    wrapper's ``.trunk`` (``conv1_ab`` of a colour wrapper goes with conv1).  ValueError when the trunk
-    has parameters outside these layers (their role in fine-tuning would be a guess)."""
+    wrapper's ``.trunk`` or a split-brain half (``conv1_ab`` of a colour wrapper goes with conv1).
+    ValueError when the trunk has parameters outside these layers (their role in fine-tuning would be a guess)."""
     groups: dict[str, list[tuple[str, nn.Parameter]]] = {k: [] for k in TRUNK_LAYERS}
     unknown = []
     for name, p in trunk.named_parameters():
@@ -296,7 +299,7 @@ def layer_modules(trunk: nn.Module, layers: Iterable[str]) -> list[nn.Module]:
     for name, m in trunk.named_modules():
         parts = name.split(".") if name else []
         # only the module that *is* the layer (its children follow it in eval()/train() anyway)
-        if parts and _layer_of(name) in wanted and all(p == "trunk" for p in parts[:-1]):
+        if parts and _layer_of(name) in wanted and all(p in _HOLDERS for p in parts[:-1]):
             out.append(m)
     return out
 

@@ -55,14 +55,15 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from ssl_bench.data.images import DECODE_ERRORS, SkipCounter, decode_rgb
 from ssl_bench.data.voc import VOC_CLASSES, read_annotations, voc_root
-from ssl_bench.errors import CheckpointError
+from ssl_bench.errors import CheckpointError, ConfigError
 from ssl_bench.metrics import detection_ap, voc_prefix
 from ssl_bench.models.inputs import trunk_input
 from ssl_bench.pretext.common import check_finite, configure_optimizers
 from ssl_bench.transfer.loaders import sharded_loader
 
 __all__ = ["VOCDetectionDataset", "VOCDetectionData", "VOCDetectionTask", "collate_detection",
-           "hflip_detection", "evaluate_detections", "TrunkBackbone", "box_head"]
+           "hflip_detection", "evaluate_detections", "TrunkBackbone", "box_head", "DetectionEvaluation",
+           "detection_data", "detection_task", "trunk_config"]
 
 NUM_CLASSES = len(VOC_CLASSES) + 1  # + background (label 0)
 
@@ -211,7 +212,7 @@ class VOCDetectionData(pl.LightningDataModule):
 
 # ------------------------------------------------------------------------------------ model
 
-def _trunk_config(trunk: nn.Module) -> dict[str, Any]:
+def trunk_config(trunk: nn.Module) -> dict[str, Any]:
     for m in (trunk, getattr(trunk, "trunk", None)):
         cfg = getattr(m, "config", None)
         if isinstance(cfg, Mapping) and "widths" in cfg:
@@ -229,7 +230,7 @@ class TrunkBackbone(nn.Module):
     def __init__(self, trunk: nn.Module) -> None:
         super().__init__()
         self.trunk = trunk
-        cfg = _trunk_config(trunk)
+        cfg = trunk_config(trunk)
         if cfg:
             self.out_channels = int(cfg["widths"][4])
         else:  # unknown trunk: measure
@@ -251,7 +252,64 @@ def box_head(fc6: nn.Linear, fc7: nn.Linear, dropout: float = 0.5) -> nn.Sequent
                          fc7, nn.ReLU(inplace=True), nn.Dropout(dropout))
 
 
-class VOCDetectionTask(pl.LightningModule):
+class DetectionEvaluation:
+    """The test half shared by the detectors: per image detections and ground truth are gathered
+    (over DDP ranks too), scored by ``evaluate_detections`` into ``self.results``, and the clipped
+    ground-truth boxes of the datamodule's data sets are counted."""
+
+    year: str
+
+    def init_evaluation(self) -> None:
+        self.results: dict[str, float] = {}
+        self.excluded_classes: list[str] = []
+        self._test_dets: list[dict[str, Any]] = []
+        self._test_gts: list[dict[str, Any]] = []
+
+    @property
+    def prefix(self) -> str:
+        return f"{voc_prefix(self.year)}/det"
+
+    def on_test_epoch_start(self) -> None:
+        self._test_dets, self._test_gts = [], []
+
+    def add_test_image(self, det: Mapping[str, Tensor], target: Mapping[str, Any]) -> None:
+        """One test image: det {"boxes" D x 4, "scores" D, "labels" D} in original pixels; target its
+        ground truth {"image_id", "boxes", "labels", "difficult"}."""
+        self._test_dets.append({"image_id": target["image_id"], "boxes": det["boxes"].detach().cpu().numpy(),
+                                "scores": det["scores"].detach().cpu().numpy(),
+                                "labels": det["labels"].detach().cpu().numpy()})
+        self._test_gts.append({"image_id": target["image_id"], "boxes": target["boxes"].cpu().numpy(),
+                               "labels": target["labels"].cpu().numpy(),
+                               "difficult": target["difficult"].cpu().numpy()})
+
+    def on_test_epoch_end(self) -> None:
+        dets, gts = self._test_dets, self._test_gts
+        if self.trainer is not None and self.trainer.world_size > 1:
+            gathered: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, (dets, gts))
+            dets = [d for part in gathered for d in part[0]]
+            gts = [g for part in gathered for g in part[1]]
+        self.results, self.excluded_classes = evaluate_detections(dets, gts, self.year)
+        self.results.update(self.clipped_box_counts())
+        for k, v in self.results.items():
+            self.log(k, v, sync_dist=False, rank_zero_only=True)
+        self._test_dets, self._test_gts = [], []
+
+    def clipped_box_counts(self) -> dict[str, float]:
+        """``<prefix>/clipped_boxes_{train,test}``: ground-truth boxes of the datamodule's data sets
+        that reached outside their image and were clipped (so results.json shows how much of the
+        ground truth was repaired); empty without a datamodule."""
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        out = {}
+        for name in ("train", "test"):
+            ds = getattr(dm, f"{name}_set", None)
+            ds = getattr(ds, "base", ds)
+            if isinstance(ds, VOCDetectionDataset):
+                out[f"{self.prefix}/clipped_boxes_{name}"] = float(ds.clipped_boxes)
+        return out
+
+
+class VOCDetectionTask(DetectionEvaluation, pl.LightningModule):
     """Faster R-CNN fine-tuning of a prepared trunk on VOC detection (see the module docstring).
 
     Faithful numbers: fc6 kernel 6 -> RoIs pooled to a 6 x 6 grid on conv5 (stride 16); fc6 reads
@@ -285,7 +343,7 @@ class VOCDetectionTask(pl.LightningModule):
         self.input_space, self.year = space, str(year)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         backbone = TrunkBackbone(trunk)
-        cfg = _trunk_config(trunk)
+        cfg = trunk_config(trunk)
         k = int(cfg.get("fc6_kernel", 6))
         c = backbone.out_channels
         if fc6 is None:
@@ -310,14 +368,7 @@ class VOCDetectionTask(pl.LightningModule):
             box_batch_size_per_image=box_batch_size_per_image, box_score_thresh=box_score_thresh,
             box_detections_per_img=box_detections_per_img)
         self.skips = SkipCounter()
-        self.results: dict[str, float] = {}
-        self.excluded_classes: list[str] = []
-        self._test_dets: list[dict[str, Any]] = []
-        self._test_gts: list[dict[str, Any]] = []
-
-    @property
-    def prefix(self) -> str:
-        return f"{voc_prefix(self.year)}/det"
+        self.init_evaluation()
 
     def _inputs(self, images: Sequence[Tensor]) -> list[Tensor]:
         return [trunk_input(img[None].to(self.device), self.input_space)[0] for img in images]
@@ -352,45 +403,12 @@ class VOCDetectionTask(pl.LightningModule):
             self.log(f"{self.prefix}/{name}", v, batch_size=n)
         return loss
 
-    def on_test_epoch_start(self) -> None:
-        self._test_dets, self._test_gts = [], []
-
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.skips.add(batch["skipped"])
         if not batch["images"]:
             return
-        dets = self(batch["images"])
-        for d, t in zip(dets, batch["targets"]):
-            self._test_dets.append({"image_id": t["image_id"], "boxes": d["boxes"].detach().cpu().numpy(),
-                                    "scores": d["scores"].detach().cpu().numpy(),
-                                    "labels": d["labels"].detach().cpu().numpy()})
-            self._test_gts.append({"image_id": t["image_id"], "boxes": t["boxes"].cpu().numpy(),
-                                   "labels": t["labels"].cpu().numpy(), "difficult": t["difficult"].cpu().numpy()})
-
-    def on_test_epoch_end(self) -> None:
-        dets, gts = self._test_dets, self._test_gts
-        if self.trainer is not None and self.trainer.world_size > 1:
-            gathered: list[Any] = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(gathered, (dets, gts))
-            dets = [d for part in gathered for d in part[0]]
-            gts = [g for part in gathered for g in part[1]]
-        self.results, self.excluded_classes = evaluate_detections(dets, gts, self.year)
-        self.results.update(self.clipped_box_counts())
-        for k, v in self.results.items():
-            self.log(k, v, sync_dist=False, rank_zero_only=True)
-        self._test_dets, self._test_gts = [], []
-
-    def clipped_box_counts(self) -> dict[str, float]:
-        """``<prefix>/clipped_boxes_{train,test}``: ground-truth boxes of the datamodule's data sets
-        that reached outside their image and were clipped (so results.json shows how much of the
-        ground truth was repaired); empty without a datamodule."""
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        out = {}
-        for name in ("train", "test"):
-            ds = getattr(dm, f"{name}_set", None)
-            if isinstance(ds, VOCDetectionDataset):
-                out[f"{self.prefix}/clipped_boxes_{name}"] = float(ds.clipped_boxes)
-        return out
+        for d, t in zip(self(batch["images"]), batch["targets"]):
+            self.add_test_image(d, t)
 
     def configure_optimizers(self) -> Any:
         return configure_optimizers(self.parameters(), self.optimizer_factory, self.scheduler_factory)
@@ -445,3 +463,47 @@ def evaluate_detections(detections: Sequence[Mapping[str, Any]], ground_truths: 
         aps.append(ap)
     results = {f"{prefix}/mAP": 100.0 * float(np.mean(aps)) if aps else float("nan"), **results}
     return results, excluded
+
+
+# ------------------------------------------------------------------------------------ the recipe's detector
+
+DETECTORS = ("rpn", "selective_search")
+
+
+def _detector(proposals: str) -> str:
+    if proposals not in DETECTORS:
+        raise ConfigError(f"recipe.proposals: expected one of {DETECTORS}, got {proposals!r}")
+    return proposals
+
+
+def detection_data(detector: str, root: str | Path, year: str | int, train_split: str, test_split: str,
+                   min_size: int, max_size: int, train_scales: Sequence[int], train_max_size: int, batch_size: int,
+                   rois_per_batch: int, fg_fraction: float, num_workers: int, use_difficult_in_training: bool,
+                   proposals: str | Path | None, seed: int) -> pl.LightningDataModule:
+    """The datamodule of ``recipe.proposals``: ``rpn`` -> ``VOCDetectionData`` (trains at the test scale
+    ``min_size``/``max_size``); ``selective_search`` -> ``FastRCNNData`` on the ``proposals`` folder."""
+    if _detector(detector) == "rpn":
+        return VOCDetectionData(root, year, train_split, test_split, min_size, max_size, batch_size, num_workers,
+                                use_difficult_in_training, seed)
+    from ssl_bench.transfer.fast_rcnn_data import FastRCNNData
+    return FastRCNNData(root, proposals, year, train_split, test_split, tuple(train_scales), train_max_size,
+                        min_size, max_size, batch_size, rois_per_batch, fg_fraction, num_workers,
+                        use_difficult_in_training, seed)
+
+
+def detection_task(detector: str, trunk: nn.Module, optimizer: Callable[..., Any],
+                   scheduler: Callable[..., Any] | None = None, fc6: nn.Linear | None = None,
+                   fc7: nn.Linear | None = None, min_size: int = 600, max_size: int = 1000, rois_per_batch: int = 128,
+                   batch_size: int = 2, dropout: float = 0.5, bias_lr_mult: float = 2.0, bias_decay_mult: float = 0.0,
+                   test_nms: float = 0.3, score_thresh: float = 0.05, max_per_image: int = 100,
+                   year: str | int = "2007") -> pl.LightningModule:
+    """The LightningModule of ``recipe.proposals``: ``rpn`` -> ``VOCDetectionTask`` (its own NMS 0.5,
+    biases at the weights' lr, ``rois_per_batch / batch_size`` RoIs per image); ``selective_search`` ->
+    ``FastRCNNTask`` with the recipe's head and test settings."""
+    if _detector(detector) == "rpn":
+        return VOCDetectionTask(trunk, optimizer, scheduler, fc6, fc7, min_size, max_size,
+                                box_batch_size_per_image=max(1, int(rois_per_batch) // int(batch_size)),
+                                box_score_thresh=score_thresh, box_detections_per_img=max_per_image, year=year)
+    from ssl_bench.transfer.fast_rcnn import FastRCNNTask
+    return FastRCNNTask(trunk, optimizer, scheduler, fc6, fc7, dropout, bias_lr_mult, bias_decay_mult, test_nms,
+                        score_thresh, max_per_image, year)

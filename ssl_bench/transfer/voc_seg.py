@@ -479,8 +479,10 @@ _DEPLOY_PATH = ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "
 
 def trunk_layers(trunk: nn.Module) -> list[tuple[int, int, int, int]]:
     """(kernel, stride, padding, dilation) of every layer from the input to fc7 of an AlexNet trunk
-    (or of the AlexNet a ``ColorInputTrunk`` wraps), along one spatial axis."""
+    (or of the AlexNet a ``ColorInputTrunk`` wraps, or of a split-brain trunk's halves, which share
+    one geometry), along one spatial axis."""
     base = getattr(trunk, "trunk", trunk)
+    base = base.halves[0] if hasattr(base, "halves") else base
     out = []
     for name in _DEPLOY_PATH:
         layer = getattr(base, name, None)

@@ -6,7 +6,7 @@ classifiers), on a moderately sized sample rendered in memory.  Thresholds were 
 0-4 (see the measured values in the comments); each one would fail on a data set that lacked the
 property: with private hue modes per class (32 modes 11 degrees apart) the colour probe reaches
 0.63; with uniformly random object hues the hue-concentration test fails; with class-dependent
-lightness or a background flipped upside down the lightness or background test fails.
+lightness or a background with a gentle vertical ramp the lightness or background test fails.
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def sample() -> dict[str, np.ndarray]:
     """
     spec = SyntheticSpec(seed=int(os.environ.get("SYNTHETIC_TEST_SEED", "0")))
     out: dict[str, list] = {k: [] for k in ("split", "label", "hs_hist", "L_mean", "L_std", "a", "b",
-                                            "area", "cy", "cx", "image")}
+                                            "area", "cy", "cx", "image", "mask")}
     for split, per_class in (("train", TRAIN_PER_CLASS), ("val", VAL_PER_CLASS)):
         for i in range(N_CLASSES * per_class):
             img, label, mask = render(spec, split, i)
@@ -205,6 +205,7 @@ def sample() -> dict[str, np.ndarray]:
             out["cy"].append(ys.mean() / img.shape[0])
             out["cx"].append(xs.mean() / img.shape[1])
             out["image"].append(img)
+            out["mask"].append(mask)
     return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -257,20 +258,51 @@ def test_colour_is_predictable_from_the_class(sample: dict[str, np.ndarray]) -> 
 def test_lightness_does_not_give_the_class_away(sample: dict[str, np.ndarray]) -> None:
     labels = sample["label"]
     within = np.mean([sample["L_mean"][labels == c].std() for c in range(N_CLASSES)])
-    assert within > 7.0, within  # measured ~11 L units
+    assert within > 5.0, within  # measured 6.6 L units (the dark/light outline band narrows the mean)
     # Quadratic logistic regression on (mean L, std L): measured 0.06-0.09 on seeds 0-4 (chance 0.0625).
     acc = _probe_accuracy(sample, np.stack([sample["L_mean"], sample["L_std"]], axis=1), poly=True)
     assert acc < 0.16, acc
 
 
-def test_background_depends_on_position(sample: dict[str, np.ndarray]) -> None:
-    mean_img = sample["image"].astype(np.float64).mean(axis=0) / 255.0
-    k = mean_img.shape[0] // 8
-    lab = rgb2lab(mean_img)
-    b_top, b_bottom = lab[:k, :, 2].mean(), lab[-k:, :, 2].mean()
-    assert b_top < b_bottom - 20.0, (b_top, b_bottom)  # measured about -20 vs +22
-    blue_minus_red = mean_img[..., 2] - mean_img[..., 0]
-    assert blue_minus_red[:k].mean() > blue_minus_red[-k:].mean() + 0.2  # measured 0.30 vs -0.17
+def _band_contrast(images: np.ndarray, masks: np.ndarray, axis: int) -> np.ndarray:
+    """|t| of the per-image difference (first eighth - last eighth of the rows, axis 1, or of the
+    columns, axis 2) of the mean background L, a, b (skimage Lab; pixels outside the main object)."""
+    k = images.shape[axis] // 8
+    diffs = []
+    for img, mask in zip(images, masks):
+        lab, bg = rgb2lab(img), ~mask
+        first = [lab[:k][bg[:k]], lab[:, :k][bg[:, :k]]][axis - 1]
+        last = [lab[-k:][bg[-k:]], lab[:, -k:][bg[:, -k:]]][axis - 1]
+        diffs.append(first.mean(axis=0) - last.mean(axis=0))
+    d = np.asarray(diffs)
+    return np.abs(d.mean(axis=0)) / (d.std(axis=0, ddof=1) / np.sqrt(len(d)))
+
+
+def test_background_has_no_vertical_or_horizontal_cue(sample: dict[str, np.ndarray]) -> None:
+    # Over 960 images, the top and bottom (and left and right) background bands have the same mean
+    # L, a and b within noise (a t statistic below 4); a sky-over-ground background would not.
+    for axis in (1, 2):
+        t = _band_contrast(sample["image"], sample["mask"], axis)
+        assert t.max() < 4.0, (axis, t)
+
+
+def test_band_contrast_detects_a_gentle_vertical_ramp(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The measure above is not blind: the same background plus a 6-unit lightness ramp from top to
+    # bottom (a fraction of the background's own spread) is found on 300 images.
+    import ssl_bench.data.synthetic as synthetic
+
+    background = synthetic._background
+
+    def ramped(*args: object) -> np.ndarray:
+        lab = background(*args)
+        lab[..., 0] += np.linspace(-3.0, 3.0, lab.shape[0])[:, None]
+        return lab
+
+    monkeypatch.setattr(synthetic, "_background", ramped)
+    spec = SyntheticSpec(seed=1)
+    images, masks = zip(*[(img, mask) for img, _, mask in (render(spec, "val", i) for i in range(300))])
+    t = _band_contrast(np.asarray(images), np.asarray(masks), 1)
+    assert t[0] > 4.0, t
 
 
 def test_scale_and_position_vary_within_class(sample: dict[str, np.ndarray]) -> None:
@@ -280,7 +312,7 @@ def test_scale_and_position_vary_within_class(sample: dict[str, np.ndarray]) -> 
     assert min(cv) > 0.15 and np.mean(cv) > 0.2, cv  # measured mean ~0.32
     spread = [np.mean([sample["cy"][labels == c].std(), sample["cx"][labels == c].std()])
               for c in range(N_CLASSES)]
-    assert min(spread) > 0.08, spread  # measured mean ~0.165 of the image side
+    assert min(spread) > 0.065, spread  # measured 0.078-0.092 of the image side (main object near the centre)
 
 
 def test_main_object_is_the_largest_and_clutter_exists(monkeypatch: pytest.MonkeyPatch) -> None:

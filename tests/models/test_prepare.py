@@ -29,6 +29,7 @@ from ssl_bench.models.prepare import (
     prepare_with_report,
     rescale_for_transfer,
 )
+from ssl_bench.models.split_brain import SplitBrainAlexNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -393,6 +394,56 @@ def test_calibrate_keeps_the_colour_branch_zero():
         assert torch.allclose(color(lab), gray(x[:2]), atol=1e-6)
 
 
+def split_brain_trunk() -> tuple[SplitBrainAlexNet, torch.Tensor]:
+    """A trained-looking BN split-brain trunk in the deploy geometry (halves as ``small_trunk``'s
+    AlexNet, 2x2 fc6 at 99 px) and its (L - 50, a, b) images."""
+    halves = [trained_looking(seed, **SMALL, fc6_kernel=2) for seed in (0, 1)]
+    torch.manual_seed(0)
+    trunk = SplitBrainAlexNet(widths=[2 * w for w in SMALL["widths"]], fc_channels=2 * SMALL["fc_channels"],
+                              fc6_kernel=2, fc6_dilation=2, geometry="deploy")
+    trunk.l_half.load_state_dict(halves[0].state_dict())
+    trunk.ab_half.conv1[0].weight.data.normal_(0, 0.05)  # ab: 2 input channels, its own conv1
+    trunk.ab_half.load_state_dict({k: v for k, v in halves[1].state_dict().items() if k != "conv1.0.weight"},
+                                  strict=False)
+    return trunk.eval(), lab_images(8, 99, seed=4)
+
+
+def independent_split_ratios(trunk: SplitBrainAlexNet, x: torch.Tensor, draws: int = 1024,
+                             seed: int = 99) -> dict[str, float]:
+    """As `independent_ratios`, for the two halves' fc7 concatenated under one random top."""
+    g = torch.Generator().manual_seed(seed)
+    w = {k: v.detach().double().clone().requires_grad_(True) for k, v in trunk.state_dict().items()}
+    x = x.double()
+    h = torch.cat([functional_fc7({k.removeprefix(f"{half}."): v for k, v in w.items()}, part, True, 2)
+                   for half, part in (("l_half", x[:, :1]), ("ab_half", x[:, 1:]))], 1)
+    y = F.conv2d(h, torch.randn(1000, h.shape[1], 1, 1, generator=g, dtype=torch.float64) * 0.01)
+    z = torch.randn((draws, *y.shape), generator=g, dtype=torch.float64)
+    names = [f"{half}.{n}.0.weight" for half in ("l_half", "ab_half") for n in LAYERS]
+    grads = torch.autograd.grad(y, [w[n] for n in names], grad_outputs=z, is_grads_batched=True)
+    return {n: gr.pow(2).sum().item() / draws / w[n].pow(2).sum().item() for n, gr in zip(names, grads)}
+
+
+def test_split_brain_trunk_is_absorbed_and_calibrated_as_one_net():
+    trunk, x = split_brain_trunk()
+    absorbed = prepare_for_transfer(trunk, rescale="none")
+    assert isinstance(absorbed, SplitBrainAlexNet) and not has_bn(absorbed) and not absorbed.config["batch_norm"]
+    with torch.no_grad():
+        ref = trunk.forward_features(x, LAYERS)
+        for name, f in absorbed.forward_features(x, LAYERS).items():
+            assert rel_close(f, ref[name]), name
+    before = independent_split_ratios(absorbed, x, draws=64)
+    assert spread(before) > 2
+
+    prepared, report = prepare_with_report(trunk, rescale="calibrate", images=x)
+    assert report["mode"] == "lab" and report["calibration"]["balance_rounds"] >= 1
+    assert prepared.input_space == "lab" and prepared.geometry == "deploy"
+    after = independent_split_ratios(prepared, x)
+    assert spread(after) < 1.10, after
+    for name in before:  # whole layers scaled, filters kept
+        w, w0 = prepared.state_dict()[name], absorbed.state_dict()[name]
+        assert F.cosine_similarity(w.flatten(), w0.flatten(), dim=0) > 1 - 1e-5, name
+
+
 # ------------------------------------------------------------------------------ modes
 
 
@@ -406,7 +457,7 @@ def test_mode_must_match_input_space(space, mode, need):
 
 
 def test_auto_mode_and_unknown_mode():
-    assert MODES == ("auto", "gray", "color", "rgb")
+    assert MODES == ("auto", "gray", "color", "rgb", "lab")
     gray = prepare_for_transfer(alexnet_small(input_space="L"))
     rgb = prepare_for_transfer(alexnet_small(input_space="rgb"))
     assert isinstance(gray, AlexNet) and gray.input_space == "L" and not has_bn(gray)

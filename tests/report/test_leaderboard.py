@@ -395,3 +395,67 @@ def test_csv_records_protocol_and_comparability(tmp_path):
     assert (rows["colorization/full"]["protocol_name"], rows["colorization/full"]["comparable"]) == ("paper", "1")
     assert rows["gaussian"]["comparable"] == "0" and rows["gaussian"]["deviations"] == "geometry=train;cache=True"
     assert rows["Gaussian"]["comparable"] == "1" and rows["Gaussian"]["source"] == "published"
+
+
+# ----------------------------------------------------------------------------------------- Places205
+
+PLACES_CONFIG = {"data": {"_target_": "ssl_bench.data.places205.Places205DataModule", "root": "/d/p205"}}
+
+
+def places_record(method: str, seed: int, top1: dict[str, float | None], **extra) -> dict:
+    return probe_record(method, seed, top1, dataset={"name": "p205", "root": "/d/p205", "num_classes": 205},
+                        config=PLACES_CONFIG, **extra)
+
+
+def test_places205_probes_have_their_own_section_apart_from_imagenet_rows(tmp_path):
+    fast = protocol("fast", "geometry=train")
+    write(tmp_path / "in_paper", probe_record("colorization/full", 0, seed_values(COLOR, 0),
+                                              protocol=protocol("paper")))
+    for seed in (0, 1):
+        write(tmp_path / f"pl_paper{seed}", places_record("colorization/full", seed, seed_values(COLOR, seed),
+                                                          protocol=protocol("paper")))
+    write(tmp_path / "pl_fast", places_record("gaussian", 0, seed_values(GAUSS, 0), protocol=fast))
+    table = build_table(collect([tmp_path]))
+    probes, places = table.section("probes"), table.section("places")
+    # the ImageNet-side table keeps its one measured row beside the ImageNet published rows, nothing else
+    assert [(r.method, r.data) for r in probes.measured] == [("colorization/full", "synth10")]
+    assert len(probes.groups) == 1 and len(probes.rows) == 1 + N_PUBLISHED_PROBES
+    # Places205: the paper-protocol run sits in the published-protocol group (with no ImageNet rows),
+    # the fast one in a group of its own
+    assert [g.title for g in places.groups] == [
+        "Published protocol (no published numbers shown in this table)",
+        "Measured under protocol fast; deviations from the published recipe: geometry=train: not comparable "
+        "with the published numbers"]
+    assert [[(r.method, r.published) for r in g.rows] for g in places.groups] == [
+        [("colorization/full", False)], [("gaussian", False)]]
+    paper = places.groups[0].rows[0]
+    assert paper.comparable and paper.n_runs == 2 and paper.data == "p205" and paper.probe == "linear"
+    for layer in CONV_LAYERS:
+        assert paper.cells[f"places_{layer}"].mean == pytest.approx(np.mean(COLOR[layer][:2]))
+    assert paper.best()[0] == "conv4"
+    text = to_markdown(table)
+    assert "## Places205 per-layer frozen probes (top-1 %)" in text
+
+
+def test_places205_is_told_by_the_data_module_before_the_folder_name(tmp_path):
+    # a folder named like Places but read by another data module stays with the ImageNet probes;
+    # a record without a config (written by hand, or by an older run) falls back to the data set name
+    write(tmp_path / "named", probe_record("gaussian", 0, {"conv1": 1.0}, dataset={"name": "places205"},
+                                           config={"data": {"_target_": "ssl_bench.data.imagenet100."
+                                                                        "ImageNet100DataModule"}}))
+    write(tmp_path / "bare", probe_record("kraehenbuehl", 0, {"conv1": 2.0}, dataset={"name": "Places205"}))
+    write(tmp_path / "svm", {**places_record("context_encoder", 0, {}), "probe": "svm_voc07",
+                             "metrics": {"voc07/svm/conv1/mAP": 3.0}})
+    table = build_table(collect([tmp_path]))
+    assert [r.method for r in table.section("probes").measured] == ["gaussian"]
+    assert [r.method for r in table.section("places").measured] == ["kraehenbuehl"]
+    assert [r.method for r in table.section("svm").measured] == ["context_encoder"]  # a VOC07 SVM stays VOC
+
+
+def test_places205_csv_columns(tmp_path):
+    write(tmp_path / "p", places_record("colorization/full", 0, {"conv2": 21.5}, protocol=protocol("paper")))
+    paths = render(build_table(collect([tmp_path])), tmp_path / "out")
+    with open(paths["csv"], newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["section"], r["method"], r["places_conv2_mean"], r["conv2_mean"]) for r in rows] == [
+        ("places", "colorization/full", "21.5", "")]

@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from ssl_bench.runs.common import resolve_precision
+
 
 @pytest.fixture
 def outputs(tmp_path, monkeypatch):
@@ -47,6 +49,11 @@ def test_smoke_pipeline_runs_every_stage_then_skips_them(outputs, run_cli, capsy
     assert len(image_stages) >= 6
     for p in image_stages:
         assert json.loads(p.read_text())["config"]["data"]["decoded_cache"] == str(decoded), p
+    # pretraining ran in the fastest precision this CPU computes natively; the other stages in fp32
+    fastest = resolve_precision("fastest", "cpu")
+    for p in root.glob("*/*/results.json"):
+        record = json.loads(p.read_text())
+        assert record["precision"] == (fastest if record["kind"] == "pretrain" else "32-true"), p
     assert summary["ran"] == list(summary["times"]) and summary["skipped"] == []
     capsys.readouterr()
     # the same command again: every stage's results exist, nothing runs, the stage times are kept
@@ -100,7 +107,31 @@ def test_demo_plan_shares_one_decoded_copy(outputs):
     copies = {o for st in stages for o in st.overrides if o.startswith("data.decoded_cache=")}
     crops = {st.config.data.crop_size for st in stages if "data" in st.config and "crop_size" in st.config.data}
     assert len(copies) == 1 and crops == {56, 64}
-    assert sum(1 for st in stages if any(o in copies for o in st.overrides)) == 18  # 6 pretrain, 9 probes, 3 colour
+    assert sum(1 for st in stages if any(o in copies for o in st.overrides)) == 25  # 9 pretrain, 13 probes, 3 colour
+
+
+def test_demo_plan_has_the_split_brain_rows_and_the_fastest_precision(outputs):
+    """The demo's BiGAN, autoencoder and split-brain rows, and the split-brain trunk's own Gaussian
+    baseline: the same two half-width AlexNets on the same Lab input, untrained. Pretraining asks for
+    the fastest precision; the probes keep fp32."""
+    from hydra.utils import instantiate
+
+    from ssl_bench.config import compose
+    from ssl_bench.models.split_brain import SplitBrainAlexNet
+    from ssl_bench.runs.benchmark import plan
+    stages = {st.name: st for st in plan(compose("benchmark", ["preset=demo"]))}
+    for method, pretext in (("bigan", "BiGANPretext"), ("autoencoder", "AutoencoderPretext"),
+                            ("split_brain", "SplitBrainPretext")):
+        assert stages[f"{method}/pretrain"].config.pretext._target_.endswith(pretext)
+        assert f"{method}/probe_linear" in stages
+    assert {st.config.precision for n, st in stages.items() if n.endswith("/pretrain")} == {"fastest"}
+    assert {st.config.precision for n, st in stages.items() if "/probe_" in n} == {"32-true"}
+    baseline, trained = stages["gaussian_lab/probe_linear"].config, stages["split_brain/pretrain"].config
+    assert baseline.init._target_.endswith("GaussianInit") and baseline.checkpoint is None
+    untrained, pretrained = instantiate(baseline.backbone), instantiate(trained.backbone)
+    assert isinstance(untrained, SplitBrainAlexNet) and untrained.input_space == pretrained.input_space == "lab"
+    assert {k: v.shape for k, v in untrained.state_dict().items()} == \
+        {k: v.shape for k, v in pretrained.state_dict().items()}
 
 
 HOLD_LOCK = """

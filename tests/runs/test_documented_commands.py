@@ -127,6 +127,20 @@ ELSEWHERE: dict[str, str] = {
         "tests/report/test_wandb.py::test_leaderboard_command_logs_a_wandb_run_without_network",
 }
 
+# docs/transfer.md, "a real-format run": minutes on a CPU; the same comparison at test size
+_LEARNS = "the same comparison at test size: tests/transfer/test_voc_cls_learns.py"
+_LEARNS_TRUNK = '"backbone.widths=[32,64,96,96,64]" backbone.fc_channels=128 backbone.fc6_kernel=1'
+_LEARNS_VOC = ("voc_root=synthetic synthetic_voc.num_trainval=400 synthetic_voc.num_test=100 "
+               "synthetic_voc.image_size=96 recipe.max_steps=300 recipe.crop_size=67 finetune.rescale_images=80 "
+               "finetune.rescale_size=67")
+ELSEWHERE.update({
+    "ssl-bench pretrain experiment=demo_supervised data.synthetic.num_classes=20 data.synthetic.train_per_class=60 "
+    f"data.synthetic.val_per_class=5 data.batch_size=64 trainer.max_epochs=8 {_LEARNS_TRUNK}": _LEARNS,
+    f"ssl-bench finetune task=voc_cls protocol=paper checkpoint=CKPT {_LEARNS_VOC}": _LEARNS,
+    "ssl-bench finetune task=voc_cls protocol=paper init=gaussian backbone=alexnet_small backbone.input_space=rgb "
+    f"{_LEARNS_TRUNK} {_LEARNS_VOC}": _LEARNS,
+})
+
 
 WEIGHTS = "needs the authors' released weight files; the converters run on files written by an independent " \
           "encoder in tests/weights/test_import_cli.py"

@@ -107,8 +107,8 @@ def test_paper_recipe_as_composed_has_no_deviations_and_overrides_are_listed():
     fast = _protocol("voc_cls", "protocol=fast", rescale="per_unit")
     assert fast["name"] == "fast" and {"lr=0.01", "max_steps=-1", "geometry=train", "metric=voc07_11pt"} <= set(
         fast["deviations"])
-    # what the detector and FCN cannot do yet is recorded, never hidden
-    assert {"proposals=rpn", "test_nms=0.5"} <= set(_protocol("voc_det", "protocol=paper")["deviations"])
+    assert _protocol("voc_det", "protocol=paper")["deviations"] == []  # Fast R-CNN on task.proposals
+    assert {"proposals=rpn", "test_nms=0.5"} <= set(_protocol("voc_det", "protocol=fast")["deviations"])
     assert _protocol("voc_seg", "protocol=paper")["deviations"] == []  # FCN-32s in the deploy geometry
     assert {"stride=16", "geometry=train", "crop_size=320"} <= set(_protocol("voc_seg", "protocol=fast")["deviations"])
 

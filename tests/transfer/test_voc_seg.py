@@ -434,7 +434,7 @@ def test_paper_segmentation_run_is_the_deploy_fcn_without_geometry_deviations(tm
 
 def test_deploy_fcn_overfits_two_training_images(voc):
     """Two whole training images, batch 1: the zero-initialised net predicts background only (mIoU of
-    the images' classes about 30); fitting them brings it near 100 (measured 89)."""
+    the images' classes about 30); fitting them brings it well above (measured 54 after 50 steps)."""
     ds = VOCSegmentationDataset(voc, "2012", "train")
     picked = [ds[i] for i in range(len(ds)) if min(np.unique(ds[i][1].numpy(), return_counts=True)[1]) >= 100][:2]
     assert len(picked) == 2
