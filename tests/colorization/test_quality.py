@@ -171,7 +171,9 @@ def test_run_colorization_eval_end_to_end(tiny_data, checkpoints, tmp_path):
         assert 0 < m[f"color/auc_{kind}"] < 100
     assert on_disk["dataset"]["num_eval"] == 20 and on_disk["seed"] == 0
     assert (tmp_path / "cache").glob("prior-*.pt")
-    assert "0..150" in on_disk["protocol"] and "annealed mean T=0.38" in on_disk["protocol"]
+    assert "0..150" in on_disk["setup"] and "annealed mean T=0.38" in on_disk["setup"]
+    # the synthetic set and a suite classifier are not Table 1's ImageNet val and VGG-16: labelled, never comparable
+    assert on_disk["protocol"]["name"] == "fast" and on_disk["protocol"]["deviations"][0].startswith("data=")
 
     # the one-pass numbers are those of a direct computation on the same crops
     model = load_colorizer(col)
@@ -197,7 +199,8 @@ def test_eval_without_classifier_and_bad_classifiers(tiny_data, checkpoints, tmp
     record = run_colorization_eval(eval_cfg(tmp_path, tiny_data, [f"checkpoint={col}", "max_images=5",
                                                                   "decode=mode"]))
     assert "color/classifier_top1" not in record["metrics"] and record["dataset"]["num_eval"] == 5
-    assert record["classifier"] is None and "no classifier" in record["protocol"]
+    assert record["classifier"] is None and "no classifier" in record["setup"]
+    assert "classifier=None" in record["protocol"]["deviations"]
     with pytest.raises(CheckpointMismatchError, match="is not a classifier"):
         load_classifier(str(col))
     with pytest.raises(FileNotFoundError, match="VGG-16 weights"):
