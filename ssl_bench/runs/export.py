@@ -10,11 +10,10 @@ config and results when found); see `ssl_bench.weights.export`.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ssl_bench.errors import SuiteError
+from ssl_bench.runs.jobs import run_argparse_command
 
 PROG = "ssl-bench export"
 
@@ -30,15 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     """Returns the exit code: 0 ok, 2 user error (one line on stderr)."""
-    try:
-        a = build_parser().parse_args(list(argv))
-    except SystemExit as e:  # usage errors (2) and --help (0) as a return code, like other commands
-        return int(e.code or 0)
-    try:
+    def body(a: argparse.Namespace) -> str:
         from ssl_bench.weights.export import export_checkpoint
         weights, card = export_checkpoint(a.checkpoint, a.out, a.fmt)
-    except (SuiteError, FileNotFoundError) as e:
-        print(f"ssl-bench: error: {e}", file=sys.stderr)
-        return 2
-    print(f"ssl-bench: exported {a.checkpoint} -> {weights} and {card}")
-    return 0
+        return f"ssl-bench: exported {a.checkpoint} -> {weights} and {card}"
+    return run_argparse_command(build_parser(), argv, body)

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ssl_bench.errors import ConfigError, SuiteError
+from ssl_bench.errors import ConfigError
+from ssl_bench.runs.jobs import run_argparse_command
 from ssl_bench.weights.convention import CONVENTIONS, convention_named
 
 PROG = "ssl-bench import-weights"
@@ -116,18 +116,11 @@ def summary(weights: Any, out: Path) -> str:
 
 def main(argv: Sequence[str]) -> int:
     """Returns the exit code: 0 ok, 2 user error (one line on stderr; nothing written at --out)."""
-    try:
-        a = build_parser().parse_args(list(argv))
-    except SystemExit as e:  # usage errors (2) and --help (0) as a return code, like other commands
-        return int(e.code or 0)
-    try:
+    def body(a: argparse.Namespace) -> str:
         if any(p.resolve() == a.out.resolve() for p in _inputs(a)):
             raise ConfigError(f"--out {a.out} is one of the input files; choose another path")
         from ssl_bench.weights.imported import write_imported
         weights = read(a)
         write_imported(weights, a.out)
-    except (SuiteError, FileNotFoundError) as e:
-        print(f"ssl-bench: error: {e}", file=sys.stderr)
-        return 2
-    print(summary(weights, a.out))
-    return 0
+        return summary(weights, a.out)
+    return run_argparse_command(build_parser(), argv, body)

@@ -180,3 +180,21 @@ def hydra_command(name: str, prog: str) -> Callable[[Sequence[str]], int]:
         run_hydra(name, argv, prog)
         return 0
     return command
+
+
+def run_argparse_command(parser: Any, argv: Sequence[str], body: Callable[[Any], str]) -> int:
+    """The file commands (import-weights, export, prepare-weights): parse ``argv``, run ``body`` on the
+    arguments and print what it returns. Returns the exit code: 0 ok, 2 a usage or user error (one line
+    on stderr); ``--help`` returns 0. A missing input file counts as the user's error here."""
+    try:
+        a = parser.parse_args(list(argv))
+    except SystemExit as e:  # usage errors (2) and --help (0) as a return code, like other commands
+        return int(e.code or 0)
+    from ssl_bench.errors import SuiteError
+    try:
+        out = body(a)
+    except (SuiteError, FileNotFoundError) as e:
+        print(f"ssl-bench: error: {e}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0

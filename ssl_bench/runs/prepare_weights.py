@@ -17,7 +17,6 @@ result is written with `ssl_bench.models.checkpoint.save_prepared`.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ssl_bench.data.images import DataLayoutError
-from ssl_bench.errors import ConfigError, SuiteError
+from ssl_bench.errors import ConfigError
 from ssl_bench.models.checkpoint import read_suite_checkpoint, save_prepared
 from ssl_bench.models.init import TOP_NAME, top_gradient_ratios
 from ssl_bench.models.prepare import (
@@ -40,6 +39,7 @@ from ssl_bench.models.prepare import (
     rescale_batch,
     resolve_mode,
 )
+from ssl_bench.runs.jobs import run_argparse_command
 
 PROG = "ssl-bench prepare-weights"
 # per_unit: the suite's earlier default; calibrate: the authors' one batch of 80 training crops
@@ -156,18 +156,4 @@ def prepare(a: argparse.Namespace, method: str, count: int, size: int) -> list[s
 
 def main(argv: Sequence[str]) -> int:
     """Returns the exit code: 0 ok, 2 user error (one line on stderr)."""
-    try:
-        a = build_parser().parse_args(list(argv))
-    except SystemExit as e:  # usage errors (2) and --help (0) as a return code, like other commands
-        return int(e.code or 0)
-    try:
-        lines = prepare(a, *rescale_settings(a))
-    except (SuiteError, FileNotFoundError) as e:
-        return _fail(e)
-    print("\n".join(lines))
-    return 0
-
-
-def _fail(msg: Any) -> int:
-    print(f"ssl-bench: error: {msg}", file=sys.stderr)
-    return 2
+    return run_argparse_command(build_parser(), argv, lambda a: "\n".join(prepare(a, *rescale_settings(a))))
