@@ -50,7 +50,7 @@ class AutoencoderPretext(pl.LightningModule):
         self.trunk, self.input_space, self.image_size = trunk, input_space, int(image_size)
         self.optimizer_factory, self.scheduler_factory, self.channels_last = optimizer, scheduler, channels_last
         c5 = trunk.widths[-1]
-        h, w = self._pool5_size()
+        _, h, w = common.pool5_shape(self.trunk, self.image_size)
         bottleneck = bottleneck_channels or c5
         self.channel_fc = ChannelwiseFC(c5, h, w)
         self.bottleneck = nn.Sequential(nn.Conv2d(c5, bottleneck, 1, bias=False), nn.BatchNorm2d(bottleneck),
@@ -67,21 +67,9 @@ class AutoencoderPretext(pl.LightningModule):
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
-    def _pool5_size(self) -> tuple[int, int]:
-        was = self.trunk.training
-        self.trunk.eval()  # a dummy batch must not touch the BN running statistics
-        try:
-            with torch.no_grad():
-                x = torch.zeros(1, self.trunk.in_channels, self.image_size, self.image_size,
-                                device=next(self.trunk.parameters()).device)
-                h, w = self.encode(x).shape[-2:]
-        finally:
-            self.trunk.train(was)
-        return int(h), int(w)
-
     def encode(self, x: Tensor) -> Tensor:
         """Trunk up to pool5: N x C_in x S x S -> N x C5 x h x w."""
-        return self.trunk.pool5(self.trunk.forward_features(x, ("conv5",))["conv5"])
+        return common.pool5(self.trunk, x)
 
     def forward(self, images: Tensor) -> Tensor:
         """uint8 N x 3 x S x S -> reconstruction N x 3 x S x S in [-1, 1]."""

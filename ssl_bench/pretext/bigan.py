@@ -150,7 +150,8 @@ class BiGANPretext(pl.LightningModule):
                               f"pretext.image_size={self.image_size}: the encoder reads at least G's resolution")
         self.encoder_size = int(encoder_size)
         # no bias: the released encoder's linear predictor has none (train_gan.py, --encode_out_bias off)
-        self.encoder_head = nn.Linear(self._pool5_features(self.encoder_size), self.latent_dim, bias=False)
+        pool5_features = math.prod(common.pool5_shape(self.trunk, self.encoder_size))
+        self.encoder_head = nn.Linear(pool5_features, self.latent_dim, bias=False)
         _dcgan_init(self.encoder_head)
         self.register_buffer("sample_z", self._uniform(16, torch.Generator().manual_seed(SAMPLE_SEED)),
                              persistent=False)
@@ -174,7 +175,7 @@ class BiGANPretext(pl.LightningModule):
         x = trunk_input(images, self.input_space)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        pool5 = self.trunk.pool5(self.trunk.forward_features(x, ("conv5",))["conv5"])
+        pool5 = common.pool5(self.trunk, x)
         return 2.0 * torch.sigmoid(self.encoder_head(pool5.flatten(1)).float()) - 1.0
 
     def discriminator_input(self, images: Tensor) -> Tensor:
@@ -184,17 +185,6 @@ class BiGANPretext(pl.LightningModule):
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
                               antialias=True)
         return x
-
-    def _pool5_features(self, crop_size: int) -> int:
-        """Flattened pool5 size of a ``crop_size`` crop (a dummy batch; BN statistics untouched)."""
-        was = self.trunk.training
-        self.trunk.eval()
-        try:
-            with torch.no_grad():
-                x = torch.zeros(1, 3, crop_size, crop_size, device=next(self.trunk.parameters()).device)
-                return int(self.trunk.pool5(self.trunk.forward_features(x, ("conv5",))["conv5"])[0].numel())
-        finally:
-            self.trunk.train(was)
 
     # ----------------------------------------------------------------------------------- training
 

@@ -97,3 +97,22 @@ def log_image(module: pl.LightningModule, key: str, path: Path) -> None:
 
 __all__ = ["NonFiniteLossError", "SkipCounter", "batch_images", "check_finite", "check_trunk",
            "configure_optimizers", "log_image", "samples_dir", "save_grid", "trunk_meta"]
+
+
+def pool5(trunk: nn.Module, x: Tensor) -> Tensor:
+    """The trunk up to pool5, the encoders' code: N x C_in x S x S -> N x C5 x h x w."""
+    return trunk.pool5(trunk.forward_features(x, ("conv5",))["conv5"])
+
+
+def pool5_shape(trunk: nn.Module, size: int) -> tuple[int, int, int]:
+    """(C5, h, w) of :func:`pool5` on a ``size`` x ``size`` input, from a dummy batch run in eval mode
+    so that it does not touch the batch-norm running statistics."""
+    was = trunk.training
+    trunk.eval()
+    try:
+        with torch.no_grad():
+            x = torch.zeros(1, getattr(trunk, "in_channels", 3), size, size, device=next(trunk.parameters()).device)
+            c, h, w = pool5(trunk, x).shape[1:]
+    finally:
+        trunk.train(was)
+    return int(c), int(h), int(w)

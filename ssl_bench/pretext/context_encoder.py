@@ -46,6 +46,8 @@ from ssl_bench.pretext.common import (
     check_trunk,
     configure_optimizers,
     log_image,
+    pool5,
+    pool5_shape,
     samples_dir,
     save_grid,
     trunk_meta,
@@ -162,7 +164,7 @@ class ContextEncoderPretext(pl.LightningModule):
         self.adversarial_weight, self.channels_last = float(adversarial_weight), channels_last
 
         c5 = trunk.widths[-1]
-        h, w = self._pool5_size(self.image_size)
+        _, h, w = pool5_shape(self.trunk, self.image_size)
         self.pool5_size = (h, w)
         bottleneck = bottleneck_channels or c5
         self.channel_fc = ChannelwiseFC(c5, h, w)
@@ -190,21 +192,9 @@ class ContextEncoderPretext(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------ network
 
-    def _pool5_size(self, size: int) -> tuple[int, int]:
-        was = self.trunk.training
-        self.trunk.eval()  # a dummy batch must not touch the BN running statistics
-        try:
-            with torch.no_grad():
-                x = torch.zeros(1, self.trunk.in_channels if hasattr(self.trunk, "in_channels") else 3,
-                                size, size, device=next(self.trunk.parameters()).device)
-                h, w = self.encode(x).shape[-2:]
-        finally:
-            self.trunk.train(was)
-        return int(h), int(w)
-
     def encode(self, x: Tensor) -> Tensor:
         """Trunk up to pool5: N x C_in x S x S -> N x C5 x h x w."""
-        return self.trunk.pool5(self.trunk.forward_features(x, ("conv5",))["conv5"])
+        return pool5(self.trunk, x)
 
     def forward(self, x: Tensor) -> Tensor:
         """Encoder input (hole = 0) N x C_in x S x S -> reconstruction N x 3 x S x S in [-1, 1]."""
