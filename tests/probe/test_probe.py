@@ -385,3 +385,29 @@ def test_paper_protocol_run_records_recipe_and_deviations(tiny_data, tiny_checkp
     assert run_cli("probe", f"checkpoint={tiny_checkpoint}", "protocol=paper", "probe=knn",
                    *probe_overrides(tiny_data, tmp_path / "knn")) == 2
     assert "no published knn protocol" in capsys.readouterr().err
+
+
+def test_probe_batch_norm_matches_torch_and_is_shared_by_one_layers_heads():
+    """Training-mode normalisation and running statistics equal torch's BatchNorm1d (affine=False),
+    on features with a large mean (where E[x^2] - E[x]^2 would cancel), for every head of a layer."""
+    torch.manual_seed(0)
+    heads = ProbeHeads({"conv3": 40, "conv5": 24}, 5, lrs=[0.1, 0.01]).train()
+    refs = {k: torch.nn.BatchNorm1d(d, affine=False) for k, d in (("conv3", 40), ("conv5", 24))}
+    for _ in range(3):
+        feats = {"conv3": torch.randn(32, 40) * 0.5 + 300.0, "conv5": torch.rand(32, 24) * 4}
+        logits = heads(feats)
+        for name, layer in heads.layer_of.items():
+            bn, linear = heads.heads[heads.index[name]]
+            expected = linear(refs[layer](feats[layer])) if name.endswith("@0.1") else None
+            if expected is not None:
+                torch.testing.assert_close(logits[name], expected, rtol=1e-4, atol=1e-4)
+    for name, layer in heads.layer_of.items():
+        bn = heads.heads[heads.index[name]][0]
+        torch.testing.assert_close(bn.running_mean, refs[layer].running_mean)
+        torch.testing.assert_close(bn.running_var, refs[layer].running_var, rtol=1e-4, atol=1e-5)
+        assert int(bn.num_batches_tracked) == 3
+    heads.eval()
+    x = {"conv3": torch.randn(4, 40) + 300.0, "conv5": torch.rand(4, 24)}
+    for name, layer in heads.layer_of.items():
+        bn, linear = heads.heads[heads.index[name]]
+        torch.testing.assert_close(heads(x)[name], linear(refs[layer].eval()(x[layer])), rtol=1e-4, atol=1e-4)
