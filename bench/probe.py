@@ -3,8 +3,8 @@
 1. Probing all five layers together vs probing one layer (conv5, the deepest: same trunk pass)
    per streaming training step: target <= 1.5x.
 2. A probe run that hits the feature cache vs the first run (extraction + fits): target >= 5x.
-3. A head-training step on cached features (the demo's probe: 5 layers x 2 learning rates, batch 256,
-   16 classes) vs the same heads with a float64 batch norm per head (statistics and normalisation of
+3. A head-training step on cached features (5 layers x 2 learning rates at the protocol's ~9.4k dims,
+   batch 256, 16 classes) vs the same heads with a float64 batch norm per head (statistics and normalisation of
    the N x d batch in float64, once for every head): target >= 2x, the same logits.
 
     python bench/probe.py [--quick] [--heads-only] [--json out.json]
