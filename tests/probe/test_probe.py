@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from ssl_bench.data.images import SkipCounter
 from ssl_bench.models.alexnet import CONV_LAYERS, alexnet, alexnet_small
 from ssl_bench.probe.feature_cache import trunk_fingerprint
-from ssl_bench.probe.heads import FeatureExtractor, LinearProbe, ProbeHeads, resize_layer
+from ssl_bench.probe.heads import FeatureExtractor, GlobalBatchNorm1d, LinearProbe, ProbeHeads, resize_layer
 from ssl_bench.probe.knn import knn_predict, topk_accuracy
 from ssl_bench.runs.probe import Features, feature_loader, split_holdout
 
@@ -388,19 +388,19 @@ def test_paper_protocol_run_records_recipe_and_deviations(tiny_data, tiny_checkp
 
 
 def test_probe_batch_norm_matches_torch_and_is_shared_by_one_layers_heads():
-    """Training-mode normalisation and running statistics equal torch's BatchNorm1d (affine=False),
-    on features with a large mean (where E[x^2] - E[x]^2 would cancel), for every head of a layer."""
+    """Every head of a layer (one per learning rate) normalises like torch's BatchNorm1d (affine=False)
+    in training and in eval mode, and keeps the same running statistics, though the batch statistics
+    are computed once per layer."""
     torch.manual_seed(0)
     heads = ProbeHeads({"conv3": 40, "conv5": 24}, 5, lrs=[0.1, 0.01]).train()
     refs = {k: torch.nn.BatchNorm1d(d, affine=False) for k, d in (("conv3", 40), ("conv5", 24))}
     for _ in range(3):
         feats = {"conv3": torch.randn(32, 40) * 0.5 + 300.0, "conv5": torch.rand(32, 24) * 4}
         logits = heads(feats)
+        normed = {k: ref(feats[k]) for k, ref in refs.items()}  # once per batch, as torch would
         for name, layer in heads.layer_of.items():
-            bn, linear = heads.heads[heads.index[name]]
-            expected = linear(refs[layer](feats[layer])) if name.endswith("@0.1") else None
-            if expected is not None:
-                torch.testing.assert_close(logits[name], expected, rtol=1e-4, atol=1e-4)
+            linear = heads.heads[heads.index[name]][1]
+            torch.testing.assert_close(logits[name], linear(normed[layer]), rtol=1e-4, atol=1e-4)
     for name, layer in heads.layer_of.items():
         bn = heads.heads[heads.index[name]][0]
         torch.testing.assert_close(bn.running_mean, refs[layer].running_mean)
@@ -409,5 +409,17 @@ def test_probe_batch_norm_matches_torch_and_is_shared_by_one_layers_heads():
     heads.eval()
     x = {"conv3": torch.randn(4, 40) + 300.0, "conv5": torch.rand(4, 24)}
     for name, layer in heads.layer_of.items():
-        bn, linear = heads.heads[heads.index[name]]
+        linear = heads.heads[heads.index[name]][1]
         torch.testing.assert_close(heads(x)[name], linear(refs[layer].eval()(x[layer])), rtol=1e-4, atol=1e-4)
+
+
+def test_global_batch_statistics_match_float64_numpy_on_features_with_a_large_mean():
+    """The DDP path's statistics (here for one rank): count, mean and biased variance equal numpy's
+    float64 ones, also where the mean is 1e4 times the spread (E[x^2] - E[x]^2 in float32 is 10x off there)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(64, 3, generator=g) * 0.01 + 100.0, torch.rand(64, 2, generator=g)], 1)
+    n, mean, var = GlobalBatchNorm1d._batch_stats(x)
+    ref = x.numpy().astype(np.float64)
+    assert n.item() == 64 and mean.dtype == torch.float64
+    np.testing.assert_allclose(mean.numpy(), ref.mean(0), rtol=1e-7)
+    np.testing.assert_allclose(var.numpy(), ref.var(0), rtol=1e-4)
